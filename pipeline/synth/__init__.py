@@ -1,0 +1,36 @@
+"""Layered synthetic videos for training flow-based multi-object segmentation.
+
+Follows the OCLR recipe (Xie et al. 2022, sect. 3 and supp. B): textured sprites
+(random polygons or real silhouettes) moved by smooth homography trajectories,
+optionally deformed by thin-plate splines, composited back to front over a
+homography-moved image or a real video clip, with an optional occluder that
+moves with the camera, and one object occasionally still relative to the
+background.
+
+``render_video(cfg, index, seed, bank)`` returns, for T frames of H x W and O
+objects::
+
+    rgb         uint8   [T, H, W, 3]
+    flow_fwd    float32 [T, 2, H, W]  t -> t+1 (u, v); last frame = -flow_bwd
+    flow_bwd    float32 [T, 2, H, W]  t -> t-1; first frame = -flow_fwd
+    amodal      bool    [T, O, H, W]  full object extent
+    modal       bool    [T, O, H, W]  visible part
+    order       int64   [O]           depth rank, 0 = front-most
+    labels      uint8   [T, H, W]     0 background (and occluder), 1..O objects
+    stationary  bool    [T, O]        forward flow equals the background's
+    occluder    bool    [T, H, W]     visible occluder (top layer)
+    flow_exact  bool    [T, H, W]     False where flow is estimated (real clip background)
+    meta        dict    seed, index, drawn options, sources, homographies, ...
+"""
+
+from .checks import check_video, composition_check, layer_map, stationary_check, warp_error
+from .config import SynthConfig
+from .geometry import TPS, apply_h
+from .render import draw_num_objects, render_video
+from .sources import SourceBank
+from .textures import procedural_texture
+from .viz import contact_sheet, flow_to_color, label_image
+
+__all__ = ["SynthConfig", "SourceBank", "render_video", "draw_num_objects", "contact_sheet", "flow_to_color",
+           "label_image", "check_video", "warp_error", "composition_check", "stationary_check", "layer_map",
+           "procedural_texture", "TPS", "apply_h"]
