@@ -92,10 +92,19 @@ class BaselineConfig:
     abs_thresh: float = 1.0
     #: Foreground threshold as a multiple of the robust residual scale.
     rel_thresh: float = 3.0
+    #: Foreground threshold as a fraction of the median background (model) flow magnitude;
+    #: flow errors grow with the motion, so fast camera motion needs a larger margin.
+    mag_rel: float = 0.2
     #: Quantile of the background-inlier residuals used as the robust scale.
     scale_quantile: float = 0.5
     #: Hysteresis seed level (in units of the threshold); regions must reach it somewhere.
     hyst_high: float = 1.5
+    #: Per-region refinement: a region keeps only pixels scoring above ``peak_frac`` times its
+    #: ``peak_quantile`` score (flow is smooth across motion boundaries, so the residual bleeds
+    #: outside the object; the half-maximum level approximates the true boundary). 0 disables.
+    peak_frac: float = 0.5
+    #: Quantile of a region's scores that defines its peak (robust maximum).
+    peak_quantile: float = 0.9
     #: Temporal EMA weight of the (flow-warped) previous score map; 0 disables smoothing.
     ema: float = 0.3
 
@@ -268,7 +277,8 @@ def residual_motion(
         (residual, params): residual [H, W] float32 end-point distance between
         the flow and the fitted model's flow; params is a dict with ``'matrix'``
         (3x3, pixel coordinates, maps p to p + flow(p)), ``'scale'`` (robust
-        residual scale over the inliers, px) and ``'inlier_frac'``.
+        residual scale over the inliers, px), ``'bg_mag'`` (median magnitude of
+        the model flow, px) and ``'inlier_frac'``.
     """
     flow2 = np.nan_to_num(np.asarray(flow2, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     _, H, W = flow2.shape
@@ -294,7 +304,9 @@ def residual_motion(
         scale = float(np.quantile(rs[inl], cfg.scale_quantile))
     else:
         scale = float(np.quantile(rs, cfg.scale_quantile))
-    return res, {"matrix": M, "scale": scale, "inlier_frac": float(inl.mean()) if m else 0.0}
+    bg_mag = float(np.median(np.hypot(px - gx, py - gy)))
+    return res, {"matrix": M, "scale": scale, "bg_mag": bg_mag,
+                 "inlier_frac": float(inl.mean()) if m else 0.0}
 
 
 # ---------------------------------------------------------------------------
@@ -372,8 +384,8 @@ class MotionBaseline:
             w = w * (1.0 - cfg.prev_fg_weight * np.clip(prev_mem, 0.0, 1.0))
         rf, pf = residual_motion(flow4[0:2], cfg, self.rng, w)
         rb, pb = residual_motion(flow4[2:4], cfg, self.rng, w)
-        tf = max(cfg.abs_thresh, cfg.rel_thresh * pf["scale"])
-        tb = max(cfg.abs_thresh, cfg.rel_thresh * pb["scale"])
+        tf = max(cfg.abs_thresh, cfg.rel_thresh * pf["scale"], cfg.mag_rel * pf["bg_mag"])
+        tb = max(cfg.abs_thresh, cfg.rel_thresh * pb["scale"], cfg.mag_rel * pb["bg_mag"])
         return _combine(rf / tf, rb / tb, cfg.combine)
 
     def _mask(self, score: np.ndarray) -> np.ndarray:
@@ -386,6 +398,19 @@ class MotionBaseline:
                 keep[np.unique(lab[score > cfg.hyst_high])] = True
                 keep[0] = False
                 low = keep[lab]
+        if cfg.peak_frac > 0 and low.any():
+            lab, n = ndimage.label(low)
+            idx = lab.ravel()
+            sv = score.ravel()
+            order = np.lexsort((sv, idx))  # sorted by label, then score
+            counts = np.bincount(idx, minlength=n + 1)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            thr = np.full(n + 1, np.inf, np.float32)
+            for i in range(1, n + 1):
+                c = counts[i]
+                q = sv[order[starts[i] + min(c - 1, int(cfg.peak_quantile * (c - 1)))]]
+                thr[i] = max(1.0, cfg.peak_frac * q)
+            low = score >= thr[lab]
         m = low.astype(np.uint8)
         if self._kernel is not None:
             m = cv2.morphologyEx(m, cv2.MORPH_OPEN, self._kernel)

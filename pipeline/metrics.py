@@ -87,6 +87,7 @@ __all__ = [
     "object_rows",
     "sequence_rows",
     "summarize",
+    "summarize_rows",
     "summary_dict",
     "write_object_csv",
     "write_sequence_csv",
@@ -120,7 +121,7 @@ _NAN = float("nan")
 # ---------------------------------------------------------------------------
 
 
-def _as_bool(a: Any, what: str) -> np.ndarray:
+def _as_bool(a: Any) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype != bool:
         arr = arr != 0
@@ -132,8 +133,8 @@ def iou(pred: Any, gt: Any) -> float | np.ndarray:
 
     A frame whose prediction and ground truth are both empty scores 1.
     """
-    p = _as_bool(pred, "pred")
-    g = _as_bool(gt, "gt")
+    p = _as_bool(pred)
+    g = _as_bool(gt)
     if p.shape != g.shape:
         raise ValueError(f"iou: prediction shape {p.shape} != ground-truth shape {g.shape}")
     if p.ndim not in (2, 3):
@@ -155,7 +156,7 @@ def boundary_map(mask: Any) -> np.ndarray:
     a ``h x w`` rectangle away from the image border has ``2 * (h + w)``
     boundary pixels.
     """
-    m = _as_bool(mask, "mask")
+    m = _as_bool(mask)
     if m.ndim != 2:
         raise ValueError(f"boundary_map: expected a 2-D mask, got shape {m.shape}")
     h, w = m.shape
@@ -337,8 +338,8 @@ def _f_from_boundaries(pred_b: _Boundary, gt_b: _Boundary) -> float:
 
 def f_measure(pred: Any, gt: Any, bound_th: float = DEFAULT_BOUND_TH) -> float | np.ndarray:
     """Boundary F-measure of binary masks ``[H, W]`` (scalar) or ``[T, H, W]`` (per frame)."""
-    p = _as_bool(pred, "pred")
-    g = _as_bool(gt, "gt")
+    p = _as_bool(pred)
+    g = _as_bool(gt)
     if p.shape != g.shape:
         raise ValueError(f"f_measure: prediction shape {p.shape} != ground-truth shape {g.shape}")
     if p.ndim not in (2, 3):
@@ -554,6 +555,8 @@ class SequenceResult:
 
 
 def _frames(x: Any, what: str, sequence: str) -> Sequence:
+    if not isinstance(x, (np.ndarray, list, tuple)) and hasattr(x, "shape") and hasattr(x, "__getitem__"):
+        x = np.asarray(x[...])  # array-likes such as zarr / h5py arrays: read once
     if isinstance(x, np.ndarray):
         if x.ndim != 3:
             raise ValueError(f"sequence {sequence!r}: {what} labels must be [T, H, W], got shape {x.shape}")
@@ -611,7 +614,9 @@ def evaluate_sequence(
         (0 = background, 1..K = predicted objects); frames whose size differs
         from the GT frame are resized with ``resize``.
     gt_labels: ``[T, H, W]`` integer array or list of 2-D label maps
-        (0 = background, 1..N = objects; ``void_label`` pixels count as
+        (0 = background, 1..N = objects with N the largest label over the
+        evaluated frames, so an unused label in between is an always-empty
+        object, as in the DAVIS script; ``void_label`` pixels count as
         background, as in the DAVIS loader).
     gt_valid: optional ``[T]`` booleans; frames marked False (no annotation)
         are skipped entirely.
@@ -871,25 +876,29 @@ def _nanmean(values: Iterable[float]) -> float:
     return float(v.mean()) if v.size else _NAN
 
 
-def summarize(results: Iterable[SequenceResult]) -> dict:
-    """Dataset-level summary.
+def summarize_rows(seq_rows: Iterable[Mapping], obj_rows: Iterable[Mapping]) -> dict:
+    """Dataset-level summary from already computed rows (e.g. read back from
+    JSON, where NaN may have become ``None``).
 
-    ``object_level``: every statistic averaged over all objects of all
-    sequences -- what the DAVIS evaluator reports (its ``J&F-Mean`` is
-    ``object_level['JF_mean']``, also given as top-level ``JF_mean``).
-    ``sequence_level``: averaged over sequences (each sequence being the mean
-    of its objects); sequences without objects are left out.
+    ``object_level``: every statistic averaged over all object rows -- what the
+    DAVIS evaluator reports (its ``J&F-Mean`` is ``object_level['JF_mean']``,
+    also given as top-level ``JF_mean``; likewise ``J_mean`` / ``F_mean``).
+    ``sequence_level``: averaged over sequence rows (each the mean of its
+    objects); sequences without objects are left out.
     """
-    results = list(results)
-    objs = object_rows(results)
-    seqs = sequence_rows(results)
-    obj_level = {k: _nanmean(o[k] for o in objs) for k in STAT_KEYS}
-    seq_level = {k: _nanmean(s[k] for s in seqs if s["n_objects"] > 0) for k in STAT_KEYS}
+    seq_rows = list(seq_rows)
+    obj_rows = list(obj_rows)
+
+    def col(rows, k):
+        return [_NAN if r.get(k) is None else r[k] for r in rows]
+
+    obj_level = {k: _nanmean(col(obj_rows, k)) for k in STAT_KEYS}
+    seq_with_objects = [r for r in seq_rows if int(r.get("n_objects") or 0) > 0]
+    seq_level = {k: _nanmean(col(seq_with_objects, k)) for k in STAT_KEYS}
     return {
-        "n_sequences": len(results),
-        "n_objects": len(objs),
-        "n_frames_evaluated": int(sum(r.n_frames_evaluated for r in results)),
-        "protocols": sorted({r.protocol for r in results}),
+        "n_sequences": len(seq_rows),
+        "n_objects": len(obj_rows),
+        "n_frames_evaluated": int(sum(int(r.get("n_frames_evaluated") or 0) for r in seq_rows)),
         "JF_mean": obj_level["JF_mean"],
         "J_mean": obj_level["J_mean"],
         "F_mean": obj_level["F_mean"],
@@ -897,6 +906,15 @@ def summarize(results: Iterable[SequenceResult]) -> dict:
         "object_level": obj_level,
         "sequence_level": seq_level,
     }
+
+
+def summarize(results: Iterable[SequenceResult]) -> dict:
+    """Dataset-level summary of :class:`SequenceResult` s; see :func:`summarize_rows`
+    (adds ``protocols``, the protocols the results were computed with)."""
+    results = list(results)
+    out = summarize_rows(sequence_rows(results), object_rows(results))
+    out["protocols"] = sorted({r.protocol for r in results})
+    return out
 
 
 def summary_dict(
@@ -979,3 +997,31 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
         json.dump(_jsonable(data), fh, indent=2, allow_nan=False)
         fh.write("\n")
     return path
+
+
+def summarize_rows(seq_rows: Iterable[Mapping], obj_rows: Iterable[Mapping]) -> dict:
+    """:func:`summarize` from stored rows (e.g. per-sequence JSON files) instead of results.
+
+    ``seq_rows`` as :meth:`SequenceResult.row`, ``obj_rows`` as
+    :meth:`ObjectResult.row` (``None`` read back from JSON counts as NaN).
+    """
+
+    def val(r: Mapping, k: str) -> float:
+        v = r.get(k)
+        return _NAN if v is None else float(v)
+
+    seq_rows, obj_rows = list(seq_rows), list(obj_rows)
+    obj_level = {k: _nanmean(val(o, k) for o in obj_rows) for k in STAT_KEYS}
+    seq_level = {k: _nanmean(val(s, k) for s in seq_rows if s.get("n_objects", 1) > 0)
+                 for k in STAT_KEYS}
+    return {
+        "n_sequences": len(seq_rows),
+        "n_objects": len(obj_rows),
+        "n_frames_evaluated": int(sum(int(s.get("n_frames_evaluated", 0)) for s in seq_rows)),
+        "JF_mean": obj_level["JF_mean"],
+        "J_mean": obj_level["J_mean"],
+        "F_mean": obj_level["F_mean"],
+        "JF_mean_sequence_level": seq_level["JF_mean"],
+        "object_level": obj_level,
+        "sequence_level": seq_level,
+    }

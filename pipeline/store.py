@@ -9,7 +9,7 @@ way. The conventions, enforced here so no stage has to think about them:
 * **One chunk per frame, one shard per array**: arrays with a leading frame
   axis are chunked ``(1, ...)`` and stored as a single shard file, so a
   sequence is one file per array on disk but any frame can be read alone.
-* **Compression**: Blosc/zstd with bit-shuffle by default.
+* **Compression**: Blosc/zstd with byte shuffle by default.
 * **Provenance** in the group attributes: stage name, the params it used,
   input checksums, package and code version, creation time, plus a
   ``content_sha256`` fingerprint of every array that downstream stages record
@@ -55,7 +55,7 @@ class ArtifactError(RuntimeError):
 
 
 def _compressor(level: int = 5) -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle")
+    return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
 
 
 _CODE_VERSION: str | None = None
@@ -86,10 +86,12 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None  # strict JSON: NaN / inf become null
     return obj
 
 
@@ -432,7 +434,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

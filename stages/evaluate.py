@@ -24,10 +24,10 @@ def main(method: str, sequence: str) -> None:
         objects.append({**o.row(), "frames": [names[i] for i in o.frame_indices],
                         "J": o.J.tolist(), "F": o.F.tolist()})
     out = artifact_path(ds, "eval", sequence).parent / method / f"{sequence}.json"
-    write_json_atomic(out, M._jsonable({
+    write_json_atomic(out, {
         "method": method, "sequence": sequence, "dataset": ds, "protocol": protocol,
         "eval": ev, "sequence_row": res.row(), "objects": objects, "matches": res.matches,
-        "lineage": lineage(pred)}))
+        "lineage": lineage(pred)})
     r = res.row()
     print(f"evaluate {method}/{sequence}: J {r['J_mean']:.3f} F {r['F_mean']:.3f} "
           f"J&F {r['JF_mean']:.3f}")

@@ -25,6 +25,9 @@ objects::
 
 from .checks import check_video, composition_check, layer_map, stationary_check, warp_error
 from .config import SynthConfig
+from .dataset import (build_split, build_split_flow, list_split, make_source_bank, read_synth_video,
+                      split_contact_sheet, split_render_seed, synth_config, write_flow_store,
+                      write_synth_video)
 from .geometry import TPS, apply_h
 from .render import draw_num_objects, render_video
 from .sources import SourceBank
@@ -33,4 +36,7 @@ from .viz import contact_sheet, flow_to_color, label_image
 
 __all__ = ["SynthConfig", "SourceBank", "render_video", "draw_num_objects", "contact_sheet", "flow_to_color",
            "label_image", "check_video", "warp_error", "composition_check", "stationary_check", "layer_map",
-           "procedural_texture", "TPS", "apply_h"]
+           "procedural_texture", "TPS", "apply_h",
+           # dataset stages (pipeline/synth/dataset.py)
+           "write_synth_video", "build_split", "list_split", "read_synth_video", "split_contact_sheet",
+           "make_source_bank", "synth_config", "split_render_seed", "write_flow_store", "build_split_flow"]

@@ -49,6 +49,9 @@ class SynthConfig:
     p_natural_texture: float = 1.0
     """Probability that a texture is a crop of a natural image when the bank has
     images (procedural textures otherwise)."""
+    texture_blur: float = 0.5
+    """Sigma (px) of a Gaussian prefilter applied to every sprite/background
+    texture (limits aliasing when layers shrink); 0 disables it."""
     color_jitter: float = 0.15
     """Strength of per-layer brightness/contrast/saturation jitter."""
 
@@ -107,7 +110,7 @@ class SynthConfig:
     clip_steps: tuple[int, ...] = (1, 2)
     """Frame strides used when sampling real clips (uniform choice, falls back
     to 1 when the sequence is too short)."""
-    clip_crop_range: tuple[float, float] = (0.45, 1.0)
+    clip_crop_range: tuple[float, float] = (0.3, 0.9)
     """Crop height of a real clip as a fraction of its frame height."""
     clip_max_fg_overlap: float = 0.05
     """A clip crop is accepted if the annotated foreground covers at most this
@@ -123,7 +126,7 @@ class SynthConfig:
     background. Only possible with homography backgrounds, so the probability
     is raised to p / (1 - P(clip background)) on those (capped at 1)."""
     stationary_len: tuple[int, int] = (1, 5)
-    """Inclusive range of the number of consecutive still frames."""
+    """Inclusive range of the number of consecutive still frames (clamped to T - 1)."""
 
     # --- occluder ------------------------------------------------------------------
     p_occluder: float = 0.25
@@ -151,8 +154,8 @@ class SynthConfig:
         if self.clip_flow not in ("dis", "zero"):
             raise ValueError("clip_flow must be 'dis' or 'zero'")
         a, b = self.stationary_len
-        if not 1 <= a <= b or b >= self.num_frames:
-            raise ValueError("stationary_len must satisfy 1 <= lo <= hi < num_frames")
+        if not 1 <= a <= b:
+            raise ValueError("stationary_len must satisfy 1 <= lo <= hi (clamped to num_frames - 1)")
         if self.bg_canvas_scale < 1.05:
             raise ValueError("bg_canvas_scale must be >= 1.05")
         return self

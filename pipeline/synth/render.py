@@ -16,6 +16,14 @@ from .shapes import (PAD, Sprite, bar_vertices, box_probe, grid_handles, polygon
 from .sources import SourceBank
 from .textures import color_jitter
 
+
+def _prepare_texture(rng: np.random.Generator, tex: np.ndarray, cfg: SynthConfig) -> np.ndarray:
+    """Colour jitter, then the anti-aliasing prefilter."""
+    tex = color_jitter(rng, tex, cfg.color_jitter)
+    if cfg.texture_blur > 0:
+        tex = cv2.GaussianBlur(tex, (0, 0), cfg.texture_blur)
+    return tex
+
 MAX_OBJECTS_STREAMS = 8  # independent random streams reserved for objects
 
 
@@ -195,7 +203,7 @@ def _object_sprite(rng: np.random.Generator, cfg: SynthConfig, bank: SourceBank,
         probe = np.concatenate([verts, box_probe(np.array([PAD, PAD, side - 1 - PAD, side - 1 - PAD]), 3)])
         kind = "polygon"
     tex, tex_info = bank.texture(rng, mask.shape[0], mask.shape[1], cfg.p_natural_texture)
-    tex = color_jitter(rng, tex, cfg.color_jitter)
+    tex = _prepare_texture(rng, tex, cfg)
     extra = dict(extra, texture=tex_info)
     return Sprite(mask=mask, texture=tex, center=center, radius=float(radius), handles=handles, probe=probe,
                   kind=kind, info=extra)
@@ -242,7 +250,7 @@ def _occluder(rng: np.random.Generator, cfg: SynthConfig, bank: SourceBank, cam:
         side = mask.shape[0]
         c = (side - 1) / 2
     tex, tex_info = bank.texture(rng, side, side, cfg.p_natural_texture)
-    tex = color_jitter(rng, tex, cfg.color_jitter)
+    tex = _prepare_texture(rng, tex, cfg)
     # place it over a random object at a random frame, then let it ride the camera
     o = int(rng.integers(len(layers)))
     t0 = int(rng.integers(cfg.num_frames))
@@ -307,7 +315,7 @@ def render_video(cfg: SynthConfig | None = None, index: int = 0, seed: int = 0,
     else:
         ch, cw = int(round(H * cfg.bg_canvas_scale)), int(round(W * cfg.bg_canvas_scale))
         tex, tex_info = bank.texture(rng_bg, ch, cw, cfg.p_natural_texture)
-        tex = color_jitter(rng_bg, tex, cfg.color_jitter)
+        tex = _prepare_texture(rng_bg, tex, cfg)
         static = bool(u_static < cfg.p_static_camera)
         cam_m = draw_camera_motion(rng_bg, cfg, static=static)
         cam = fit_camera(cam_m, cfg, (ch, cw))
@@ -338,7 +346,8 @@ def render_video(cfg: SynthConfig | None = None, index: int = 0, seed: int = 0,
     meta["stationary"] = None
     if want_stationary and meta["background"] == "homography" and n_obj > 0:
         o = int(rng_stat.integers(n_obj))
-        length = int(rng_stat.integers(cfg.stationary_len[0], cfg.stationary_len[1] + 1))
+        lo, hi = min(cfg.stationary_len[0], T - 1), min(cfg.stationary_len[1], T - 1)
+        length = int(rng_stat.integers(lo, hi + 1))
         t1 = int(rng_stat.integers(0, T - length))
         lay = layers[o]
         hs, tps = glue_to_camera(lay.hs, lay.tps, cam, t1, length)

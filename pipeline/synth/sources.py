@@ -23,6 +23,9 @@ import numpy as np
 from .textures import procedural_texture
 
 
+MASK_STACK_DOWN = 8
+
+
 class SourceBank:
     """Textures, silhouettes and clips, from a DAVIS-style folder or procedural.
 
@@ -37,6 +40,7 @@ class SourceBank:
         self.resolution = resolution
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+        self._stacks: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
         self.frames: dict[str, list[Path]] = {}
         self.annotations: dict[str, list[Path]] = {}
         if self.root is None:
@@ -110,6 +114,32 @@ class SourceBank:
             return m > 0
         return self._cached(path, _load)
 
+    def _mask_stack(self, seq: str) -> np.ndarray:
+        """(masks, (H, W)): annotated foreground of every frame of ``seq`` at
+        1/MASK_STACK_DOWN resolution, [n, h', w'] bool (a coarse cell is set if
+        any pixel is; frames without annotation are empty), and the frame size.
+        Kept for the bank's lifetime (small)."""
+        if seq in self._stacks:
+            return self._stacks[seq]
+        files = self.frames[seq]
+        ann = {p.stem: p for p in self.annotations.get(seq, [])}
+        ih, iw = self.load_rgb(files[0]).shape[:2]
+        d = MASK_STACK_DOWN
+        hh, ww = -(-ih // d), -(-iw // d)
+        out = np.zeros((len(files), hh, ww), bool)
+        for i, f in enumerate(files):
+            p = ann.get(f.stem)
+            if p is None:
+                continue
+            m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) > 0
+            if m.shape != (ih, iw):
+                m = cv2.resize(m.astype(np.uint8), (iw, ih), interpolation=cv2.INTER_NEAREST) > 0
+            pad = np.zeros((hh * d, ww * d), bool)
+            pad[:ih, :iw] = m
+            out[i] = pad.reshape(hh, d, ww, d).any((1, 3))
+        self._stacks[seq] = (out, (ih, iw))
+        return self._stacks[seq]
+
     # ------------------------------------------------------------------ samplers
     def texture(self, rng: np.random.Generator, h: int, w: int, p_natural: float = 1.0) -> tuple[np.ndarray, str]:
         """An RGB texture ``uint8 [h, w, 3]`` and a short description of its source."""
@@ -119,9 +149,9 @@ class SourceBank:
             k = int(rng.integers(len(files)))
             img = self.load_rgb(files[k])
             ih, iw = img.shape[:2]
-            # crop with the target aspect ratio, 30-100% of the largest possible
-            frac = rng.uniform(0.3, 1.0)
-            ch = min(ih, iw * h / w) * frac
+            # crop with the target aspect ratio, 1-4x the target size (so a
+            # texture looks like a surface, not a shrunken scene), within the image
+            ch = min(ih, iw * h / w, h * rng.uniform(1.0, 4.0))
             cw = ch * w / h
             y0 = rng.uniform(0, ih - ch)
             x0 = rng.uniform(0, iw - cw)
@@ -161,59 +191,64 @@ class SourceBank:
         return fallback
 
     def clip(self, rng: np.random.Generator, num_frames: int, h: int, w: int,
-             steps: tuple[int, ...] = (1, 2), crop_range: tuple[float, float] = (0.45, 1.0),
-             max_fg_overlap: float = 0.05, candidates: int = 24) -> tuple[np.ndarray, dict] | None:
+             steps: tuple[int, ...] = (1, 2), crop_range: tuple[float, float] = (0.3, 0.9),
+             max_fg_overlap: float = 0.05, candidates: int = 32,
+             seq_tries: int = 10) -> tuple[np.ndarray, dict] | None:
         """``num_frames`` consecutive frames of a real sequence, cropped and
         resized to ``h x w``: ``(uint8 [T, h, w, 3], info)``, or ``None``.
 
-        The crop window is chosen among random candidates to avoid the
-        annotated (moving) object: the first candidate whose union-over-time
-        foreground fraction is <= ``max_fg_overlap`` is used, else the least
-        covered one; the fraction is reported in ``info['fg_overlap']``.
+        The annotated object of a sequence moves, and it would be an unlabelled
+        moving object in the background, so the crop window is chosen to avoid
+        it: up to ``seq_tries`` (sequence, start, stride) draws, each with
+        ``candidates`` random windows; the first window whose foreground
+        fraction (union over the used frames) is <= ``max_fg_overlap`` is
+        taken, else the least covered one seen. ``info['fg_overlap']`` records
+        the fraction.
         """
         seqs = [s for s in self._clip_seqs if len(self.frames[s]) >= num_frames]
         if not seqs:
             return None
-        seq = seqs[rng.integers(len(seqs))]
+        best = None
+        for _ in range(seq_tries):
+            seq = seqs[rng.integers(len(seqs))]
+            files = self.frames[seq]
+            n = len(files)
+            ok_steps = [s for s in steps if (num_frames - 1) * s + 1 <= n] or [1]
+            step = int(ok_steps[rng.integers(len(ok_steps))])
+            span = (num_frames - 1) * step + 1
+            start = int(rng.integers(0, n - span + 1))
+            idx = list(range(start, start + span, step))
+            stack, (ih, iw) = self._mask_stack(seq)
+            union = stack[idx].any(0)          # coarse (1/MASK_STACK_DOWN) union over the used frames
+            integ = cv2.integral(union.astype(np.uint8))
+            sy, sx = union.shape[0] / ih, union.shape[1] / iw
+            found = False
+            for _ in range(candidates):
+                ch = min(ih, iw * h / w) * rng.uniform(*crop_range)
+                cw = ch * w / h
+                y0 = int(rng.uniform(0, ih - ch))
+                x0 = int(rng.uniform(0, iw - cw))
+                y1, x1 = y0 + int(ch), x0 + int(cw)
+                cy0, cx0 = int(y0 * sy), int(x0 * sx)
+                cy1, cx1 = max(int(np.ceil(y1 * sy)), cy0 + 1), max(int(np.ceil(x1 * sx)), cx0 + 1)
+                fg = float((integ[cy1, cx1] - integ[cy0, cx1] - integ[cy1, cx0] + integ[cy0, cx0])
+                           / ((cy1 - cy0) * (cx1 - cx0)))
+                if best is None or fg < best[0]:
+                    best = (fg, seq, idx, step, (x0, y0, x1 - x0, y1 - y0))
+                if fg <= max_fg_overlap:
+                    found = True
+                    break
+            if found:
+                break
+        fg, seq, idx, step, (x0, y0, cw, ch) = best
         files = self.frames[seq]
-        n = len(files)
-        ok_steps = [s for s in steps if (num_frames - 1) * s + 1 <= n] or [1]
-        step = int(ok_steps[rng.integers(len(ok_steps))])
-        span = (num_frames - 1) * step + 1
-        start = int(rng.integers(0, n - span + 1))
-        idx = list(range(start, start + span, step))
         reverse = bool(rng.random() < 0.5)
         if reverse:
             idx = idx[::-1]
         flip = bool(rng.random() < 0.5)
-        frames = [self.load_rgb(files[i]) for i in idx]
-        ih, iw = frames[0].shape[:2]
-        # union of the annotated foreground over the used frames (if annotated)
-        ann = {p.stem: p for p in self.annotations.get(seq, [])}
-        union = np.zeros((ih, iw), bool)
-        for i in idx:
-            p = ann.get(files[i].stem)
-            if p is not None:
-                m = self.load_mask(p)
-                if m.shape == union.shape:
-                    union |= m
-        integ = cv2.integral(union.astype(np.uint8))
-        best = None
-        for _ in range(candidates):
-            ch = min(ih, iw * h / w) * rng.uniform(*crop_range)
-            cw = ch * w / h
-            y0 = int(rng.uniform(0, ih - ch))
-            x0 = int(rng.uniform(0, iw - cw))
-            y1, x1 = y0 + int(ch), x0 + int(cw)
-            fg = (integ[y1, x1] - integ[y0, x1] - integ[y1, x0] + integ[y0, x0]) / max((y1 - y0) * (x1 - x0), 1)
-            if best is None or fg < best[0]:
-                best = (float(fg), (x0, y0, x1 - x0, y1 - y0))
-            if fg <= max_fg_overlap:
-                break
-        fg, (x0, y0, cw, ch) = best
         out = np.empty((num_frames, h, w, 3), np.uint8)
-        for t, f in enumerate(frames):
-            crop = f[y0:y0 + ch, x0:x0 + cw]
+        for t, i in enumerate(idx):
+            crop = self.load_rgb(files[i])[y0:y0 + ch, x0:x0 + cw]
             interp = cv2.INTER_AREA if ch > h else cv2.INTER_LINEAR
             r = cv2.resize(crop, (w, h), interpolation=interp)
             out[t] = r[:, ::-1] if flip else r

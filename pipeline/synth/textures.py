@@ -48,11 +48,11 @@ def procedural_texture(rng: np.random.Generator, h: int, w: int, kind: str | Non
         img = _palette_map(rng, _fractal_noise(rng, h, w), int(rng.integers(2, 5)))
     elif kind in ("stripes", "checks"):
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        period = rng.uniform(6, 30)
+        period = rng.uniform(8, 32)
         ang = rng.uniform(0, np.pi)
         f = np.sin(2 * np.pi * (xx * np.cos(ang) + yy * np.sin(ang)) / period + rng.uniform(0, 2 * np.pi))
         if kind == "checks":
-            f = f * np.sin(2 * np.pi * (-xx * np.sin(ang) + yy * np.cos(ang)) / rng.uniform(6, 30)
+            f = f * np.sin(2 * np.pi * (-xx * np.sin(ang) + yy * np.cos(ang)) / rng.uniform(8, 32)
                            + rng.uniform(0, 2 * np.pi))
         sharp = rng.uniform(1, 6)
         f = 0.5 + 0.5 * np.tanh(sharp * f)
@@ -82,7 +82,8 @@ def procedural_texture(rng: np.random.Generator, h: int, w: int, kind: str | Non
         img *= (0.8 + 0.4 * _fractal_noise(rng, h, w))[..., None]
     else:
         raise ValueError(f"unknown procedural texture kind {kind!r}")
-    img = img + rng.normal(0, 0.02, img.shape).astype(np.float32)  # fine grain for flow estimators
+    grain = cv2.GaussianBlur(rng.normal(0, 0.025, img.shape).astype(np.float32), (0, 0), 0.8)
+    img = img + grain  # fine (slightly correlated) grain gives flow estimators something to track
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), kind
 
 
@@ -91,13 +92,12 @@ def color_jitter(rng: np.random.Generator, img: np.ndarray, strength: float) -> 
     works on [..., 3] uint8 arrays such as a clip [T, H, W, 3])."""
     if strength <= 0:
         return img
-    b = rng.uniform(-strength, strength)
-    c = np.exp(rng.uniform(-strength, strength))
-    s = np.exp(rng.uniform(-2 * strength, 2 * strength))
-    gains = np.exp(rng.uniform(-strength / 2, strength / 2, 3))
-    x = img.astype(np.float32) / 255.0
+    b = np.float32(rng.uniform(-strength, strength))
+    c = np.float32(np.exp(rng.uniform(-strength, strength)))
+    s = np.float32(np.exp(rng.uniform(-2 * strength, 2 * strength)))
+    gains = np.exp(rng.uniform(-strength / 2, strength / 2, 3)).astype(np.float32)
+    x = img.astype(np.float32) * np.float32(1 / 255.0)
     gray = x.mean(-1, keepdims=True)
     x = gray + (x - gray) * s
-    x = (x - 0.5) * c + 0.5 + b
-    x = x * gains
+    x = ((x - np.float32(0.5)) * c + (np.float32(0.5) + b)) * gains
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
