@@ -75,7 +75,7 @@ class BaselineConfig:
     #: Number of RANSAC hypotheses (minimal samples) per direction.
     ransac_iters: int = 256
     #: RANSAC inlier threshold on the end-point error, in pixels.
-    ransac_thresh: float = 1.0
+    ransac_thresh: float = 0.5
     #: Weighted least-squares refinement rounds on the inliers of the best hypothesis.
     refine_iters: int = 2
     #: Width of the border band (fraction of min(H, W)) whose points get ``border_weight``.
@@ -89,12 +89,12 @@ class BaselineConfig:
     #: How forward and backward residuals are combined: ``'mean'``, ``'min'``, ``'max'`` or ``'geo'``.
     combine: str = "mean"
     #: Absolute floor of the foreground threshold on the residual, in pixels.
-    abs_thresh: float = 1.0
+    abs_thresh: float = 0.15
     #: Foreground threshold as a multiple of the robust residual scale.
     rel_thresh: float = 3.0
     #: Foreground threshold as a fraction of the median background (model) flow magnitude;
     #: flow errors grow with the motion, so fast camera motion needs a larger margin.
-    mag_rel: float = 0.2
+    mag_rel: float = 0.3
     #: Quantile of the background-inlier residuals used as the robust scale.
     scale_quantile: float = 0.5
     #: Hysteresis seed level (in units of the threshold); regions must reach it somewhere.
@@ -126,9 +126,12 @@ class BaselineConfig:
     #: A leftover component with at least this fraction inside a matched memory is merged into it.
     absorb_frac: float = 0.5
     #: Update rate of an object's memory mask with its current mask (1 = replace).
-    memory_rate: float = 0.6
+    memory_rate: float = 1.0
     #: Frames an unseen object keeps its index (and memory) before the index is freed.
     max_age: int = 15
+    #: Re-identification radius (fraction of the image diagonal): a component that overlaps no
+    #: memory may continue the track whose last centroid is this close (0 disables).
+    reid_dist: float = 0.15
 
 
 # ---------------------------------------------------------------------------
@@ -334,12 +337,27 @@ def _combine(a: np.ndarray, b: np.ndarray, how: str) -> np.ndarray:
     raise ValueError(f"unknown combine {how!r}")
 
 
+def _centroid(m: np.ndarray) -> np.ndarray:
+    """(x, y) centroid of a (soft) mask; image centre for an empty mask."""
+    H, W = m.shape
+    tot = float(m.sum())
+    if tot <= 1e-6:
+        return np.array([(W - 1) / 2.0, (H - 1) / 2.0])
+    ys = m.sum(1) @ np.arange(H) / tot
+    xs = m.sum(0) @ np.arange(W) / tot
+    return np.array([xs, ys])
+
+
 class _Track:
-    __slots__ = ("memory", "age")
+    """State of one object index: soft memory mask (in the current frame's
+    coordinates), last centroid and number of frames since it was last seen."""
+
+    __slots__ = ("memory", "age", "centroid")
 
     def __init__(self, memory: np.ndarray):
         self.memory = memory
         self.age = 0
+        self.centroid = _centroid(memory)
 
 
 # ---------------------------------------------------------------------------
@@ -451,47 +469,59 @@ class MotionBaseline:
             cm = np.stack([c.reshape(-1) for c in comps]).astype(np.float32)  # [C, P]
             mm = np.stack([self._tracks[i].memory.reshape(-1) for i in ids])  # [T, P]
             inter = cm @ mm.T
-            union = cm.sum(1)[:, None] + mm.sum(1)[None, :] - inter
+            carea = cm.sum(1)
+            union = carea[:, None] + mm.sum(1)[None, :] - inter
             iou = inter / np.maximum(union, 1e-6)
-            r, c = linear_sum_assignment(-iou)
-            for a, b in zip(r, c):
-                if iou[a, b] >= cfg.track_iou_thresh:
-                    assigned[a] = ids[b]
+            aff = np.where(iou >= cfg.track_iou_thresh, iou, 0.0)
+            if cfg.reid_dist > 0:
+                # fallback for lost / jumping objects: centroid proximity, always
+                # ranked below any IoU match
+                diag = float(np.hypot(H, W))
+                cc = np.stack([_centroid(c) for c in comps])
+                tc = np.stack([self._tracks[i].centroid for i in ids])
+                d = np.linalg.norm(cc[:, None] - tc[None], axis=-1) / diag
+                near = cfg.track_iou_thresh * 0.5 * np.clip(1.0 - d / cfg.reid_dist, 0.0, None)
+                aff = np.where(aff > 0, aff, near)
+            r, c = linear_sum_assignment(-aff)
+            for i, j in zip(r, c):
+                if aff[i, j] > 0:
+                    assigned[i] = ids[j]
             # absorb leftover fragments lying mostly inside a matched memory
-            frac = inter / np.maximum(cm.sum(1)[:, None], 1e-6)
-            matched_cols = {ids.index(t) for t in assigned.values()}
-            for a in range(len(comps)):
-                if a in assigned or not matched_cols:
-                    continue
-                cols = sorted(matched_cols)
-                b = cols[int(np.argmax(frac[a, cols]))]
-                if frac[a, b] >= cfg.absorb_frac:
-                    assigned[a] = ids[b]
+            frac = inter / np.maximum(carea[:, None], 1e-6)
+            cols = sorted({ids.index(t) for t in assigned.values()})
+            if cols:
+                for i in range(len(comps)):
+                    if i in assigned:
+                        continue
+                    j = cols[int(np.argmax(frac[i, cols]))]
+                    if frac[i, j] >= cfg.absorb_frac:
+                        assigned[i] = ids[j]
         # new objects take free indices, largest component first
         free = [i for i in range(1, K + 1) if i not in self._tracks]
-        for a in range(len(comps)):
-            if a in assigned or not free:
+        for i in range(len(comps)):
+            if i in assigned or not free:
                 continue
-            assigned[a] = free.pop(0)
+            assigned[i] = free.pop(0)
         # paint & update memories
         seen = {}
-        for a, tid in assigned.items():
+        for i, tid in assigned.items():
             seen.setdefault(tid, np.zeros((H, W), bool))
-            seen[tid] |= comps[a]
+            seen[tid] |= comps[i]
         for tid, m in seen.items():
             out[m & (out == 0)] = tid
+            mf = m.astype(np.float32)
             if tid in self._tracks:
                 tr = self._tracks[tid]
-                tr.memory = (1 - cfg.memory_rate) * tr.memory + cfg.memory_rate * m.astype(np.float32)
+                tr.memory = (1 - cfg.memory_rate) * tr.memory + cfg.memory_rate * mf
                 tr.age = 0
             else:
-                self._tracks[tid] = _Track(m.astype(np.float32))
+                tr = self._tracks[tid] = _Track(mf)
+            tr.centroid = _centroid(m)
         for tid in list(self._tracks):
             if tid in seen:
                 continue
             tr = self._tracks[tid]
             tr.age += 1
-            tr.memory *= (1 - cfg.memory_rate)
             if tr.age > cfg.max_age:
                 del self._tracks[tid]
         return out

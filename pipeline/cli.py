@@ -172,8 +172,8 @@ def weights_fetch(cache_dir: Optional[Path] = typer.Option(None, help="Where to 
         paths = fetch_raft_weights(cache_dir)
     except FileNotFoundError as e:
         _fail(str(e))
-    for p in paths:
-        typer.echo(str(p))
+    for name, p in paths.items():
+        typer.echo(f"{name}: {p}")
 
 
 def main() -> None:  # pragma: no cover

@@ -190,7 +190,9 @@ class ArtifactWriter:
         staging = self._staging_root.create_array(
             name=name, shape=shape, chunks=chunks, dtype=spec.dtype,
             compressors=_compressor(self._level), fill_value=0,
-            dimension_names=spec.dims, config={"write_empty_chunks": True})
+            dimension_names=spec.dims, config={"write_empty_chunks": True},
+            # flat chunk files (c.<t>.0.0) instead of nested folders: cheap to create/remove
+            chunk_key_encoding={"name": "default", "separator": "."})
         self._specs[name] = spec
         return ArrayWriter(spec, staging)
 
@@ -270,7 +272,7 @@ class ArtifactWriter:
                           dtype=spec.dtype, compressors=_compressor(self._level), fill_value=0,
                           dimension_names=spec.dims, attributes=_jsonable(spec.attrs))
         n = spec.shape[0]
-        zeros = "/".join(["0"] * (len(spec.shape) - 1))
+        zeros = "".join([".0"] * (len(spec.shape) - 1))
         shard_key = "c/" + "/".join(["0"] * len(spec.shape))
         shard_path = Path(root.store.root) / spec.name / shard_key
         shard_path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +280,7 @@ class ArtifactWriter:
         offset = 0
         with open(shard_path, "wb") as out:
             for t in range(n):
-                chunk = staging / "c" / str(t) / zeros if zeros else staging / "c" / str(t)
+                chunk = staging / f"c.{t}{zeros}"
                 if not chunk.exists():
                     raise ArtifactError(f"{self.path}: frame {t} of array {spec.name!r} was never "
                                         "written (refusing to store an incomplete artifact)")

@@ -8,8 +8,8 @@ from pipeline.synth.dataset import build_split, make_source_bank, split_contact_
 
 def main(split: str) -> None:
     sp = section(load_params(), "synth")
-    if split not in ("train", "val"):
-        raise KeyError(f"unknown synth split {split!r} (train | val)")
+    if split in ("sources", "config", "flow") or not isinstance(sp.get(split), dict):
+        raise KeyError(f"params.yaml has no split section synth.{split} (count, seed)")
     # reads exactly the keys dvc.yaml declares: synth.<split>, synth.sources, synth.config
     sc, src, conf = sp[split], sp["sources"], sp.get("config") or {}
     cfg = synth_config(conf)

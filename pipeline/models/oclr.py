@@ -47,7 +47,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -125,7 +125,7 @@ class OCLRConfig:
 
     @classmethod
     def cpu(cls, **overrides: Any) -> "OCLRConfig":
-        """A small variant that trains on a CPU (about 1.9M parameters): U-Net 16/32/64/128
+        """A small variant that trains on a CPU (about 2.0M parameters): U-Net 16/32/64/128
         with a 128-channel bottleneck, transformer d 128, 4 heads, FFN 256, 2+2 layers."""
         base = cls(base_channels=16, num_pools=4, bottleneck_channels=128, d_model=128, num_heads=4, ffn_dim=256,
                    enc_layers=2, dec_layers=2, dropout=0.0)

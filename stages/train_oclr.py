@@ -1,0 +1,27 @@
+"""Stage train_oclr: train OCLR on the synthetic splits, then export the small inference checkpoint."""
+
+from pipeline.config import load_params, project_root, section
+from pipeline.models.oclr_train import export_checkpoint, train_oclr
+from pipeline.runtime import run_stage
+from pipeline.store import write_json_atomic
+
+OUT_DIR = "data/oclr/train"  # checkpoints (last.pt), train/val curves, metrics.json (persisted by DVC)
+
+
+def main() -> None:
+    op = dict(section(load_params(), "oclr"))  # the only params this stage reads
+    root = project_root()
+    out = root / OUT_DIR
+    m = train_oclr(op, out, resume=bool(op.get("resume", True)))
+    dest = root / op.get("export", "checkpoints/oclr_cpu.pt")
+    info = export_checkpoint(out / "last.pt", dest, fp16=True, max_mb=op.get("export_max_mb", 25))
+    write_json_atomic(out / "export.json", info)
+    val = (f"val J modal {m['val_J_modal']:.3f} amodal {m['val_J_amodal']:.3f}"
+           if m["val_J_modal"] is not None else "no validation")
+    print(f"train_oclr: {m['iterations']}/{m['iterations_target']} iterations ({m['stopped_by']}), {val}, "
+          f"{m['wall_time_s']:.0f} s on {m['device']} -> {out}; exported {info['encoding']} "
+          f"{info['bytes'] / 1e6:.1f} MB -> {dest}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
