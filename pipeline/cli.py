@@ -170,7 +170,7 @@ def weights_fetch(cache_dir: Optional[Path] = typer.Option(None, help="Where to 
 
     try:
         paths = fetch_raft_weights(cache_dir)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # missing, or a corrupt file (sha256)
         _fail(str(e))
     for name, p in paths.items():
         typer.echo(f"{name}: {p}")

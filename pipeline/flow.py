@@ -133,9 +133,9 @@ def _verify(path: Path, name: str) -> str:
     if want is not None and digest != want:
         raise WeightsChecksumError(
             f"{path}: sha256 {digest} does not match the known sha256 of {name} ({want}); "
-            f"the file is corrupt or a different checkpoint. Delete it and fetch it "
-            f"again (`python -m pipeline.flow fetch`), or point params flow.weights at "
-            f"a checkpoint under another file name.")
+            f"the file is corrupt or a different checkpoint. Delete it and fetch it again "
+            f"(`motionseg weights fetch` or `python -m pipeline.flow fetch`), or point "
+            f"params flow.weights at a checkpoint under another file name.")
     return digest
 
 
@@ -273,8 +273,9 @@ def resolve_raft_weights(model: str, path: str | os.PathLike | None = None,
     raise WeightsNotFoundError(
         f"RAFT weights {name} for {model} not found. Tried:\n  - {lines}\n"
         f"Fix: put {name} at {cached} (the official file from "
-        f"https://github.com/princeton-vl/RAFT, models.zip), or fetch it with `python -m pipeline.flow fetch` "
-        f"(needs internet), or set params flow.weights to the checkpoint's path.")
+        f"https://github.com/princeton-vl/RAFT, models.zip), or fetch it with "
+        f"`motionseg weights fetch` (or `python -m pipeline.flow fetch`, needs internet), "
+        f"or set params flow.weights to the checkpoint's path.")
 
 
 def fetch_raft_weights(cache_dir: str | os.PathLike | None = None,

@@ -154,7 +154,8 @@ def textured_pair(dx: int, dy: int, h: int = 128, w: int = 224):
         rng = np.random.default_rng(0)
         acc = np.zeros((h + 40, w + 40, 3), np.float32)
         for s in (1.0, 2.0, 4.0, 8.0):
-            acc += cv2.GaussianBlur(rng.standard_normal(acc.shape).astype(np.float32), (0, 0), s) * s
+            noise = rng.standard_normal(acc.shape).astype(np.float32)
+            acc += cv2.GaussianBlur(noise, (0, 0), s) * s
         big = ((acc - acc.min()) / (acc.max() - acc.min()) * 255)
     big = np.ascontiguousarray(big).astype(np.uint8)
     y0, x0 = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
