@@ -3,7 +3,8 @@
 Usage:
     python bench/tune_baseline.py flow            # compute + cache DIS flows
     python bench/tune_baseline.py eval [k=v ...]  # evaluate defaults (+ overrides)
-    python bench/tune_baseline.py grid            # small grid over a few params
+    python bench/tune_baseline.py grid k=v1,v2 ... # grid over a few params
+(``seed=N`` may be given like a parameter to change the RANSAC seed.)
 
 Flow: OpenCV DIS (medium preset) on frames resized to 128x224 (INTER_AREA),
 forward t->t+1 and backward t->t-1; at the sequence ends the missing direction
@@ -86,11 +87,13 @@ def eval_seq(args):
     seq, overrides = args
     from pipeline.baseline import BaselineConfig, motion_segment
     cv2.setNumThreads(1)
+    overrides = dict(overrides)
+    seed = int(overrides.pop("seed", 0))  # 'seed' is not a config field
     cfg = dataclasses.replace(BaselineConfig(), **overrides)
     flows = np.load(os.path.join(CACHE, seq + ".npy"))
     gt = load_gt(seq)
     t0 = time.perf_counter()
-    preds = np.stack(list(motion_segment((f.astype(np.float32) for f in flows), cfg, seed=0)))
+    preds = np.stack(list(motion_segment((f.astype(np.float32) for f in flows), cfg, seed=seed)))
     dt = (time.perf_counter() - t0) / len(flows)
     best = 0.0
     for k in range(1, cfg.num_objects + 1):

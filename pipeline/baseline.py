@@ -20,22 +20,28 @@ Algorithm (all steps deterministic for a given seed):
    belonged to an object in the previous frame weigh less.  The winner is
    refined by weighted least squares on its inliers.
 2. The residual ``|flow(p) - (model(p) - p)|`` of every pixel is computed for
-   both directions and the two maps are combined (mean by default).
-3. The combined residual is divided by a threshold
-   ``max(abs_thresh, rel_thresh * robust_scale)`` where the robust scale is a
-   quantile of the residual over the background inliers, giving a score map
-   in which 1 is the decision boundary.  The score map is smoothed in time by
-   an exponential moving average whose previous state is warped into the
-   current frame with the backward flow.
-4. Hysteresis thresholding (seeds above ``hyst_high``, growth above 1),
-   morphological opening / closing, hole filling, connected components with
-   nearby components merged, tiny components dropped.
-5. Tracking: each object index owns a soft memory mask that is warped along
-   the flow every frame.  Components are matched to memories by Hungarian
-   assignment on soft IoU; unmatched components that mostly lie inside a
+   each direction and divided by that direction's threshold
+   ``max(abs_thresh, rel_thresh * robust_scale, mag_rel * background_speed)``
+   (robust scale: weighted median of the sampled residuals; background speed:
+   median magnitude of the model flow, since flow errors grow with motion).
+   The two normalised maps are combined (mean by default) into a score map in
+   which 1 is the decision level.  The score map is smoothed in time by an
+   exponential moving average whose previous state is warped into the current
+   frame with the backward flow.
+3. Hysteresis thresholding (seeds above ``hyst_high``, growth above
+   ``hyst_low``), then every region is trimmed to the pixels scoring at least
+   ``peak_frac`` of its robust peak (flow is smooth across motion boundaries,
+   so the residual bleeds outside the object), morphological opening /
+   closing, hole filling, connected components with nearby components merged,
+   tiny components dropped.
+4. Tracking: each object index owns a memory mask that is warped along the
+   flow every frame.  Components are matched to memories by Hungarian
+   assignment on IoU (falling back to centroid proximity for objects that
+   jumped or reappeared); unmatched components that mostly lie inside a
    matched memory are absorbed into it; the remaining ones take free indices
-   (largest first).  Memories of unseen objects fade and are released after
-   ``max_age`` frames.
+   (largest first).  An object that is no longer detected is still reported
+   at its warped memory for ``hold_frames`` frames and its index is released
+   after ``max_age`` frames.
 
 Memory use is constant in the video length: only the previous smoothed score
 map and the ``K`` memory masks are kept.
@@ -81,7 +87,7 @@ class BaselineConfig:
     #: Width of the border band (fraction of min(H, W)) whose points get ``border_weight``.
     border_frac: float = 0.15
     #: RANSAC scoring weight of points in the border band (interior points weigh 1).
-    border_weight: float = 2.0
+    border_weight: float = 4.0
     #: Down-weighting of points covered by last frame's objects: weight *= 1 - prev_fg_weight * memory.
     prev_fg_weight: float = 0.5
 
@@ -89,14 +95,16 @@ class BaselineConfig:
     #: How forward and backward residuals are combined: ``'mean'``, ``'min'``, ``'max'`` or ``'geo'``.
     combine: str = "mean"
     #: Absolute floor of the foreground threshold on the residual, in pixels.
-    abs_thresh: float = 0.15
+    abs_thresh: float = 0.1
     #: Foreground threshold as a multiple of the robust residual scale.
-    rel_thresh: float = 3.0
+    rel_thresh: float = 2.0
     #: Foreground threshold as a fraction of the median background (model) flow magnitude;
     #: flow errors grow with the motion, so fast camera motion needs a larger margin.
-    mag_rel: float = 0.3
-    #: Quantile of the background-inlier residuals used as the robust scale.
+    mag_rel: float = 0.2
+    #: Quantile of the (RANSAC-weighted) sampled residuals used as the robust noise scale.
     scale_quantile: float = 0.5
+    #: Hysteresis growth level (in units of the threshold): regions extend down to this score.
+    hyst_low: float = 1.0
     #: Hysteresis seed level (in units of the threshold); regions must reach it somewhere.
     hyst_high: float = 1.5
     #: Per-region refinement: a region keeps only pixels scoring above ``peak_frac`` times its
@@ -129,6 +137,9 @@ class BaselineConfig:
     memory_rate: float = 1.0
     #: Frames an unseen object keeps its index (and memory) before the index is freed.
     max_age: int = 15
+    #: An object that stops being detected (e.g. it stopped moving) keeps being reported at its
+    #: flow-warped last mask for this many frames (0 disables).
+    hold_frames: int = 5
     #: Re-identification radius (fraction of the image diagonal): a component that overlaps no
     #: memory may continue the track whose last centroid is this close (0 disables).
     reid_dist: float = 0.15
@@ -216,8 +227,13 @@ def fit_background_motion(
 
     # minimal samples: k distinct points per hypothesis
     nh = max(1, int(cfg.ransac_iters))
-    idx = np.argsort(rng.random((nh, n)), axis=1)[:, :k] if n <= 4096 else \
-        np.stack([rng.choice(n, k, replace=False) for _ in range(nh)])
+    idx = rng.integers(0, n, (nh, k))
+    for _ in range(8):  # redraw the (rare) samples with a repeated point
+        srt = np.sort(idx, axis=1)
+        bad = (srt[:, 1:] == srt[:, :-1]).any(1)
+        if not bad.any():
+            break
+        idx[bad] = rng.integers(0, n, (int(bad.sum()), k))
     A, b = _design(xs[idx], ys[idx], xd[idx], yd[idx], model)  # [nh, 2k, p]
     det = np.linalg.det(A)
     ok = np.abs(det) > 1e-10
@@ -228,8 +244,8 @@ def fit_background_motion(
         b = b[ok]
         h = np.linalg.solve(A, b[..., None])[..., 0]
         Ms = _to_matrix(h, model)  # normalised coordinates
-        px, py = _apply(Ms, xs[None], ys[None])
-        err = (px - xd[None]) ** 2 + (py - yd[None]) ** 2
+        px, py = _apply(Ms.astype(np.float32), xs[None].astype(np.float32), ys[None].astype(np.float32))
+        err = (px - xd[None].astype(np.float32)) ** 2 + (py - yd[None].astype(np.float32)) ** 2
         inl = err < thr2
         score = (inl * weights[None]).sum(1)
         j = int(np.argmax(score))
@@ -280,8 +296,9 @@ def residual_motion(
         (residual, params): residual [H, W] float32 end-point distance between
         the flow and the fitted model's flow; params is a dict with ``'matrix'``
         (3x3, pixel coordinates, maps p to p + flow(p)), ``'scale'`` (robust
-        residual scale over the inliers, px), ``'bg_mag'`` (median magnitude of
-        the model flow, px) and ``'inlier_frac'``.
+        residual scale: weighted quantile over the sampled points, px),
+        ``'bg_mag'`` (median magnitude of the model flow, px) and
+        ``'inlier_frac'`` (fraction of sampled points that are RANSAC inliers).
     """
     flow2 = np.nan_to_num(np.asarray(flow2, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     _, H, W = flow2.shape
@@ -297,16 +314,21 @@ def residual_motion(
     dst = src + np.stack([u, v], 1)
     w = weights.reshape(-1)[sel].astype(np.float64)
     M, inl = fit_background_motion(src, dst, w, cfg, rng)
-    gx, gy = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
-    px, py = _apply(M, gx, gy)
+    gx, gy = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
+    px, py = _apply(M.astype(np.float32), gx, gy)
     ru = flow2[0] - (px - gx)
     rv = flow2[1] - (py - gy)
     res = np.sqrt(ru * ru + rv * rv).astype(np.float32)
     rs = res.reshape(-1)[sel]
-    if inl.any():
-        scale = float(np.quantile(rs[inl], cfg.scale_quantile))
+    # robust noise scale: weighted quantile of the residuals of all sampled points,
+    # with the RANSAC weights (so the background dominates, as in the fit)
+    order = np.argsort(rs, kind="stable")
+    cw = np.cumsum(w[order])
+    if m and cw[-1] > 0:
+        pos = int(np.searchsorted(cw, cfg.scale_quantile * cw[-1]))
+        scale = float(rs[order[min(pos, m - 1)]])
     else:
-        scale = float(np.quantile(rs, cfg.scale_quantile))
+        scale = 0.0
     bg_mag = float(np.median(np.hypot(px - gx, py - gy)))
     return res, {"matrix": M, "scale": scale, "bg_mag": bg_mag,
                  "inlier_frac": float(inl.mean()) if m else 0.0}
@@ -372,6 +394,10 @@ class MotionBaseline:
         self.cfg = cfg if cfg is not None else BaselineConfig()
         if self.cfg.num_objects < 1 or self.cfg.num_objects > 255:
             raise ValueError("num_objects must be in 1..255")
+        if self.cfg.model not in ("homography", "affine"):
+            raise ValueError(f"unknown model {self.cfg.model!r}")
+        if self.cfg.combine not in ("mean", "min", "max", "geo"):
+            raise ValueError(f"unknown combine {self.cfg.combine!r}")
         self.seed = seed
         self.reset()
 
@@ -408,7 +434,7 @@ class MotionBaseline:
 
     def _mask(self, score: np.ndarray) -> np.ndarray:
         cfg = self.cfg
-        low = score > 1.0
+        low = score > cfg.hyst_low
         if cfg.hyst_high > 1.0:
             lab, n = ndimage.label(low)
             if n:
@@ -427,7 +453,7 @@ class MotionBaseline:
             for i in range(1, n + 1):
                 c = counts[i]
                 q = sv[order[starts[i] + min(c - 1, int(cfg.peak_quantile * (c - 1)))]]
-                thr[i] = max(1.0, cfg.peak_frac * q)
+                thr[i] = max(cfg.hyst_low, cfg.peak_frac * q)
             low = score >= thr[lab]
         m = low.astype(np.uint8)
         if self._kernel is not None:
@@ -522,6 +548,8 @@ class MotionBaseline:
                 continue
             tr = self._tracks[tid]
             tr.age += 1
+            if tr.age <= cfg.hold_frames:
+                out[(tr.memory >= 0.5) & (out == 0)] = tid
             if tr.age > cfg.max_age:
                 del self._tracks[tid]
         return out

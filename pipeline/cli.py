@@ -19,8 +19,13 @@ from .config import KNOWN_DATASETS, DatasetConfig, list_sequences, project_root,
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 dataset_app = typer.Typer(no_args_is_help=True, help="Choose or list the dataset the pipeline runs on.")
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights.")
+ckpt_app = typer.Typer(no_args_is_help=True, help="The project's own trained checkpoints.")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(weights_app, name="weights")
+app.add_typer(ckpt_app, name="checkpoints")
+
+# model -> (params section whose `export` names the trained file, published name)
+PUBLISHABLE = {"oclr": ("oclr", "oclr_cpu.pt")}
 
 
 def _fail(msg: str) -> None:
@@ -174,6 +179,50 @@ def weights_fetch(cache_dir: Optional[Path] = typer.Option(None, help="Where to 
         _fail(str(e))
     for name, p in paths.items():
         typer.echo(f"{name}: {p}")
+
+
+@ckpt_app.command("publish")
+def checkpoints_publish(
+    model: str = typer.Argument(..., help=f"Which model: {', '.join(PUBLISHABLE)}."),
+    source: Optional[Path] = typer.Option(None, help="Exported file (default: params <model>.export)."),
+    name: Optional[str] = typer.Option(None, help="File name in checkpoints/ (default per model)."),
+    max_mb: float = typer.Option(25.0, help="Refuse files larger than this (git-tracked)."),
+) -> None:
+    """Copy a training stage's exported checkpoint into checkpoints/ (git-tracked).
+
+    Training stages (training/dvc.yaml) write their exports under data/; the
+    inference stages read the published copies, so `dvc repro` never starts a
+    training run. A JSON sidecar records sha256, size, the training params and
+    metrics and the code version.
+    """
+    import shutil
+
+    from .config import load_params
+    from .store import code_version, sha256_file, write_json_atomic
+
+    if model not in PUBLISHABLE:
+        _fail(f"unknown model {model!r} (known: {', '.join(PUBLISHABLE)})")
+    sect, default_name = PUBLISHABLE[model]
+    params = load_params()
+    src = source or Path(params[sect]["export"])
+    if not src.is_file():
+        _fail(f"{src}: no exported checkpoint (train it: dvc repro -s training/dvc.yaml:train_{model})")
+    size_mb = src.stat().st_size / 2**20
+    if size_mb > max_mb:
+        _fail(f"{src}: {size_mb:.1f} MB is over the {max_mb} MB limit for committed checkpoints")
+    dest = project_root() / "checkpoints" / (name or default_name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dest)
+    metrics_path = project_root() / "results" / model / "metrics.json"
+    sidecar = {"model": model, "file": dest.name, "sha256": sha256_file(dest),
+               "size_mb": round(size_mb, 3), "source": str(src), "params": params[sect],
+               "training_metrics": json.loads(metrics_path.read_text())
+               if metrics_path.exists() else None,
+               "code_version": code_version()}
+    write_json_atomic(dest.with_suffix(".json"), sidecar)
+    typer.echo(f"published {src} -> {dest} ({size_mb:.1f} MB, sha256 {sidecar['sha256'][:12]})")
 
 
 def main() -> None:  # pragma: no cover

@@ -128,17 +128,23 @@ def _as_bool(a: Any) -> np.ndarray:
     return arr
 
 
+def _mask_pair(pred: Any, gt: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks as bool arrays of the same [H, W] or [T, H, W] shape (else ValueError)."""
+    p = _as_bool(pred)
+    g = _as_bool(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"{what}: prediction shape {p.shape} != ground-truth shape {g.shape}")
+    if p.ndim not in (2, 3):
+        raise ValueError(f"{what}: expected [H, W] or [T, H, W] masks, got {p.ndim} dimensions")
+    return p, g
+
+
 def iou(pred: Any, gt: Any) -> float | np.ndarray:
     """Jaccard index of binary masks ``[H, W]`` (scalar) or ``[T, H, W]`` (per frame).
 
     A frame whose prediction and ground truth are both empty scores 1.
     """
-    p = _as_bool(pred)
-    g = _as_bool(gt)
-    if p.shape != g.shape:
-        raise ValueError(f"iou: prediction shape {p.shape} != ground-truth shape {g.shape}")
-    if p.ndim not in (2, 3):
-        raise ValueError(f"iou: expected [H, W] or [T, H, W] masks, got {p.ndim} dimensions")
+    p, g = _mask_pair(pred, gt, "iou")
     inter = np.count_nonzero(p & g, axis=(-2, -1))
     union = np.count_nonzero(p | g, axis=(-2, -1))
     j = np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float64)
@@ -338,12 +344,7 @@ def _f_from_boundaries(pred_b: _Boundary, gt_b: _Boundary) -> float:
 
 def f_measure(pred: Any, gt: Any, bound_th: float = DEFAULT_BOUND_TH) -> float | np.ndarray:
     """Boundary F-measure of binary masks ``[H, W]`` (scalar) or ``[T, H, W]`` (per frame)."""
-    p = _as_bool(pred)
-    g = _as_bool(gt)
-    if p.shape != g.shape:
-        raise ValueError(f"f_measure: prediction shape {p.shape} != ground-truth shape {g.shape}")
-    if p.ndim not in (2, 3):
-        raise ValueError(f"f_measure: expected [H, W] or [T, H, W] masks, got {p.ndim} dimensions")
+    p, g = _mask_pair(pred, gt, "f_measure")
     kernel = _disk_cached(bound_pixels(p.shape[-2:], bound_th))
     if p.ndim == 2:
         return _f_from_boundaries(_mask_boundary(p, kernel), _mask_boundary(g, kernel))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from .models.oclr import compose_modal
-from .models.oclr_train import modal_labels
+from .models.oclr_train import modal_labels, resolve_device
 
 __all__ = ["FramePrediction", "window_spans", "soft_iou_matrix", "match_layers", "predict_sequence",
            "predict_arrays"]
@@ -105,7 +105,7 @@ def _resize_flow(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_sequence(model: torch.nn.Module, flow_reader: Any, window: int = 30, overlap: int = 10,
-                     device: Any = "cpu", batch: int = 1, infer_size: Sequence[int] | None = None,
+                     device: Any = None, batch: int = 1, infer_size: Sequence[int] | None = None,
                      amp: bool = True, info: dict | None = None) -> Iterator[FramePrediction]:
     """Yield a :class:`FramePrediction` for every frame ``t = 0..T-1`` of a video, in order.
 
@@ -116,7 +116,8 @@ def predict_sequence(model: torch.nn.Module, flow_reader: Any, window: int = 30,
         flow_reader: ``len()`` = T and ``flow_reader[a:b]`` -> ``[b-a, 4, H, W]`` float
             (``u_fwd, v_fwd, u_bwd, v_bwd``), e.g. a :class:`pipeline.store.FrameReader`.
         window, overlap: see :func:`window_spans`.
-        device: torch device; ``amp``: bf16 autocast on CUDA.
+        device: where the inputs go (``None``: the model's device; ``"auto"``: CUDA when
+            present); the model must already be there. ``amp``: bf16 autocast on CUDA.
         batch: windows per forward pass.
         infer_size: ``(h, w)`` the model runs at; ``None`` = the flow size rounded to a
             multiple of ``2**model.cfg.num_pools`` (as is for models without ``cfg``).
@@ -126,7 +127,11 @@ def predict_sequence(model: torch.nn.Module, flow_reader: Any, window: int = 30,
     """
     T = len(flow_reader)
     spans = window_spans(T, window, overlap)
-    dev = torch.device(device)
+    if device is None:
+        p0 = next(iter(model.parameters()), None)
+        dev = p0.device if p0 is not None else torch.device("cpu")
+    else:
+        dev = resolve_device(device)
     model.eval()
     H, W = (int(s) for s in flow_reader.shape[-2:]) if hasattr(flow_reader, "shape") else (None, None)
     cfg = getattr(model, "cfg", None)

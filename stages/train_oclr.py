@@ -1,21 +1,31 @@
-"""Stage train_oclr: train OCLR on the synthetic splits, then export the small inference checkpoint."""
+"""Stage train_oclr: train OCLR on the synthetic splits, then export the small inference checkpoint.
+
+Outputs: ``data/oclr/train/`` (``last.pt``, ``export.json``; persisted by DVC so a
+rerun resumes), ``results/oclr/`` (``train_curve.csv``, ``val_curve.csv``: DVC
+plots; ``metrics.json``: DVC metrics) and the exported checkpoint
+(``oclr.export``, default ``checkpoints/oclr_cpu.pt``).
+"""
 
 from pipeline.config import load_params, project_root, section
 from pipeline.models.oclr_train import export_checkpoint, train_oclr
 from pipeline.runtime import run_stage
 from pipeline.store import write_json_atomic
 
-OUT_DIR = "data/oclr/train"  # checkpoints (last.pt), train/val curves, metrics.json (persisted by DVC)
+OUT_DIR = "data/oclr/train"   # last.pt + export.json (persisted: resuming)
+LOG_DIR = "results/oclr"      # curves and metrics.json (DVC plots / metrics)
 
 
 def main() -> None:
     op = dict(section(load_params(), "oclr"))  # the only params this stage reads
     root = project_root()
-    out = root / OUT_DIR
-    m = train_oclr(op, out, resume=bool(op.get("resume", True)))
+    out, logs = root / OUT_DIR, root / LOG_DIR
+    m = train_oclr(op, out, resume=bool(op.get("resume", True)), log_dir=logs)
     dest = root / op.get("export", "checkpoints/oclr_cpu.pt")
     info = export_checkpoint(out / "last.pt", dest, fp16=True, max_mb=op.get("export_max_mb", 25))
     write_json_atomic(out / "export.json", info)
+    m["export"] = {k: info[k] for k in ("path", "encoding", "bytes", "file_sha256")}
+    m["export"]["path"] = str(op.get("export", "checkpoints/oclr_cpu.pt"))
+    write_json_atomic(logs / "metrics.json", m)
     val = (f"val J modal {m['val_J_modal']:.3f} amodal {m['val_J_amodal']:.3f}"
            if m["val_J_modal"] is not None else "no validation")
     print(f"train_oclr: {m['iterations']}/{m['iterations_target']} iterations ({m['stopped_by']}), {val}, "

@@ -11,13 +11,7 @@ from pipeline.models import (OCLR, OCLRConfig, boundary_band, boundary_bce, comp
 from pipeline.synth import SynthConfig, render_video
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is a shared 2-core box: one intra-op thread is fastest there."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_config(**kw) -> OCLRConfig:

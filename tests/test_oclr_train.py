@@ -21,13 +21,7 @@ from pipeline.store import ArtifactWriter, open_artifact
 T, H, W = 8, 32, 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is a shared 2-core box: one intra-op thread is fastest there."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _write_split(root: Path, split: str, count: int, seed: int) -> Path:
@@ -210,6 +204,25 @@ def test_determinism_and_time_budget(data, tmp_path):
     assert m["resumed_from"] == 1 and m["iterations"] == 3 and m["completed"]
 
 
+def test_paper_preset_export_fits_25mb(tmp_path):
+    from pipeline.models import OCLRConfig
+    from pipeline.models.oclr_train import CHECKPOINT_FORMAT, normalize_train_config
+
+    cfg = OCLRConfig.paper()
+    torch.manual_seed(0)
+    model = OCLR(cfg)
+    n = model.param_count()
+    assert n * 2 > 25e6                                                  # fp16 would not fit
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "iteration": 0, "train_seconds": 0.0,
+                "config": normalize_train_config({"preset": "paper"}), "model_config": cfg.to_dict(),
+                "param_count": n}, tmp_path / "last.pt")
+    del model
+    info = export_checkpoint(tmp_path / "last.pt", tmp_path / "paper.pt")
+    assert info["encoding"] == "int8+fp16" and info["bytes"] <= 25e6
+    loaded, meta = load_oclr(tmp_path / "paper.pt")
+    assert loaded.param_count() == n and meta["train"]["preset"] == "paper"
+
+
 def test_missing_checkpoint_message(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dvc repro train_oclr") as e:
         load_oclr(tmp_path / "nope" / "oclr_cpu.pt")
@@ -232,10 +245,11 @@ def test_stage_trains_and_exports(data, tmp_path):
     cmd = [sys.executable, str(root / "stages" / "train_oclr.py")]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    out = tmp_path / "data" / "oclr" / "train"
-    for name in ("last.pt", "train_curve.csv", "val_curve.csv", "metrics.json", "export.json"):
-        assert (out / name).exists(), name
+    out, logs = tmp_path / "data" / "oclr" / "train", tmp_path / "results" / "oclr"
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "last.pt"]
+    assert sorted(p.name for p in logs.iterdir()) == ["metrics.json", "train_curve.csv", "val_curve.csv"]
     exp = json.loads((out / "export.json").read_text())
+    assert json.loads((logs / "metrics.json").read_text())["export"]["bytes"] == exp["bytes"]
     assert exp["encoding"] == "fp16" and exp["iterations"] == 3
     assert (tmp_path / "checkpoints" / "oclr_cpu.pt").stat().st_size == exp["bytes"]
     # a changed training key is one clear line, not a traceback

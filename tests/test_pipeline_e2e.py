@@ -32,7 +32,7 @@ def project(tmp_path_factory):
     if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed next to this python")
     proj = tmp_path_factory.mktemp("proj")
-    for name in ("pipeline", "stages"):
+    for name in ("pipeline", "stages", "checkpoints"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, proj / name)
@@ -40,6 +40,9 @@ def project(tmp_path_factory):
     params["demo"].update({"frames": 6, "height": 72, "width": 128})
     params["frames"]["size"] = [48, 80]
     params["flow"]["method"] = "dis"
+    params["dataset"] = {"name": "demo", "root": "data/demo/raw", "layout": "davis",
+                         "resolution": "480p", "sparse_gt": False}
+    params["sequences"], params["protocol"] = ["demo-01", "demo-02"], "multi"
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (proj / ".gitignore").write_text("/data/*\n")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -83,6 +86,18 @@ def test_artifacts_chain_provenance(project):
     assert lin["frames"]["params"]["frames"]["size"] == [48, 80]
     flow = open_artifact(proj / "data/demo/flow/demo-01.zarr")
     assert art.provenance["inputs"]["flow"]["content_sha256"] == flow.attrs["content_sha256"]
+
+
+def test_proposals_stage_runs_from_the_committed_checkpoint(project):
+    proj, _, _ = project
+    from pipeline.store import open_artifact
+
+    art = open_artifact(proj / "data/demo/proposals/demo-01.zarr", "proposals")
+    labels = art.require("labels", dtype="uint8", dims=("frame", "y", "x"))
+    assert labels.shape == (6, 48, 80) and int(labels[...].max()) <= 3
+    assert art["amodal"].shape == (6, 3, 48, 80)
+    summary = json.loads((proj / "results/demo/proposals/summary.json").read_text())
+    assert summary["lineage"]["proposals"]["params"]["proposals"]["checkpoint"].endswith(".pt")
 
 
 def test_eval_param_reruns_only_metrics_stages(project):

@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 H, W = 24, 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def object_boxes(t: int) -> list[tuple[int, int, int, int]]:

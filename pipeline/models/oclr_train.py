@@ -17,7 +17,7 @@ Adam, linear warm-up to ``lr`` over ``warmup_iters`` then multiplied by
 ``decay_factor`` every ``decay_every`` iterations (counted from 0), gradient
 clipping, :func:`pipeline.models.oclr_loss` (Hungarian matching, amodal BCE,
 boundary BCE, modal BCE, depth-order loss), bf16 autocast on CUDA and fp32 on
-CPU. Writes into ``out_dir``::
+CPU. Writes into ``out_dir`` (and ``log_dir``, default ``out_dir``)::
 
     last.pt          model, optimiser, scheduler, iteration, RNG states, config
     train_curve.csv  iteration, loss, amodal, boundary, modal, order, lr, grad_norm, seconds
@@ -60,7 +60,6 @@ import datetime as _dt
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import time
@@ -514,16 +513,33 @@ class _CsvLog:
 
 # --------------------------------------------------------------------------- training
 def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
-               progress: bool = True) -> dict:
+               progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
     """Train OCLR as configured by ``cfg`` (see :data:`TRAIN_DEFAULTS`) into ``out_dir``.
 
-    Returns the dict written to ``metrics.json``. Relative data paths are taken
-    from the project root (:func:`pipeline.config.project_root`).
+    ``last.pt`` goes to ``out_dir``; ``train_curve.csv``, ``val_curve.csv`` and
+    ``metrics.json`` to ``log_dir`` (default ``out_dir``; the stage puts them in
+    ``results/oclr`` because DVC outputs may not overlap). Returns the dict written to
+    ``metrics.json``. Relative data paths are taken from the project root
+    (:func:`pipeline.config.project_root`).
     """
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic)
+    try:
+        return _train_oclr(cfg, out_dir, resume, progress, log_dir)
+    finally:  # leave the process's torch settings as they were (threads, determinism)
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
+
+
+def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_dir) -> dict:
     t_start = time.monotonic()
     cfg = normalize_train_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(log_dir) if log_dir is not None else out_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "last.pt"
     dev = resolve_device(cfg["device"])
     if cfg["threads"]:
@@ -566,8 +582,8 @@ def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool 
         start, prev_seconds, last_val = int(ck["iteration"]), float(ck["train_seconds"]), ck.get("last_val")
         resumed = True
     keep = start if resumed else None
-    tlog = _CsvLog(out_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
-    vlog = _CsvLog(out_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
+    tlog = _CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
+    vlog = _CsvLog(log_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
 
     loss_kw = {"weights": cfg["loss_weights"], "boundary_width": int(cfg["boundary_width"]),
                "order_pairs": cfg["order_pairs"]}
@@ -669,7 +685,7 @@ def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool 
             pbar.close()
 
     if not last_row:
-        prev = _read_csv(out_dir / "train_curve.csv")
+        prev = _read_csv(log_dir / "train_curve.csv")
         last_row = {k: float(v) for k, v in prev[-1].items()} if prev else {}
     wall = time.monotonic() - t_start
     ran = it - start
@@ -691,7 +707,7 @@ def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool 
         "val_iteration": last_val["iteration"] if last_val else None,
         "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(log_dir / "metrics.json", metrics)
     return metrics
 
 
