@@ -21,7 +21,6 @@ random weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from .store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +110,6 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "motionseg" / "weights"
 
 
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file (memoised on path, size and mtime)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_MEMO[key] = h.hexdigest()
-    return _SHA_MEMO[key]
 
 
 def _verify(path: Path, name: str) -> str:

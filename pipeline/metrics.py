@@ -998,31 +998,3 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
         json.dump(_jsonable(data), fh, indent=2, allow_nan=False)
         fh.write("\n")
     return path
-
-
-def summarize_rows(seq_rows: Iterable[Mapping], obj_rows: Iterable[Mapping]) -> dict:
-    """:func:`summarize` from stored rows (e.g. per-sequence JSON files) instead of results.
-
-    ``seq_rows`` as :meth:`SequenceResult.row`, ``obj_rows`` as
-    :meth:`ObjectResult.row` (``None`` read back from JSON counts as NaN).
-    """
-
-    def val(r: Mapping, k: str) -> float:
-        v = r.get(k)
-        return _NAN if v is None else float(v)
-
-    seq_rows, obj_rows = list(seq_rows), list(obj_rows)
-    obj_level = {k: _nanmean(val(o, k) for o in obj_rows) for k in STAT_KEYS}
-    seq_level = {k: _nanmean(val(s, k) for s in seq_rows if s.get("n_objects", 1) > 0)
-                 for k in STAT_KEYS}
-    return {
-        "n_sequences": len(seq_rows),
-        "n_objects": len(obj_rows),
-        "n_frames_evaluated": int(sum(int(s.get("n_frames_evaluated", 0)) for s in seq_rows)),
-        "JF_mean": obj_level["JF_mean"],
-        "J_mean": obj_level["J_mean"],
-        "F_mean": obj_level["F_mean"],
-        "JF_mean_sequence_level": seq_level["JF_mean"],
-        "object_level": obj_level,
-        "sequence_level": seq_level,
-    }

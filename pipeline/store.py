@@ -414,12 +414,21 @@ def open_artifact(path: str | os.PathLike, stage: str | None = None) -> Artifact
     return art
 
 
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 hex digest of a file (memoised on path, size and mtime)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while chunk := f.read(bufsize):
+                h.update(chunk)
+        _SHA_MEMO[key] = h.hexdigest()
+    return _SHA_MEMO[key]
 
 
 def sha256_files(paths: Iterable[str | os.PathLike]) -> str:
