@@ -555,9 +555,26 @@ class SequenceResult:
 # ---------------------------------------------------------------------------
 
 
+class _LazyFrames:
+    """``len()`` and ``[t]`` over a frame-major array-like, reading one frame per access."""
+
+    def __init__(self, arr: Any):
+        self.arr = arr
+
+    def __len__(self) -> int:
+        return int(self.arr.shape[0])
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.asarray(self.arr[int(t)])
+
+
 def _frames(x: Any, what: str, sequence: str) -> Sequence:
     if not isinstance(x, (np.ndarray, list, tuple)) and hasattr(x, "shape") and hasattr(x, "__getitem__"):
-        x = np.asarray(x[...])  # array-likes such as zarr / h5py arrays: read once
+        # array-likes such as zarr / h5py arrays: a lazy per-frame view, so only one
+        # frame is in memory at a time (memory does not grow with the video length)
+        if len(x.shape) != 3:
+            raise ValueError(f"sequence {sequence!r}: {what} labels must be [T, H, W], got shape {tuple(x.shape)}")
+        return _LazyFrames(x)
     if isinstance(x, np.ndarray):
         if x.ndim != 3:
             raise ValueError(f"sequence {sequence!r}: {what} labels must be [T, H, W], got shape {x.shape}")

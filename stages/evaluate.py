@@ -15,7 +15,7 @@ def main(method: str, sequence: str) -> None:
         raise FileNotFoundError(f"{frames.path}: sequence {sequence!r} has no ground truth to "
                                 "evaluate against (remove it from `sequences` or from eval)")
     labels = pred.require("labels", dtype="uint8", ndim=3)
-    res = M.evaluate_sequence(labels[...], frames["gt"], gt_valid=frames["gt_valid"][...],
+    res = M.evaluate_sequence(labels, frames["gt"], gt_valid=frames["gt_valid"][...],
                               protocol=protocol, match_on=ev["match_on"], resize=ev["resize"],
                               bound_th=float(ev["bound_th"]), sequence=sequence)
     names = frames.attrs["frame_names"]
