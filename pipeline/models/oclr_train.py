@@ -55,15 +55,10 @@ model.
 from __future__ import annotations
 
 import copy
-import csv
 import datetime as _dt
-import hashlib
-import io
 import json
 import os
-import random
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -77,6 +72,10 @@ from .. import __version__
 from ..store import ArtifactError, open_artifact, write_json_atomic
 from .losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from .oclr import OCLR, OCLRConfig
+from .training import (CsvLog as _CsvLog, atomic_torch_save as _atomic_torch_save, autocast as _autocast,
+                       decode_state as _decode_state, encode_state as _encode_state, grad_norm as _grad_norm,
+                       lr_factor, read_csv as _read_csv, resolve_device, rng_state as _rng_state, seed_everything, serialized_size as _serialized_size,
+                       set_rng_state as _set_rng_state, weights_sha256 as _weights_sha256)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
            "normalize_train_config", "model_config_from", "SynthClipDataset", "collate_clips", "lr_factor",
@@ -342,54 +341,6 @@ def _worker_init(_):
 
 
 # --------------------------------------------------------------------------- helpers
-def lr_factor(it: int, warmup_iters: int, decay_every: int, decay_factor: float) -> float:
-    """LR multiplier for step ``it`` (0-based): linear warm-up, then step decay (counted from 0)."""
-    w = min(1.0, (it + 1) / warmup_iters) if warmup_iters > 0 else 1.0
-    d = decay_factor ** (it // decay_every) if decay_every > 0 else 1.0
-    return w * d
-
-
-def resolve_device(device: Any = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available (use device: auto or cpu)")
-    return dev
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; optionally ask torch for deterministic algorithms."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-def _rng_state() -> dict:
-    st = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"key": st[1].tolist(), "pos": int(st[2]), "has_gauss": int(st[3]), "gauss": float(st[4])}}
-
-
-def _set_rng_state(st: dict) -> None:
-    random.setstate(_tuplify(st["python"]))
-    torch.set_rng_state(st["torch"])
-    if st.get("cuda") and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(st["cuda"])
-    n = st["numpy"]
-    np.random.set_state(("MT19937", np.asarray(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-
-
-def _tuplify(x):
-    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
 @torch.no_grad()
 def modal_labels(modal_probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """Label map ``[..., H, W]`` uint8 from modal probabilities ``[..., K, H, W]``:
@@ -419,10 +370,6 @@ def matched_j(pred: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     out = np.zeros(O)
     out[cols] = J[rows, cols]
     return out
-
-
-def _autocast(dev: torch.device, amp: bool):
-    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bool(amp and dev.type == "cuda"))
 
 
 @torch.no_grad()
@@ -457,17 +404,6 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
 
 
 # --------------------------------------------------------------------------- checkpoint io
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _comparable(cfg: Mapping) -> dict:
     return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in RESUME_FREE_KEYS}, sort_keys=True))
 
@@ -475,40 +411,6 @@ def _comparable(cfg: Mapping) -> dict:
 def _config_diff(saved: Mapping, current: Mapping) -> list[str]:
     a, b = _comparable(saved), _comparable(current)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _rewrite_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-class _CsvLog:
-    """Append-only CSV with a fixed header, flushed after every row."""
-
-    def __init__(self, path: Path, columns: Sequence[str], keep_upto: int | None):
-        self.path, self.columns = path, list(columns)
-        rows = [r for r in _read_csv(path) if keep_upto is not None and int(r["iteration"]) <= keep_upto]
-        _rewrite_csv(path, self.columns, rows)
-        self._f = open(path, "a", newline="")
-        self._w = csv.DictWriter(self._f, fieldnames=self.columns, extrasaction="ignore")
-
-    def write(self, row: Mapping) -> None:
-        self._w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
 
 
 # --------------------------------------------------------------------------- training
@@ -711,64 +613,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
     return metrics
 
 
-def _grad_norm(model: torch.nn.Module) -> torch.Tensor:
-    gs = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(gs).norm() if gs else torch.tensor(0.0)
-
-
 # --------------------------------------------------------------------------- export / load
-def _weights_sha256(state: Mapping[str, Any]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(state):
-        v = state[name]
-        items = sorted(v.items()) if isinstance(v, dict) else [("", v)]
-        for sub, t in items:
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}/{sub}|{t.dtype}|{tuple(t.shape)};".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _quantize_int8(t: torch.Tensor) -> dict:
-    """Symmetric per-output-channel int8: ``t ~= q * scale[:, None, ...]``."""
-    x = t.detach().float().reshape(t.shape[0], -1)
-    scale = (x.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-    q = torch.round(x / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape)
-    return {"q": q, "scale": scale}
-
-
-def _encode_state(sd: Mapping[str, torch.Tensor], mode: str, min_numel: int = 4096) -> dict:
-    out = {}
-    for k, v in sd.items():
-        v = v.detach().cpu()
-        if not v.is_floating_point():
-            out[k] = v.clone()
-        elif mode == "fp32":
-            out[k] = v.float().clone()
-        elif mode == "int8" and v.dim() >= 2 and v.numel() >= min_numel:
-            out[k] = _quantize_int8(v)
-        else:
-            out[k] = v.to(torch.float16).clone()
-    return out
-
-
-def _decode_state(state: Mapping[str, Any]) -> dict:
-    out = {}
-    for k, v in state.items():
-        if isinstance(v, dict):
-            q, s = v["q"].float(), v["scale"].float()
-            out[k] = q * s.reshape(-1, *([1] * (q.dim() - 1)))
-        else:
-            out[k] = v.float() if v.is_floating_point() else v
-    return out
-
-
-def _serialized_size(obj: Any) -> int:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.tell()
-
-
 def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16: bool = True,
                       max_mb: float | None = 25.0) -> dict:
     """Write the small inference checkpoint of a training checkpoint.

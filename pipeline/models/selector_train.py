@@ -1,0 +1,643 @@
+"""Training of the mask selector on the synthetic splits, and its small inference checkpoint.
+
+Data
+----
+A split ``data/synth/<split>/`` with ``render/``, ``proposals/`` (OCLR proposals of
+the published checkpoint, stage ``synth_proposals``) and ``features/`` (stage
+``synth_features``), read through :class:`pipeline.refine_data.RefineVideo`.
+A sample (:class:`SelectorClipDataset`) is (video, proposal slot ``k``, clip of
+``clip_len`` consecutive frames): input = RGB, the slot's proposal mask
+(``labels == k + 1``) and the backbone tokens; target =
+:func:`pipeline.selection.error_onehot` of that mask against the GT modal mask of
+the GT object the slot is matched to (Hungarian over the whole video,
+:func:`pipeline.refine_data.match_slots`; an unmatched slot has an empty GT,
+so every mask pixel is a false positive). Only slots whose proposal is
+non-empty in at least one frame of the clip are drawn (all-empty slots are
+never an exemplar and are skipped at inference too). Sample ``i`` depends only on
+``(seed, i)`` (video, start, slot, flip, time offset), so a resumed run sees
+exactly the clips the uninterrupted run would have seen.
+
+Augmentation: random horizontal flip (RGB, mask, target and the token grid),
+and (``time_shift``) a random temporal-embedding offset in
+``[0, max_frames - clip_len]`` so that all ``max_frames`` (100) temporal
+embeddings are trained although clips are short (inference uses offsets
+``0 .. L-1`` on chunks of up to 100 frames).
+
+Loss (:func:`pipeline.models.selector.selector_loss`): the paper's eq. 4,
+binary cross-entropy of each channel's softmax probability against the one-hot
+error map, mean over pixels, channels and frames. ``pos_weight`` > 1 up-weights
+the (rare) positive pixels of the FP and FN channels; the default 1 is the
+paper's unweighted loss.
+
+Training (:func:`train_selector`): Adam, linear warm-up then step decay
+(:func:`pipeline.models.training.lr_factor`), gradient clipping, bf16 autocast on
+CUDA (fp32 on CPU), seeded and deterministic. Writes into ``out_dir`` (and
+``log_dir``)::
+
+    last.pt          model, optimiser, scheduler, iteration, RNG states, config
+    train_curve.csv  iteration, loss, lr, grad_norm, seconds (means over log_every iterations)
+    val_curve.csv    iteration, val_loss, val_AP_selector, val_AP_temporal, val_AP_random,
+                     val_objects, seconds
+    metrics.json     final numbers
+
+Resumption, checkpoint cadence and the wall-clock budget follow
+:mod:`pipeline.models.oclr_train` exactly: ``resume=True`` continues from
+``last.pt`` when the saved config equals the current one up to
+:data:`RESUME_FREE_KEYS`, else :class:`ResumeError`; curve rows past the
+checkpoint are dropped.
+
+Validation (:func:`validate_selector`): the first ``val_videos`` videos of the
+validation split, whole videos (in chunks of ``max_frames``), no augmentation.
+``val_loss``: the loss over every non-empty slot. Selection AP (Table 3 of the
+paper): per GT object matched to a slot, frames ranked by the IoU of the slot's
+proposal with the object's GT mask, the ``val_n`` best and worst form the set,
+AP of retrieving the best with confidence ``-score`` (relative error area of the
+predicted error map, ``+inf`` under ``val_min_area`` pixels,
+:func:`pipeline.selection.selection_ap`), against the temporal-consistency
+baseline (:func:`pipeline.selection.temporal_consistency`) and a random ranking
+(:func:`pipeline.selection.random_ap`, 1000 draws, seed 0); means over objects.
+
+Inference checkpoint (:func:`export_checkpoint`, :func:`load_selector`): a
+``torch.save`` dict (``weights_only`` loadable), format ``motionseg-selector/1``:
+model config (with ``token_dim``, ``backbone`` and ``backbone_sha256`` of the
+training features), training config and summary, fp16 weights (int8 for large
+tensors only if the file would exceed ``max_mb``) and their sha256.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..selection import error_onehot, frame_ious, random_ap, relative_error_area, selection_ap, temporal_consistency
+from ..store import ArtifactError, open_artifact, sha256_file, write_json_atomic
+from ..refine_data import RefineVideo, list_refine_videos
+from .selector import Selector, SelectorConfig, selector_loss
+from .training import (CsvLog, atomic_torch_save, autocast, config_diff, decode_state, encode_state, grad_norm,
+                       lr_factor, read_csv, resolve_device, rng_state, seed_everything, serialized_size,
+                       set_rng_state, weights_sha256)
+
+__all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
+           "CHECKPOINT_FORMAT", "EXPORT_FORMAT", "normalize_train_config", "model_config_from", "split_backbone",
+           "SelectorClipDataset", "collate", "validate_selector", "train_selector", "export_checkpoint",
+           "load_selector"]
+
+CHECKPOINT_FORMAT = "motionseg-selector-train/1"
+EXPORT_FORMAT = "motionseg-selector/1"
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "preset": "cpu",              # SelectorConfig preset: cpu | paper
+    "model": {},                  # SelectorConfig field overrides
+    "train_split": "data/synth/train",   # folder with render/, proposals/, features/
+    "val_split": "data/synth/val",       # null: no validation
+    "clip_len": 30,               # frames per clip (30 = a whole synthetic video, the paper)
+    "batch_size": 2,              # clips (one object each) per iteration
+    "lr": 1e-4,                   # peak Adam learning rate (paper 5e-5)
+    "weight_decay": 0.0,
+    "warmup_iters": 200,          # linear warm-up length (paper 40000)
+    "decay_every": 2000,          # lr *= decay_factor every this many iterations (paper 80000)
+    "decay_factor": 0.5,
+    "grad_clip": 5.0,             # max global gradient norm (0/null: off)
+    "iterations": 5000,
+    "time_budget_s": None,        # stop cleanly (saving) after this many seconds of this run
+    "ckpt_every": 100,
+    "val_every": 250,
+    "val_videos": 8,              # validation videos (the first N of the split; null = all)
+    "val_n": 10,                  # selection AP: n best + n worst frames per object (paper 10)
+    "val_min_area": 20,           # proposals smaller than this score +inf (= selector.min_area)
+    "log_every": 10,
+    "pos_weight": 1.0,            # weight of positive FP / FN pixels in the BCE (1 = paper)
+    "flip": True,                 # random horizontal flip
+    "time_shift": True,           # random temporal-embedding offset (trains all max_frames rows)
+    "seed": 0,
+    "device": "auto",
+    "amp": True,                  # bf16 autocast on CUDA (CPU always fp32)
+    "deterministic": True,
+    "threads": None,              # torch intra-op threads (null: torch default)
+}
+
+RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "val_every", "log_every", "device",
+                              "threads", "val_videos", "resume", "export", "export_max_mb"})
+"""Config keys that may change between a run and its resumption."""
+
+_PASSTHROUGH = frozenset({"resume", "export", "export_max_mb"})
+
+TRAIN_CURVE_COLUMNS = ["iteration", "loss", "lr", "grad_norm", "seconds"]
+VAL_CURVE_COLUMNS = ["iteration", "val_loss", "val_AP_selector", "val_AP_temporal", "val_AP_random", "val_objects",
+                     "seconds"]
+
+
+class ResumeError(ArtifactError):
+    """``last.pt`` exists but was trained with another config (reported as one line by stages)."""
+
+
+# --------------------------------------------------------------------------- config
+def normalize_train_config(cfg: Mapping[str, Any] | None) -> dict:
+    """``cfg`` merged over :data:`TRAIN_DEFAULTS`, checked; unknown keys raise ``KeyError``."""
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - set(TRAIN_DEFAULTS) - _PASSTHROUGH
+    if unknown:
+        raise KeyError(f"train_selector config: unknown key(s) {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
+    out = copy.deepcopy(TRAIN_DEFAULTS)
+    out.update({k: copy.deepcopy(v) for k, v in cfg.items() if k not in _PASSTHROUGH})
+    out["model"] = dict(out["model"] or {})
+    if out["preset"] not in ("cpu", "paper"):
+        raise ValueError(f"train_selector config: preset must be 'cpu' or 'paper', got {out['preset']!r}")
+    for k in ("clip_len", "batch_size", "iterations", "ckpt_every", "val_every", "log_every", "val_n"):
+        out[k] = int(out[k])
+        if out[k] < (0 if k == "iterations" else 1):
+            raise ValueError(f"train_selector config: {k} must be positive, got {out[k]}")
+    for k in ("lr", "weight_decay", "decay_factor", "pos_weight"):
+        out[k] = float(out[k])
+    if out["pos_weight"] <= 0:
+        raise ValueError(f"train_selector config: pos_weight must be > 0, got {out['pos_weight']}")
+    out["warmup_iters"], out["decay_every"] = int(out["warmup_iters"]), int(out["decay_every"])
+    out["seed"], out["val_min_area"] = int(out["seed"]), int(out["val_min_area"])
+    out["val_videos"] = None if out["val_videos"] is None else int(out["val_videos"])
+    return out
+
+
+def model_config_from(cfg: Mapping[str, Any], token_dim: int | None = None,
+                      backbone: Mapping | None = None) -> SelectorConfig:
+    """The :class:`SelectorConfig` of a (normalized) training config: preset + ``model``
+    overrides, with ``token_dim``/``backbone`` taken from the training features."""
+    overrides = dict(cfg.get("model") or {})
+    known = set(SelectorConfig().to_dict())
+    bad = set(overrides) - known
+    if bad:
+        raise KeyError(f"selector model overrides: unknown SelectorConfig key(s) {sorted(bad)}")
+    for k in ("widths", "bottleneck_hw"):
+        if k in overrides:
+            overrides[k] = tuple(overrides[k])
+    if token_dim is not None:
+        if "token_dim" in overrides and int(overrides["token_dim"]) != int(token_dim):
+            raise ValueError(f"selector model override token_dim={overrides['token_dim']} but the training "
+                             f"features have C={token_dim}")
+        overrides["token_dim"] = int(token_dim)
+    if backbone is not None:
+        overrides["backbone"] = backbone.get("name")
+        overrides["backbone_sha256"] = backbone.get("weights_sha256")
+    base = SelectorConfig.paper if cfg.get("preset", "cpu") == "paper" else SelectorConfig.cpu
+    return base(**overrides).validate()
+
+
+def _resolve_path(p: str | os.PathLike) -> Path:
+    p = Path(p)
+    if p.is_absolute():
+        return p
+    from ..config import project_root
+
+    return project_root() / p
+
+
+def split_backbone(split_dir: str | os.PathLike, names: Sequence[str] | None = None) -> dict:
+    """``{"name", "weights_sha256", "token_dim", "grid"}`` of a split's features stores;
+    every store must agree (``ValueError`` naming the first that does not)."""
+    split_dir = Path(split_dir)
+    names = list(names) if names is not None else list_refine_videos(split_dir)
+    if not names:
+        raise ArtifactError(f"{split_dir}: no video with render, proposals and features stores (run "
+                            f"synth, synth_flow, synth_proposals and synth_features for this split)")
+    ref = None
+    for n in names:
+        art = open_artifact(split_dir / "features" / n, stage="features")
+        b = art.attrs.get("backbone") or {}
+        b = b if isinstance(b, dict) else {"name": str(b)}
+        tok = art.require("tokens", ndim=4)
+        cur = {"name": b.get("name"), "weights_sha256": b.get("weights_sha256"), "token_dim": int(tok.shape[1]),
+               "grid": [int(tok.shape[2]), int(tok.shape[3])]}
+        if ref is None:
+            ref = cur
+        elif (cur["name"], cur["weights_sha256"], cur["token_dim"]) != (ref["name"], ref["weights_sha256"],
+                                                                       ref["token_dim"]):
+            raise ValueError(f"{art.path}: backbone {cur} differs from {ref} of {split_dir / 'features' / names[0]}"
+                             f" (recompute the split's features with one backbone)")
+    return ref
+
+
+# --------------------------------------------------------------------------- data
+class SelectorClipDataset:
+    """Samples ``(video, slot, clip)`` of a split; see the module docstring.
+
+    ``ds[i]`` (any ``i >= 0``) returns ``rgb`` ``[L, 3, H, W]`` float32 (normalised),
+    ``mask`` ``[L, 1, H, W]`` float32, ``target`` ``[L, 3, H, W]`` float32 one-hot,
+    ``tokens`` ``[L, C, h, w]`` float32, ``time_offset`` int, ``video``, ``slot``,
+    ``start``, ``flipped``.
+    """
+
+    def __init__(self, split_dir: str | os.PathLike, clip_len: int = 30, seed: int = 0, flip: bool = True,
+                 time_shift: bool = True, max_frames: int = 100, names: Sequence[str] | None = None):
+        self.split_dir = Path(split_dir)
+        self.names = list(names) if names is not None else list_refine_videos(self.split_dir)
+        if not self.names:
+            raise ArtifactError(f"{self.split_dir}: no video with render, proposals and features stores")
+        self.clip_len, self.seed, self.flip = int(clip_len), int(seed), bool(flip)
+        self.time_shift, self.max_frames = bool(time_shift), int(max_frames)
+        if self.clip_len > self.max_frames:
+            raise ValueError(f"clip_len {self.clip_len} exceeds the selector's max_frames {self.max_frames}")
+        self._videos: dict[int, RefineVideo] = {}
+        self._areas: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def video(self, v: int) -> RefineVideo:
+        if v not in self._videos:
+            rv = RefineVideo(self.split_dir, self.names[v])
+            if rv.T < self.clip_len:
+                raise ArtifactError(f"{self.split_dir}/render/{self.names[v]}: {rv.T} frames, fewer than "
+                                    f"clip_len={self.clip_len}")
+            self._videos[v] = rv
+        return self._videos[v]
+
+    def areas(self, v: int) -> np.ndarray:
+        """Proposal pixel count per frame and slot ``[T, K]``."""
+        if v not in self._areas:
+            rv = self.video(v)
+            lab = np.asarray(rv.proposals["labels"][...])
+            self._areas[v] = np.stack([(lab == k + 1).sum(axis=(1, 2)) for k in range(rv.K)], axis=1)
+        return self._areas[v]
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if i < 0:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, i])
+        L = self.clip_len
+        for _ in range(100):
+            v = int(rng.integers(len(self.names)))
+            rv = self.video(v)
+            s = int(rng.integers(rv.T - L + 1))
+            slots = np.flatnonzero(self.areas(v)[s:s + L].sum(0) > 0)
+            if len(slots):
+                break
+        else:
+            raise ArtifactError(f"{self.split_dir}: 100 draws found no clip with a non-empty proposal "
+                                f"(are the proposals stores empty?)")
+        k = int(rng.choice(slots))
+        flipped = bool(self.flip and rng.random() < 0.5)
+        off = int(rng.integers(self.max_frames - L + 1)) if self.time_shift else 0
+        d = rv.read(range(s, s + L))
+        mask = d["masks"][:, k]                                             # [L, H, W] 0/1
+        target = error_onehot(mask > 0.5, d["targets"][:, k])               # [L, 3, H, W]
+        rgb, tokens = d["rgb"], d["tokens"]
+        if flipped:
+            rgb, mask, target, tokens = (a[..., ::-1] for a in (rgb, mask, target, tokens))
+        return {"rgb": torch.from_numpy(np.ascontiguousarray(rgb)),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask[:, None], dtype=np.float32)),
+                "target": torch.from_numpy(np.ascontiguousarray(target)),
+                "tokens": torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)),
+                "time_offset": off, "video": self.names[v], "slot": k, "start": s, "flipped": flipped}
+
+
+def collate(items: list[dict]) -> dict:
+    out = {k: torch.stack([it[k] for it in items]) for k in ("rgb", "mask", "target", "tokens")}
+    out["time_offset"] = torch.tensor([it["time_offset"] for it in items], dtype=torch.long)
+    for k in ("video", "slot", "start", "flipped"):
+        out[k] = [it[k] for it in items]
+    return out
+
+
+# --------------------------------------------------------------------------- validation
+def _nanmean(xs: list) -> float:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+@torch.no_grad()
+def validate_selector(model: Selector, videos: Sequence[RefineVideo], device: Any = "cpu", amp: bool = True,
+                      n: int = 10, min_area: int = 20, pos_weight: float = 1.0, baselines: dict | None = None,
+                      random_trials: int = 1000) -> dict:
+    """Validation loss and Table-3 selection AP (see the module docstring).
+
+    ``baselines``: an optional cache dict (video name -> per-object temporal/random AP),
+    filled on first use; those numbers do not depend on the model.
+    """
+    from ..selector import chunk_spans, object_logits
+
+    dev = resolve_device(device)
+    was = model.training
+    model.eval()
+    losses, ap_sel, ap_tc, ap_rnd = [], [], [], []
+    try:
+        for rv in videos:
+            d = rv.read()
+            masks, targets = d["masks"] > 0.5, d["targets"]                 # [T, K, H, W]
+            T, K = masks.shape[:2]
+            score = np.full((T, K), np.inf)
+            for k in range(K):
+                if not masks[:, k].any():
+                    continue
+                probs = []
+                for a, b in chunk_spans(T, model.cfg.max_frames):
+                    logits = object_logits(model, d["rgb"][a:b], masks[a:b, k], d["tokens"][a:b], dev, amp)
+                    tgt = torch.from_numpy(error_onehot(masks[a:b, k], targets[a:b, k]))
+                    losses.append((float(selector_loss(logits, tgt, pos_weight)), b - a))
+                    probs.append(torch.softmax(logits, dim=1).numpy())
+                score[:, k] = relative_error_area(np.concatenate(probs), masks[:, k], min_area=max(1, min_area))
+            base = None if baselines is None else baselines.get(rv.name)
+            fresh = []
+            for k, o in enumerate(rv.slot_to_gt):
+                if o < 0:
+                    continue
+                ious = frame_ious(masks[:, k], targets[:, k])
+                a = selection_ap(ious, -score[:, k], n)
+                if a is None:
+                    continue
+                ap_sel.append(a)
+                if base is None:
+                    fresh.append((selection_ap(ious, temporal_consistency(masks[:, k]), n),
+                                  random_ap(ious, n, random_trials, 0)))
+            if base is None:
+                base = fresh
+                if baselines is not None:
+                    baselines[rv.name] = base
+            ap_tc.extend(b[0] for b in base)
+            ap_rnd.extend(b[1] for b in base)
+    finally:
+        model.train(was)
+    tot = sum(w for _, w in losses)
+    return {"val_loss": float(sum(l * w for l, w in losses) / tot) if tot else float("nan"),
+            "val_AP_selector": _nanmean(ap_sel), "val_AP_temporal": _nanmean(ap_tc),
+            "val_AP_random": _nanmean(ap_rnd), "val_objects": len(ap_sel), "val_videos": len(videos)}
+
+
+# --------------------------------------------------------------------------- training
+def train_selector(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
+                   progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
+    """Train the selector as configured by ``cfg`` (see :data:`TRAIN_DEFAULTS`) into ``out_dir``.
+
+    ``last.pt`` goes to ``out_dir``; curves and ``metrics.json`` to ``log_dir`` (default
+    ``out_dir``). Returns the dict written to ``metrics.json``. Relative split paths are
+    taken from the project root. The process's torch settings (threads, determinism)
+    are restored afterwards.
+    """
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic)
+    try:
+        return _train(cfg, out_dir, resume, progress, log_dir)
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
+
+
+def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_dir) -> dict:
+    t_start = time.monotonic()
+    cfg = normalize_train_config(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(log_dir) if log_dir is not None else out_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "last.pt"
+    dev = resolve_device(cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    seed_everything(cfg["seed"], cfg["deterministic"])
+
+    # data and the backbone it was computed with
+    train_split = _resolve_path(cfg["train_split"])
+    train_names = list_refine_videos(train_split)
+    bb = split_backbone(train_split, train_names)
+    val_videos: list[RefineVideo] = []
+    if cfg["val_split"]:
+        val_split = _resolve_path(cfg["val_split"])
+        vnames = list_refine_videos(val_split)
+        if cfg["val_videos"] is not None:
+            vnames = vnames[:cfg["val_videos"]]
+        if vnames:
+            vb = split_backbone(val_split, vnames)
+            if (vb["name"], vb["weights_sha256"], vb["token_dim"]) != (bb["name"], bb["weights_sha256"],
+                                                                       bb["token_dim"]):
+                raise ValueError(f"{val_split}: validation features ({vb}) differ from the training ones ({bb})")
+            val_videos = [RefineVideo(val_split, nm) for nm in vnames]
+    mcfg = model_config_from(cfg, bb["token_dim"], bb)
+    ds = SelectorClipDataset(train_split, cfg["clip_len"], cfg["seed"], cfg["flip"], cfg["time_shift"],
+                             mcfg.max_frames, names=train_names)
+
+    model = Selector(mcfg).to(dev)
+    n_params = model.param_count()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda it: lr_factor(it, cfg["warmup_iters"], cfg["decay_every"], cfg["decay_factor"]))
+    start, prev_seconds, last_val, resumed = 0, 0.0, None, False
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{ckpt_path}: not a selector training checkpoint (format {ck.get('format')!r})")
+        diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
+        if ck.get("model_config") != mcfg.to_dict():
+            diff.append(f"model_config: {ck.get('model_config')} -> {mcfg.to_dict()} (features backbone changed?)")
+        if diff:
+            raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
+                              f"({'; '.join(diff)}). Delete {out_dir}, set train_selector.resume: false, or "
+                              f"restore those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        set_rng_state(ck["rng"])
+        start, prev_seconds, last_val = int(ck["iteration"]), float(ck["train_seconds"]), ck.get("last_val")
+        resumed = True
+    keep = start if resumed else None
+    tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
+    vlog = CsvLog(log_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
+
+    total_iters, B = cfg["iterations"], cfg["batch_size"]
+    budget = cfg["time_budget_s"]
+    t_run = time.monotonic()
+    baselines: dict = {}
+
+    def seconds() -> float:
+        return prev_seconds + (time.monotonic() - t_run)
+
+    def save(it: int) -> None:
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "iteration": it, "rng": rng_state(), "config": cfg,
+                           "model_config": mcfg.to_dict(), "train_seconds": seconds(), "last_val": last_val,
+                           "param_count": n_params, "device": str(dev), "backbone": bb,
+                           "package_version": __version__}, ckpt_path)
+
+    def run_val(it: int) -> dict:
+        r = validate_selector(model, val_videos, dev, cfg["amp"], cfg["val_n"], cfg["val_min_area"],
+                              cfg["pos_weight"], baselines)
+        r["iteration"] = it
+        vlog.write({**r, "seconds": seconds()})
+        return r
+
+    it, stopped_by, skipped, bad_run = start, "iterations", 0, 0
+    acc = {"loss": 0.0, "grad_norm": 0.0}
+    n_acc = 0
+    last_row: dict = {}
+    pbar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=total_iters, initial=min(start, total_iters), desc="train selector", unit="it")
+    model.train()
+    try:
+        while it < total_iters:
+            batch = collate([ds[it * B + b] for b in range(B)])
+            with autocast(dev, cfg["amp"]):
+                logits = model(batch["rgb"].to(dev), batch["mask"].to(dev), batch["tokens"].to(dev),
+                               time_offset=batch["time_offset"].to(dev))
+            loss = selector_loss(logits, batch["target"].to(dev), cfg["pos_weight"])
+            opt.zero_grad(set_to_none=True)
+            if torch.isfinite(loss):
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]) \
+                    if cfg["grad_clip"] else grad_norm(model)
+                if torch.isfinite(gn):
+                    opt.step()
+                    bad_run = 0
+                else:
+                    skipped, bad_run = skipped + 1, bad_run + 1
+            else:
+                gn = torch.tensor(float("nan"))
+                skipped, bad_run = skipped + 1, bad_run + 1
+            if bad_run >= 20:
+                raise FloatingPointError(f"selector training: 20 consecutive non-finite losses/gradients at "
+                                         f"iteration {it + 1} (lower lr or disable amp)")
+            lr_now = opt.param_groups[0]["lr"]
+            sched.step()
+            it += 1
+            acc["loss"] += float(loss.detach())
+            acc["grad_norm"] += float(gn)
+            n_acc += 1
+            if it % cfg["log_every"] == 0 or it == total_iters:
+                last_row = {"iteration": it, "loss": acc["loss"] / n_acc, "grad_norm": acc["grad_norm"] / n_acc,
+                            "lr": lr_now, "seconds": seconds()}
+                tlog.write(last_row)
+                acc, n_acc = {"loss": 0.0, "grad_norm": 0.0}, 0
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr_now:.2e}")
+            if val_videos and it % cfg["val_every"] == 0:
+                last_val = run_val(it)
+            over = budget is not None and time.monotonic() - t_run >= float(budget)
+            if it % cfg["ckpt_every"] == 0 and it < total_iters and not over:
+                save(it)
+            if over and it < total_iters:
+                stopped_by = "time_budget"
+                break
+        if n_acc:
+            last_row = {"iteration": it, "loss": acc["loss"] / n_acc, "grad_norm": acc["grad_norm"] / n_acc,
+                        "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
+            tlog.write(last_row)
+        if val_videos and (last_val is None or int(last_val["iteration"]) != it):
+            last_val = run_val(it)
+        save(it)
+    finally:
+        tlog.close()
+        vlog.close()
+        if pbar is not None:
+            pbar.close()
+
+    if not last_row:
+        prev = read_csv(log_dir / "train_curve.csv")
+        last_row = {k: float(v) for k, v in prev[-1].items()} if prev else {}
+    ran = it - start
+    lv = last_val or {}
+    metrics = {
+        "iterations": it, "iterations_target": total_iters, "completed": it >= total_iters,
+        "stopped_by": stopped_by if it < total_iters else "iterations", "time_budget_s": budget,
+        "resumed_from": start if resumed else None, "iterations_this_run": ran,
+        "wall_time_s": round(time.monotonic() - t_start, 3), "train_time_s": round(seconds(), 3),
+        "iters_per_s": round(ran / max(time.monotonic() - t_run, 1e-9), 4) if ran else None,
+        "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
+        "threads": torch.get_num_threads(), "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
+        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": skipped,
+        "clip_len": cfg["clip_len"], "batch_size": B, "pos_weight": cfg["pos_weight"],
+        "token_dim": mcfg.token_dim, "backbone": bb["name"], "backbone_sha256": bb["weights_sha256"],
+        "train_videos": len(train_names), "loss": last_row.get("loss"),
+        "val_loss": lv.get("val_loss"), "val_AP_selector": lv.get("val_AP_selector"),
+        "val_AP_temporal_consistency": lv.get("val_AP_temporal"), "val_AP_random": lv.get("val_AP_random"),
+        "val_objects": lv.get("val_objects"), "val_videos": lv.get("val_videos"), "val_iteration": lv.get("iteration"),
+        "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(log_dir / "metrics.json", metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------- export / load
+def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16: bool = True,
+                      max_mb: float | None = 25.0) -> dict:
+    """Write the small inference checkpoint of a training checkpoint (fp16 weights; int8
+    for the large tensors only if the fp16 file would exceed ``max_mb``; ``fp16=False``:
+    float32). Returns its summary (encoding, size, sha256 of the weights and of the file)."""
+    last_pt, path = Path(last_pt), Path(path)
+    if not last_pt.exists():
+        raise FileNotFoundError(f"{last_pt}: no selector training checkpoint to export "
+                                f"(run `dvc repro training/dvc.yaml:train_selector`)")
+    ck = torch.load(last_pt, map_location="cpu", weights_only=False)
+    if ck.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{last_pt}: not a selector training checkpoint (format {ck.get('format')!r})")
+    cfg = ck["config"]
+    lv = ck.get("last_val") or {}
+    summary = {"iterations": int(ck["iteration"]), "iterations_target": cfg.get("iterations"),
+               "train_seconds": float(ck["train_seconds"]), "param_count": int(ck["param_count"]),
+               "trained_on": ck.get("device"), "val_loss": lv.get("val_loss"),
+               "val_AP_selector": lv.get("val_AP_selector"), "val_AP_temporal": lv.get("val_AP_temporal"),
+               "val_AP_random": lv.get("val_AP_random"), "val_iteration": lv.get("iteration"),
+               "source_checkpoint": str(last_pt)}
+    train = {k: cfg.get(k) for k in ("preset", "clip_len", "batch_size", "lr", "pos_weight", "flip", "time_shift",
+                                     "seed", "train_split", "val_split")}
+    train["backbone"] = ck.get("backbone")
+    doc, size = None, 0
+    for mode in (["fp16", "int8"] if fp16 else ["fp32"]):
+        state = encode_state(ck["model"], mode)
+        doc = {"format": EXPORT_FORMAT, "encoding": {"fp16": "fp16", "int8": "int8+fp16", "fp32": "fp32"}[mode],
+               "model_config": ck["model_config"], "train": train, "summary": summary, "state": state,
+               "weights_sha256": weights_sha256(state), "package_version": __version__,
+               "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        size = serialized_size(doc)
+        if not fp16 or max_mb is None or size <= max_mb * 1e6:
+            break
+    else:
+        raise ValueError(f"{path}: the exported selector checkpoint is {size / 1e6:.1f} MB even with int8 weights, "
+                         f"over max_mb={max_mb}")
+    atomic_torch_save(doc, path)
+    return {"path": str(path), "encoding": doc["encoding"], "bytes": path.stat().st_size,
+            "weights_sha256": doc["weights_sha256"], "file_sha256": sha256_file(path), **summary}
+
+
+def load_selector(path: str | os.PathLike, device: Any = "cpu") -> tuple[Selector, dict]:
+    """Load an exported selector checkpoint: ``(model in eval mode, fp32, on device; info)``.
+
+    ``info``: ``model_config`` (with ``token_dim``, ``backbone``, ``backbone_sha256``),
+    ``train``, ``summary``, ``encoding``, ``weights_sha256``, ``file_sha256``, ``path``,
+    ``device``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: selector checkpoint not found; produce it with "
+                                f"`dvc repro training/dvc.yaml:train_selector` (trains on data/synth and exports "
+                                f"data/selector/selector_cpu.pt) then `motionseg checkpoints publish selector`, "
+                                f"or point selector.checkpoint at an existing file")
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for foreign files
+        raise ValueError(f"{path}: not a readable selector checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        fmt = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path}: not an exported selector checkpoint (format {fmt!r}, expected "
+                         f"{EXPORT_FORMAT!r}; export a training checkpoint with "
+                         f"pipeline.models.selector_train.export_checkpoint)")
+    if weights_sha256(doc["state"]) != doc["weights_sha256"]:
+        raise ValueError(f"{path}: weights checksum mismatch (corrupted file)")
+    model = Selector(SelectorConfig.from_dict(doc["model_config"]))
+    model.load_state_dict(decode_state(doc["state"]))
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    info = {"path": str(path), "model_config": doc["model_config"], "train": doc.get("train", {}),
+            "summary": doc.get("summary", {}), "encoding": doc["encoding"], "weights_sha256": doc["weights_sha256"],
+            "file_sha256": sha256_file(path), "device": str(dev)}
+    return model, info
