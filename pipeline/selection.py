@@ -48,24 +48,34 @@ def error_onehot(mask: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.stack([(cls == c) for c in (FP, FN, CORRECT)], axis=-3).astype(np.float32)
 
 
-def relative_error_area(error: np.ndarray, mask: np.ndarray, min_area: int = 1) -> np.ndarray:
+def relative_error_area(error: np.ndarray, mask: np.ndarray, min_area: int = 1, soft: bool = False) -> np.ndarray:
     """Exemplar score ``(FP + FN) / (area + 1)`` per leading index.
 
     ``error``: class map ``[..., H, W]`` (integer) or class probabilities
     ``[..., 3, H, W]`` (float; a pixel is an error where FP or FN has the
-    largest probability). ``mask``: the proposal ``[..., H, W]``. Scores of
-    proposals with fewer than ``min_area`` pixels are ``+inf``.
+    largest probability — the paper's count). With ``soft=True`` (probabilities
+    only) the error area is the expected one, ``sum(p_FP + p_FN)``: no ties
+    between frames whose argmax maps are equally clean. ``mask``: the proposal
+    ``[..., H, W]``. Scores of proposals with fewer than ``min_area`` pixels are
+    ``+inf``.
     """
     error, m = np.asarray(error), np.asarray(mask, bool)
-    if np.issubdtype(error.dtype, np.floating) and error.ndim == m.ndim + 1:
+    probs = np.issubdtype(error.dtype, np.floating) and error.ndim == m.ndim + 1
+    if probs:
         if error.shape[-3] != 3:
             raise ValueError(f"error probabilities need 3 channels at axis -3, got {error.shape}")
         cls = np.argmax(error, axis=-3)
+    elif soft:
+        raise ValueError("soft=True needs error probabilities [..., 3, H, W]")
     else:
         cls = error
     if cls.shape != m.shape:
         raise ValueError(f"error map {cls.shape} and mask {m.shape} differ in shape")
-    err = (cls != CORRECT).sum(axis=(-2, -1)).astype(np.float64)
+    if soft:
+        err = (np.take(error, FP, axis=-3).astype(np.float64)
+               + np.take(error, FN, axis=-3).astype(np.float64)).sum(axis=(-2, -1))
+    else:
+        err = (cls != CORRECT).sum(axis=(-2, -1)).astype(np.float64)
     area = m.sum(axis=(-2, -1)).astype(np.float64)
     score = err / (area + 1.0)
     return np.where(area < min_area, np.inf, score)

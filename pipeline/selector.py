@@ -100,7 +100,7 @@ def object_logits(model: torch.nn.Module, rgb: Any, mask: Any, tokens: Any, devi
 def iter_error_maps(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any, tokens_reader: Any, K: int,
                     chunk: int = 100, device: Any = None, min_area: int = 20, amp: bool = True,
                     skip_empty: bool = True, frame_batch: int = 16, attn_block: int = 10,
-                    info: dict | None = None) -> Iterator[ChunkPrediction]:
+                    info: dict | None = None, soft: bool = False) -> Iterator[ChunkPrediction]:
     """Yield a :class:`ChunkPrediction` per chunk of the video, in order.
 
     Readers are array-likes sliced along frames (``reader[a:b]``; e.g.
@@ -108,6 +108,7 @@ def iter_error_maps(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any,
     ``labels_reader [T, H, W]`` uint8 (0 background, ``k + 1`` = slot ``k``),
     ``tokens_reader [T, C, h, w]``. ``chunk`` is capped at the model's ``max_frames``.
     ``info`` (a dict) receives ``spans``, ``chunk`` and ``skipped`` ``[[start, k], ...]``.
+    ``soft``: score with the expected error area (see :func:`pipeline.selection.relative_error_area`).
     """
     T = len(rgb_reader)
     if len(labels_reader) != T or len(tokens_reader) != T:
@@ -138,7 +139,7 @@ def iter_error_maps(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any,
                     continue
                 logits = object_logits(model, rgb, masks[:, k], tokens, dev, amp, frame_batch, attn_block)
                 error[:, k] = torch.softmax(logits, dim=1).numpy().astype(np.float16)
-            score = relative_error_area(error, masks, min_area=max(1, int(min_area))).astype(np.float32)
+            score = relative_error_area(error, masks, min_area=max(1, int(min_area)), soft=soft).astype(np.float32)
             yield ChunkPrediction(a, b, error, score)
     finally:
         model.train(was)
@@ -210,6 +211,9 @@ def write_selector(frames_store: Any, proposals_store: Any, features_store: Any,
     check_backbone(info["model_config"], tokens.shape, feats.attrs.get("backbone"), str(feats.path), ckpt_path)
     K = int(props.attrs.get("num_objects") or 3)
     chunk, min_area = int(sp.get("chunk", 100)), int(sp.get("min_area", 20))
+    score_mode = str(sp.get("score", "argmax"))
+    if score_mode not in ("argmax", "soft"):
+        raise ValueError(f"selector.score must be argmax or soft, got {score_mode!r}")
     dev = device if device is not None else _device_of(model)
     ckpt = {"path": ckpt_path, "sha256": info["file_sha256"]}
     run: dict = {}
@@ -221,17 +225,20 @@ def write_selector(frames_store: Any, proposals_store: Any, features_store: Any,
                                           "proposal: class 0 false positive, 1 false negative, 2 correct",
                                "classes": CLASSES})
         score = wr.create("score", (T, K), "float32", ("frame", "object"),
-                          attrs={"meaning": "relative error area (FP + FN pixels, argmax of error) / (proposal "
-                                            "area + 1); lower is better; +inf where the proposal has fewer than "
-                                            f"min_area={min_area} pixels"})
+                          attrs={"meaning": "relative error area (FP + FN pixels: "
+                                            + ("argmax of error" if score_mode == "argmax" else
+                                               "expected, sum of p_FP + p_FN")
+                                            + ") / (proposal area + 1); lower is better; +inf where the proposal "
+                                            f"has fewer than min_area={min_area} pixels", "score": score_mode})
         for cp in iter_error_maps(model, FrameReader(rgb), FrameReader(labels), FrameReader(tokens), K,
                                   chunk=chunk, device=dev, min_area=min_area, amp=bool(sp.get("amp", True)),
-                                  skip_empty=bool(sp.get("skip_empty", True)), info=run):
+                                  skip_empty=bool(sp.get("skip_empty", True)), info=run,
+                                  soft=score_mode == "soft"):
             err[cp.start:cp.end] = cp.error
             score[cp.start:cp.end] = cp.score
         wr.attrs.update({
             "sequence": sequence or frames.attrs.get("sequence") or Path(str(out)).stem, "num_objects": K,
-            "classes": CLASSES, "min_area": min_area, "chunk": run["chunk"], "spans": run["spans"],
+            "classes": CLASSES, "min_area": min_area, "score": score_mode, "chunk": run["chunk"], "spans": run["spans"],
             "skipped_empty": run["skipped"],
             "checkpoint": {**ckpt, "weights_sha256": info["weights_sha256"], "encoding": info["encoding"],
                            "train": info.get("train", {}), "summary": info.get("summary", {})},

@@ -43,6 +43,9 @@ def project(tmp_path_factory):
     params["dataset"] = {"name": "demo", "root": "data/demo/raw", "layout": "davis",
                          "resolution": "480p", "sparse_gt": False}
     params["sequences"], params["protocol"] = ["demo-01", "demo-02"], "multi"
+    params["eval"]["methods"] = ["motion_baseline", "proposals", "corrector", "crf"]
+    params["export"]["methods"] = ["motion_baseline", "crf"]
+    params["selection_eval"]["figures"] = 1
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (proj / ".gitignore").write_text("/data/*\n")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -98,6 +101,49 @@ def test_proposals_stage_runs_from_the_committed_checkpoint(project):
     assert art["amodal"].shape == (6, 3, 48, 80)
     summary = json.loads((proj / "results/demo/proposals/summary.json").read_text())
     assert summary["lineage"]["proposals"]["params"]["proposals"]["checkpoint"].endswith(".pt")
+
+
+def test_refinement_stages_run_and_name_the_backbone(project):
+    """features -> selector -> exemplars -> corrector -> crf run from the committed checkpoints, and the
+    backbone that made the features reaches the metrics files of the refined masks."""
+    proj, _, _ = project
+    from pipeline.store import open_artifact
+
+    ex = open_artifact(proj / "data/demo/exemplars/demo-01.zarr", "exemplars")
+    t = yaml.safe_load((proj / "params.yaml").read_text())["corrector"]["t"]
+    assert ex["frames"].shape == (3, t)
+    corr = open_artifact(proj / "data/demo/corrector/demo-01.zarr", "corrector")
+    assert corr["labels"].shape == (6, 48, 80) and corr["probs"].shape == (6, 3, 48, 80)
+    crf = open_artifact(proj / "data/demo/crf/demo-01.zarr", "crf")
+    assert crf["labels"].shape == (6, 72, 128)                 # original resolution
+    for method in ("corrector", "crf"):
+        summary = json.loads((proj / f"results/demo/{method}/summary.json").read_text())
+        bb = summary["lineage"]["features"]["backbone"]
+        assert bb["name"] == "mobilenetv2_imagenet" and bb["self_supervised"] is False and bb["substitute"] is True
+        assert len(bb["weights_sha256"]) == 64
+    sel = json.loads((proj / "results/demo/selection/summary.json").read_text())
+    assert sel["lineage"]["features"]["backbone"]["name"] == "mobilenetv2_imagenet"
+
+
+def _exp_run(proj, env, assignment):
+    out = _run([str(BIN / "dvc"), "exp", "run", "-S", assignment], proj, env)
+    return set(re.findall(r"Running stage '([^']+)'", out)), out
+
+
+@pytest.mark.parametrize("assignment,first,allowed", [
+    ("corrector.t=15", "exemplars@", ("exemplars@", "corrector@", "crf@", "evaluate@corrector-", "evaluate@crf-",
+                                      "metrics@corrector", "metrics@crf", "export@crf-")),
+    ("corrector.window=5", "corrector@", ("corrector@", "crf@", "evaluate@corrector-", "evaluate@crf-",
+                                          "metrics@corrector", "metrics@crf", "export@crf-")),
+])
+def test_corrector_params_rerun_only_what_they_affect(project, assignment, first, allowed):
+    proj, env, _ = project
+    _run(["git", "add", "-A"], proj, env)
+    _run(["git", "commit", "-qm", "before " + assignment, "--allow-empty"], proj, env)
+    ran, out = _exp_run(proj, env, assignment)
+    assert any(s.startswith(first) for s in ran), out
+    assert all(s.startswith(allowed) for s in ran), sorted(ran)
+    assert not any(s.startswith(("flow@", "proposals@", "features@", "selector@")) for s in ran)
 
 
 def test_eval_param_reruns_only_metrics_stages(project):

@@ -229,3 +229,23 @@ def test_source_bank_fallback_and_davis(tmp_path):
     _, rec2 = D.make_source_bank({"root": str(DAVIS), "exclude": ["bear"]})
     assert rec2["listing_sha256"] != rec["listing_sha256"]
     assert isinstance(bank, SourceBank)
+
+
+def test_split_as_davis_dataset_round_trips_through_ingestion(split, tmp_path):
+    """stage synth_dataset: a split written as a DAVIS-style folder is read back by the frames stage's
+    ingestion with identical RGB (lossless PNG) and ground truth."""
+    from pipeline.config import DatasetConfig
+    from pipeline.export import export_synth_split
+    from pipeline.io import discover, iter_frames, read_mask
+
+    names = export_synth_split(split, tmp_path / "ds")
+    assert names == [s.name[:-5] for s in D.list_split(split)]
+    assert (tmp_path / "ds/sequences.txt").read_text().split() == names
+    ds = DatasetConfig(name="sv", root=str(tmp_path / "ds"))
+    src = discover(ds, names[0])
+    art = open_artifact(D.list_split(split)[0])
+    frames = list(iter_frames(src))
+    assert len(frames) == T
+    assert all(np.array_equal(f, np.asarray(art["rgb"][t])) for t, f in enumerate(frames))
+    mask = read_mask(tmp_path / "ds/Annotations/480p" / names[0] / "00003.png")
+    assert np.array_equal(mask, np.asarray(art["gt"][3]))

@@ -36,7 +36,7 @@ CUDA (fp32 on CPU), seeded and deterministic. Writes into ``out_dir`` (and
 
     last.pt          model, optimiser, scheduler, iteration, RNG states, config
     train_curve.csv  iteration, loss, lr, grad_norm, seconds (means over log_every iterations)
-    val_curve.csv    iteration, val_loss, val_AP_selector, val_AP_temporal, val_AP_random,
+    val_curve.csv    iteration, val_loss, val_AP_selector, val_AP_selector_soft, val_AP_temporal, val_AP_random,
                      val_objects, seconds
     metrics.json     final numbers
 
@@ -131,7 +131,7 @@ RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "val_
 _PASSTHROUGH = frozenset({"resume", "export", "export_max_mb"})
 
 TRAIN_CURVE_COLUMNS = ["iteration", "loss", "lr", "grad_norm", "seconds"]
-VAL_CURVE_COLUMNS = ["iteration", "val_loss", "val_AP_selector", "val_AP_temporal", "val_AP_random", "val_objects",
+VAL_CURVE_COLUMNS = ["iteration", "val_loss", "val_AP_selector", "val_AP_selector_soft", "val_AP_temporal", "val_AP_random", "val_objects",
                      "seconds"]
 
 
@@ -326,13 +326,14 @@ def validate_selector(model: Selector, videos: Sequence[RefineVideo], device: An
     dev = resolve_device(device)
     was = model.training
     model.eval()
-    losses, ap_sel, ap_tc, ap_rnd = [], [], [], []
+    losses, ap_sel, ap_soft, ap_tc, ap_rnd = [], [], [], [], []
     try:
         for rv in videos:
             d = rv.read()
             masks, targets = d["masks"] > 0.5, d["targets"]                 # [T, K, H, W]
             T, K = masks.shape[:2]
             score = np.full((T, K), np.inf)
+            score_soft = np.full((T, K), np.inf)
             for k in range(K):
                 if not masks[:, k].any():
                     continue
@@ -342,7 +343,9 @@ def validate_selector(model: Selector, videos: Sequence[RefineVideo], device: An
                     tgt = torch.from_numpy(error_onehot(masks[a:b, k], targets[a:b, k]))
                     losses.append((float(selector_loss(logits, tgt, pos_weight)), b - a))
                     probs.append(torch.softmax(logits, dim=1).numpy())
-                score[:, k] = relative_error_area(np.concatenate(probs), masks[:, k], min_area=max(1, min_area))
+                probs = np.concatenate(probs)
+                score[:, k] = relative_error_area(probs, masks[:, k], min_area=max(1, min_area))
+                score_soft[:, k] = relative_error_area(probs, masks[:, k], min_area=max(1, min_area), soft=True)
             base = None if baselines is None else baselines.get(rv.name)
             fresh = []
             for k, o in enumerate(rv.slot_to_gt):
@@ -353,6 +356,7 @@ def validate_selector(model: Selector, videos: Sequence[RefineVideo], device: An
                 if a is None:
                     continue
                 ap_sel.append(a)
+                ap_soft.append(selection_ap(ious, -score_soft[:, k], n))
                 if base is None:
                     fresh.append((selection_ap(ious, temporal_consistency(masks[:, k]), n),
                                   random_ap(ious, n, random_trials, 0)))
@@ -366,7 +370,8 @@ def validate_selector(model: Selector, videos: Sequence[RefineVideo], device: An
         model.train(was)
     tot = sum(w for _, w in losses)
     return {"val_loss": float(sum(l * w for l, w in losses) / tot) if tot else float("nan"),
-            "val_AP_selector": _nanmean(ap_sel), "val_AP_temporal": _nanmean(ap_tc),
+            "val_AP_selector": _nanmean(ap_sel), "val_AP_selector_soft": _nanmean(ap_soft),
+            "val_AP_temporal": _nanmean(ap_tc),
             "val_AP_random": _nanmean(ap_rnd), "val_objects": len(ap_sel), "val_videos": len(videos)}
 
 
@@ -558,7 +563,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         "clip_len": cfg["clip_len"], "batch_size": B, "pos_weight": cfg["pos_weight"],
         "token_dim": mcfg.token_dim, "backbone": bb["name"], "backbone_sha256": bb["weights_sha256"],
         "train_videos": len(train_names), "loss": last_row.get("loss"),
-        "val_loss": lv.get("val_loss"), "val_AP_selector": lv.get("val_AP_selector"),
+        "val_loss": lv.get("val_loss"), "val_AP_selector": lv.get("val_AP_selector"), "val_AP_selector_soft": lv.get("val_AP_selector_soft"),
         "val_AP_temporal_consistency": lv.get("val_AP_temporal"), "val_AP_random": lv.get("val_AP_random"),
         "val_objects": lv.get("val_objects"), "val_videos": lv.get("val_videos"), "val_iteration": lv.get("iteration"),
         "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

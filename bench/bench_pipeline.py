@@ -1,0 +1,111 @@
+"""Whole-pipeline cost by stage: wall seconds per frame and peak memory of every inference stage.
+
+Runs the stage entry points one after the other, each in a fresh process (as DVC does), on one
+sequence, inside a scratch project root (a copy of params.yaml with absolute paths, links to
+stages/, checkpoints/), so the project's own data/ is never touched. Peak memory = each child's
+maximum resident set size (GNU ``time -f %M``), which includes torch's own ~0.5 GB.
+
+    python bench/bench_pipeline.py --sequence bear --flow dis --out bench/out/pipeline_bear.json
+    python bench/bench_pipeline.py --dataset demo --sequence demo-01 --flow raft_large
+
+Stages timed: frames, flow, proposals, features, selector, exemplars, corrector, crf (and the
+evaluation of the crf masks when the sequence has ground truth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["frames", "flow", "proposals", "features", "selector", "exemplars", "corrector", "crf"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one child process (peak from GNU time's %M)."""
+    rss_file = cwd / ".maxrss"
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd], cwd=cwd, env=env,
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout[-3000:] + p.stderr[-3000:])
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode})")
+    return wall, int(rss_file.read_text().split()[-1]) / 1024.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="davis2016", help="davis2016 | demo (needs data/demo/raw)")
+    ap.add_argument("--sequence", default="bear")
+    ap.add_argument("--flow", default="dis", help="flow.method for the run")
+    ap.add_argument("--crf-max-side", type=int, default=None, help="crf.max_side (null = full resolution)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP/torch threads of every stage")
+    ap.add_argument("--out", default=None, help="JSON file for the figures")
+    args = ap.parse_args(argv)
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    sys.path.insert(0, str(ROOT))
+    from pipeline.config import KNOWN_DATASETS
+
+    if args.dataset in KNOWN_DATASETS:
+        spec = dict(KNOWN_DATASETS[args.dataset])
+        protocol = spec.pop("protocol", params.get("protocol"))
+        params["dataset"] = spec
+        params["protocol"] = protocol
+    root_path = Path(params["dataset"]["root"])
+    params["dataset"]["root"] = str(root_path if root_path.is_absolute() else (ROOT / root_path).resolve())
+    params["sequences"] = [args.sequence]
+    params["flow"]["method"] = args.flow
+    params["crf"]["max_side"] = args.crf_max_side
+    for sect in ("proposals", "selector", "corrector"):
+        params[sect]["checkpoint"] = str(ROOT / params[sect]["checkpoint"])
+
+    results: dict = {"dataset": args.dataset, "sequence": args.sequence, "flow": args.flow,
+                     "crf_max_side": args.crf_max_side, "threads": args.threads,
+                     "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}, "stages": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+        tmp = Path(tmp)
+        (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        for d in ("stages", "checkpoints", "pipeline"):
+            os.symlink(ROOT / d, tmp / d)
+        env = {**os.environ, "MOTIONSEG_ROOT": str(tmp), "OMP_NUM_THREADS": str(args.threads),
+               "PYTHONPATH": str(ROOT)}
+        T = None
+        for stage in STAGES:
+            wall, peak = run([sys.executable, f"stages/{stage}.py", args.sequence], tmp, env)
+            if T is None:
+                import zarr
+
+                T = zarr.open_group(str(tmp / "data" / params["dataset"]["name"] / "frames" /
+                                        f"{args.sequence}.zarr"), mode="r")["rgb"].shape[0]
+            results["stages"][stage] = {"wall_s": round(wall, 2), "s_per_frame": round(wall / T, 4),
+                                        "peak_rss_mb": round(peak)}
+            print(f"{stage:10s} {wall:7.1f} s  {wall / T:7.3f} s/frame  (peak RSS {peak:.0f} MB)")
+        results["frames"] = T
+        total = sum(v["wall_s"] for v in results["stages"].values())
+        model = sum(results["stages"][s]["wall_s"] for s in ("proposals", "features", "selector", "exemplars",
+                                                              "corrector"))
+        results["total_s_per_frame"] = round(total / T, 4)
+        results["refinement_s_per_frame_flow_and_crf_excluded"] = round(model / T, 4)
+        print(f"total {total:.1f} s = {total / T:.3f} s/frame; proposals+refinement (no flow, no CRF) "
+              f"{model / T:.3f} s/frame")
+        shutil.rmtree(tmp / "data", ignore_errors=True)
+    results["machine"]["load_after"] = os.getloadavg()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
