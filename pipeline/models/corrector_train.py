@@ -94,9 +94,8 @@ from ..store import ArtifactError, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos, proposal_masks, slot_targets
 from .corrector import Corrector, CorrectorConfig, pool_masks
 from .losses import bce_probs, boundary_band, boundary_bce
-from .training import (CsvLog, atomic_torch_save, autocast, config_diff, decode_state, encode_state, grad_norm,
-                       lr_factor, read_csv, resolve_device, rng_state, seed_everything, serialized_size,
-                       set_rng_state, weights_sha256)
+from .training import (CsvLog, atomic_torch_save, autocast, config_diff, decode_state, grad_norm,
+                       lr_factor, read_csv, resolve_device, rng_state, seed_everything, set_rng_state, weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "DEFAULT_LOSS_WEIGHTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS",
            "VAL_CURVE_COLUMNS", "IOU_WEIGHT_FLOOR", "normalize_train_config", "model_config_from",
@@ -721,20 +720,8 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
     train = {k: cfg.get(k) for k in ("preset", "window", "t", "exemplar_weight", "batch_size", "lr", "seed",
                                      "train_split", "val_split", "loss_weights")}
     train["backbone_sha256"] = ck.get("backbone_sha256")
-    doc, size = None, 0
-    for mode in (["fp16", "int8"] if fp16 else ["fp32"]):
-        state = encode_state(ck["model"], mode)
-        doc = {"format": EXPORT_FORMAT, "encoding": {"fp16": "fp16", "int8": "int8+fp16", "fp32": "fp32"}[mode],
-               "model_config": ck["model_config"], "train": train, "summary": summary, "state": state,
-               "weights_sha256": weights_sha256(state), "package_version": __version__,
-               "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        size = serialized_size(doc)
-        if not fp16 or max_mb is None or size <= max_mb * 1e6:
-            break
-    else:
-        raise ValueError(f"{path}: the exported corrector checkpoint is {size / 1e6:.1f} MB even with int8 "
-                         f"weights, over max_mb={max_mb}")
-    atomic_torch_save(doc, path)
+    doc = write_export(EXPORT_FORMAT, ck["model"], {"model_config": ck["model_config"], "train": train,
+                       "summary": summary}, path, fp16=fp16, max_mb=max_mb, what="corrector")
     from ..store import sha256_file
 
     return {"path": str(path), "encoding": doc["encoding"], "bytes": path.stat().st_size,

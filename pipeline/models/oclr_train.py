@@ -73,9 +73,8 @@ from ..store import ArtifactError, open_artifact, write_json_atomic
 from .losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from .oclr import OCLR, OCLRConfig
 from .training import (CsvLog as _CsvLog, atomic_torch_save as _atomic_torch_save, autocast as _autocast,
-                       decode_state as _decode_state, encode_state as _encode_state, grad_norm as _grad_norm,
-                       lr_factor, read_csv as _read_csv, resolve_device, rng_state as _rng_state, seed_everything, serialized_size as _serialized_size,
-                       set_rng_state as _set_rng_state, weights_sha256 as _weights_sha256)
+                       decode_state as _decode_state, grad_norm as _grad_norm,
+                       lr_factor, read_csv as _read_csv, resolve_device, rng_state as _rng_state, seed_everything, set_rng_state as _set_rng_state, weights_sha256 as _weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
            "normalize_train_config", "model_config_from", "SynthClipDataset", "collate_clips", "lr_factor",
@@ -639,21 +638,8 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
                "source_checkpoint": str(last_pt)}
     train = {k: cfg.get(k) for k in ("preset", "clip_len", "size", "flow_source", "batch_size", "lr", "seed",
                                      "train_split", "val_split", "loss_weights")}
-    modes = (["fp16", "int8"] if fp16 else ["fp32"])
-    doc = None
-    for mode in modes:
-        state = _encode_state(ck["model"], mode)
-        doc = {"format": EXPORT_FORMAT, "encoding": {"fp16": "fp16", "int8": "int8+fp16", "fp32": "fp32"}[mode],
-               "model_config": ck["model_config"], "train": train, "summary": summary, "state": state,
-               "weights_sha256": _weights_sha256(state), "package_version": __version__,
-               "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        size = _serialized_size(doc)
-        if not fp16 or max_mb is None or size <= max_mb * 1e6:
-            break
-    else:
-        raise ValueError(f"{path}: the exported OCLR checkpoint is {size / 1e6:.1f} MB even with int8 weights, "
-                         f"over max_mb={max_mb}")
-    _atomic_torch_save(doc, path)
+    doc = write_export(EXPORT_FORMAT, ck["model"], {"model_config": ck["model_config"], "train": train,
+                       "summary": summary}, path, fp16=fp16, max_mb=max_mb, what="OCLR")
     from ..store import sha256_file
 
     return {"path": str(path), "encoding": doc["encoding"], "bytes": path.stat().st_size,

@@ -81,9 +81,8 @@ from ..selection import error_onehot, frame_ious, random_ap, relative_error_area
 from ..store import ArtifactError, open_artifact, sha256_file, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos
 from .selector import Selector, SelectorConfig, selector_loss
-from .training import (CsvLog, atomic_torch_save, autocast, config_diff, decode_state, encode_state, grad_norm,
-                       lr_factor, read_csv, resolve_device, rng_state, seed_everything, serialized_size,
-                       set_rng_state, weights_sha256)
+from .training import (CsvLog, atomic_torch_save, autocast, config_diff, decode_state, grad_norm,
+                       lr_factor, read_csv, resolve_device, rng_state, seed_everything, set_rng_state, weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
            "CHECKPOINT_FORMAT", "EXPORT_FORMAT", "normalize_train_config", "model_config_from", "split_backbone",
@@ -596,20 +595,8 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
     train = {k: cfg.get(k) for k in ("preset", "clip_len", "batch_size", "lr", "pos_weight", "flip", "time_shift",
                                      "seed", "train_split", "val_split")}
     train["backbone"] = ck.get("backbone")
-    doc, size = None, 0
-    for mode in (["fp16", "int8"] if fp16 else ["fp32"]):
-        state = encode_state(ck["model"], mode)
-        doc = {"format": EXPORT_FORMAT, "encoding": {"fp16": "fp16", "int8": "int8+fp16", "fp32": "fp32"}[mode],
-               "model_config": ck["model_config"], "train": train, "summary": summary, "state": state,
-               "weights_sha256": weights_sha256(state), "package_version": __version__,
-               "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        size = serialized_size(doc)
-        if not fp16 or max_mb is None or size <= max_mb * 1e6:
-            break
-    else:
-        raise ValueError(f"{path}: the exported selector checkpoint is {size / 1e6:.1f} MB even with int8 weights, "
-                         f"over max_mb={max_mb}")
-    atomic_torch_save(doc, path)
+    doc = write_export(EXPORT_FORMAT, ck["model"], {"model_config": ck["model_config"], "train": train,
+                       "summary": summary}, path, fp16=fp16, max_mb=max_mb, what="selector")
     return {"path": str(path), "encoding": doc["encoding"], "bytes": path.stat().st_size,
             "weights_sha256": doc["weights_sha256"], "file_sha256": sha256_file(path), **summary}
 

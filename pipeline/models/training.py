@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["lr_factor", "resolve_device", "seed_everything", "rng_state", "set_rng_state", "autocast",
            "atomic_torch_save", "read_csv", "rewrite_csv", "CsvLog", "grad_norm", "weights_sha256",
-           "quantize_int8", "encode_state", "decode_state", "serialized_size", "config_diff"]
+           "quantize_int8", "encode_state", "decode_state", "serialized_size", "config_diff", "write_export"]
 
 
 def config_diff(saved: Mapping, current: Mapping, free_keys: frozenset = frozenset()) -> list[str]:
@@ -197,3 +197,33 @@ def serialized_size(obj: Any) -> int:
     return buf.tell()
 
 
+
+
+ENCODINGS = {"fp16": "fp16", "int8": "int8+fp16", "fp32": "fp32"}
+
+
+def write_export(fmt: str, model_state: Mapping[str, Any], header: Mapping[str, Any], path: str | os.PathLike,
+                 fp16: bool = True, max_mb: float | None = 25.0, what: str = "model") -> dict:
+    """Write an inference checkpoint ``{format, encoding, **header, state, weights_sha256, ...}``
+    atomically to ``path`` and return it. ``fp16=True``: fp16 weights, or int8 (per-output-channel
+    scale) for the large tensors when the fp16 file would exceed ``max_mb`` (1e6 bytes);
+    ``fp16=False``: float32. A file over ``max_mb`` even in int8 is a ValueError."""
+    import datetime as _dt
+
+    from .. import __version__
+
+    path = Path(path)
+    doc, size = None, 0
+    for mode in (["fp16", "int8"] if fp16 else ["fp32"]):
+        state = encode_state(model_state, mode)
+        doc = {"format": fmt, "encoding": ENCODINGS[mode], **header, "state": state,
+               "weights_sha256": weights_sha256(state), "package_version": __version__,
+               "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        size = serialized_size(doc)
+        if not fp16 or max_mb is None or size <= max_mb * 1e6:
+            break
+    else:
+        raise ValueError(f"{path}: the exported {what} checkpoint is {size / 1e6:.1f} MB even with int8 weights, "
+                         f"over max_mb={max_mb}")
+    atomic_torch_save(doc, path)
+    return doc
