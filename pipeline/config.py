@@ -45,6 +45,12 @@ def project_root() -> Path:
     return here
 
 
+def project_path(p: str | os.PathLike) -> Path:
+    """``p`` as given when absolute, else relative to the project root (params paths are)."""
+    p = Path(p)
+    return p if p.is_absolute() else project_root() / p
+
+
 def load_params(path: str | os.PathLike | None = None) -> dict:
     path = Path(path) if path else project_root() / "params.yaml"
     if not path.exists():

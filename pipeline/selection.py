@@ -61,20 +61,18 @@ def relative_error_area(error: np.ndarray, mask: np.ndarray, min_area: int = 1, 
     """
     error, m = np.asarray(error), np.asarray(mask, bool)
     probs = np.issubdtype(error.dtype, np.floating) and error.ndim == m.ndim + 1
-    if probs:
-        if error.shape[-3] != 3:
-            raise ValueError(f"error probabilities need 3 channels at axis -3, got {error.shape}")
-        cls = np.argmax(error, axis=-3)
-    elif soft:
+    if probs and error.shape[-3] != 3:
+        raise ValueError(f"error probabilities need 3 channels at axis -3, got {error.shape}")
+    if soft and not probs:
         raise ValueError("soft=True needs error probabilities [..., 3, H, W]")
-    else:
-        cls = error
-    if cls.shape != m.shape:
-        raise ValueError(f"error map {cls.shape} and mask {m.shape} differ in shape")
-    if soft:
+    shape = error.shape[:-3] + error.shape[-2:] if probs else error.shape
+    if shape != m.shape:
+        raise ValueError(f"error map {shape} and mask {m.shape} differ in shape")
+    if soft:      # expected error pixels
         err = (np.take(error, FP, axis=-3).astype(np.float64)
                + np.take(error, FN, axis=-3).astype(np.float64)).sum(axis=(-2, -1))
-    else:
+    else:         # counted error pixels (argmax class)
+        cls = np.argmax(error, axis=-3) if probs else error
         err = (cls != CORRECT).sum(axis=(-2, -1)).astype(np.float64)
     area = m.sum(axis=(-2, -1)).astype(np.float64)
     score = err / (area + 1.0)

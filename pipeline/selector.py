@@ -38,7 +38,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import torch
 
-from .models.training import autocast, resolve_device
+from .models.training import autocast, model_device
 from .selection import CORRECT, relative_error_area
 from .store import ArtifactError
 from .refine_data import normalize_rgb
@@ -69,11 +69,6 @@ def chunk_spans(T: int, chunk: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(n)]
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def object_logits(model: torch.nn.Module, rgb: Any, mask: Any, tokens: Any, device: Any = None, amp: bool = True,
                   frame_batch: int = 16, attn_block: int = 10) -> torch.Tensor:
@@ -83,7 +78,7 @@ def object_logits(model: torch.nn.Module, rgb: Any, mask: Any, tokens: Any, devi
     [L, C, h, w]``; numpy or torch. The model must already be on ``device`` (default: where
     its parameters are) and in eval mode.
     """
-    dev = _device_of(model) if device is None else resolve_device(device)
+    dev = model_device(model, device)
     x = torch.as_tensor(np.asarray(rgb, np.float32) if not torch.is_tensor(rgb) else rgb).float().to(dev)
     m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).float().to(dev)
     tok = torch.as_tensor(np.asarray(tokens) if not torch.is_tensor(tokens) else tokens).float().to(dev)
@@ -116,7 +111,7 @@ def iter_error_maps(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any,
     cfg = getattr(model, "cfg", None)
     chunk = min(int(chunk), int(getattr(cfg, "max_frames", chunk)))
     spans = chunk_spans(T, chunk)
-    dev = _device_of(model) if device is None else resolve_device(device)
+    dev = model_device(model, device)
     was = model.training
     model.eval()
     skipped: list[list[int]] = []
@@ -214,7 +209,7 @@ def write_selector(frames_store: Any, proposals_store: Any, features_store: Any,
     score_mode = str(sp.get("score", "argmax"))
     if score_mode not in ("argmax", "soft"):
         raise ValueError(f"selector.score must be argmax or soft, got {score_mode!r}")
-    dev = device if device is not None else _device_of(model)
+    dev = model_device(model, device)
     ckpt = {"path": ckpt_path, "sha256": info["file_sha256"]}
     run: dict = {}
     with ArtifactWriter(out, stage="selector", params={"selector": sp},

@@ -10,7 +10,7 @@ checkpoint (``corrector.checkpoint``); writes ``data/<ds>/corrector/<seq>.zarr``
 
 from pathlib import Path
 
-from pipeline.config import artifact_path, load_params, project_root, section
+from pipeline.config import artifact_path, load_params, project_path, section
 from pipeline.correct import write_corrected
 from pipeline.models.corrector_train import load_corrector
 from pipeline.models.training import resolve_device
@@ -25,7 +25,7 @@ def main(sequence: str) -> None:
     cp = {k: v for k, v in dict(section(params, "corrector")).items() if k in STAGE_KEYS}
     ckpt = Path(cp.get("checkpoint") or "checkpoints/corrector_cpu.pt")
     dev = resolve_device(cp.get("device", "auto"))
-    model, info = load_corrector(ckpt if ckpt.is_absolute() else project_root() / ckpt, dev)
+    model, info = load_corrector(project_path(ckpt), dev)
     cp["checkpoint"] = str(ckpt)
     out = artifact_path(ds, "corrector", sequence)
     run = write_corrected(artifact_path(ds, "frames", sequence), artifact_path(ds, "proposals", sequence),

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.config import artifact_path, load_params, project_root, section
+from pipeline.config import artifact_path, load_params, project_path, section
 from pipeline.models.oclr_train import load_oclr, resolve_device
 from pipeline.proposals import write_proposals
 from pipeline.runtime import run_stage
@@ -13,7 +13,7 @@ def main(sequence: str) -> None:
     ds, pp = params["dataset"]["name"], dict(section(params, "proposals"))
     ckpt = Path(pp.get("checkpoint") or "checkpoints/oclr_cpu.pt")
     dev = resolve_device(pp.get("device", "auto"))
-    model, info = load_oclr(ckpt if ckpt.is_absolute() else project_root() / ckpt, dev)
+    model, info = load_oclr(project_path(ckpt), dev)
     pp["checkpoint"] = str(ckpt)
     out = artifact_path(ds, "proposals", sequence)
     run = write_proposals(artifact_path(ds, "flow", sequence), out, model, info, pp, device=dev, sequence=sequence)

@@ -10,7 +10,7 @@ See pipeline/selector.py.
 
 from pathlib import Path
 
-from pipeline.config import artifact_path, load_params, project_root, section
+from pipeline.config import artifact_path, load_params, project_path, section
 from pipeline.models.selector_train import load_selector
 from pipeline.models.training import resolve_device
 from pipeline.runtime import run_stage
@@ -22,7 +22,7 @@ def main(sequence: str) -> None:
     ds, sp = params["dataset"]["name"], dict(section(params, "selector"))
     ckpt = Path(sp.get("checkpoint") or "checkpoints/selector_cpu.pt")
     dev = resolve_device(sp.get("device", "auto"))
-    model, info = load_selector(ckpt if ckpt.is_absolute() else project_root() / ckpt, dev)
+    model, info = load_selector(project_path(ckpt), dev)
     sp["checkpoint"] = str(ckpt)
     out = artifact_path(ds, "selector", sequence)
     run = write_selector(artifact_path(ds, "frames", sequence), artifact_path(ds, "proposals", sequence),

@@ -3,7 +3,7 @@ the training inputs of the selector and the corrector."""
 
 from pathlib import Path
 
-from pipeline.config import load_params, project_root, section
+from pipeline.config import load_params, project_path, project_root, section
 from pipeline.proposals import build_split_proposals
 from pipeline.runtime import run_stage
 
@@ -12,7 +12,7 @@ def main(split: str) -> None:
     pp = dict(section(load_params(), "proposals"))
     ckpt = Path(pp.get("checkpoint") or "checkpoints/oclr_cpu.pt")
     base = project_root() / "data" / "synth" / split
-    build_split_proposals(base / "flow", base / "proposals", ckpt if ckpt.is_absolute() else project_root() / ckpt,
+    build_split_proposals(base / "flow", base / "proposals", project_path(ckpt),
                           {k: pp.get(k) for k in ("window", "overlap", "infer_size", "batch")},
                           device=pp.get("device", "auto"))
     print(f"synth_proposals: {split} -> {base / 'proposals'}")

@@ -9,8 +9,8 @@ default ``data/corrector/corrector_cpu.pt``; publish it with
 
 from pipeline.config import load_params, project_root, section
 from pipeline.models.corrector_train import export_checkpoint, train_corrector
+from pipeline.models.training import train_and_export
 from pipeline.runtime import run_stage
-from pipeline.store import write_json_atomic
 
 OUT_DIR = "data/corrector/train"    # last.pt + export.json (persisted: resuming)
 LOG_DIR = "results/corrector"       # curves and metrics.json (DVC plots / metrics)
@@ -19,16 +19,9 @@ DEFAULT_EXPORT = "data/corrector/corrector_cpu.pt"
 
 def main() -> None:
     cp = dict(section(load_params(), "train_corrector"))  # the only params this stage reads
-    root = project_root()
-    out, logs = root / OUT_DIR, root / LOG_DIR
-    m = train_corrector(cp, out, resume=bool(cp.get("resume", True)), log_dir=logs)
     export = cp.get("export") or DEFAULT_EXPORT
-    dest = root / export
-    info = export_checkpoint(out / "last.pt", dest, fp16=True, max_mb=cp.get("export_max_mb", 25))
-    write_json_atomic(out / "export.json", info)
-    m["export"] = {k: info[k] for k in ("path", "encoding", "bytes", "file_sha256")}
-    m["export"]["path"] = str(export)
-    write_json_atomic(logs / "metrics.json", m)
+    m, info = train_and_export(train_corrector, export_checkpoint, cp, project_root(), OUT_DIR, LOG_DIR, export)
+    out, dest = project_root() / OUT_DIR, project_root() / export
     val = (f"val J proposals {m['val_J_proposals']:.3f} -> corrected {m['val_J_corrected']:.3f}"
            if m["val_J_corrected"] is not None else "no validation")
     print(f"train_corrector: {m['iterations']}/{m['iterations_target']} iterations ({m['stopped_by']}), {val}, "

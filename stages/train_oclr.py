@@ -8,8 +8,8 @@ plots; ``metrics.json``: DVC metrics) and the exported checkpoint
 
 from pipeline.config import load_params, project_root, section
 from pipeline.models.oclr_train import export_checkpoint, train_oclr
+from pipeline.models.training import train_and_export
 from pipeline.runtime import run_stage
-from pipeline.store import write_json_atomic
 
 OUT_DIR = "data/oclr/train"   # last.pt + export.json (persisted: resuming)
 LOG_DIR = "results/oclr"      # curves and metrics.json (DVC plots / metrics)
@@ -17,15 +17,9 @@ LOG_DIR = "results/oclr"      # curves and metrics.json (DVC plots / metrics)
 
 def main() -> None:
     op = dict(section(load_params(), "oclr"))  # the only params this stage reads
-    root = project_root()
-    out, logs = root / OUT_DIR, root / LOG_DIR
-    m = train_oclr(op, out, resume=bool(op.get("resume", True)), log_dir=logs)
-    dest = root / op.get("export", "checkpoints/oclr_cpu.pt")
-    info = export_checkpoint(out / "last.pt", dest, fp16=True, max_mb=op.get("export_max_mb", 25))
-    write_json_atomic(out / "export.json", info)
-    m["export"] = {k: info[k] for k in ("path", "encoding", "bytes", "file_sha256")}
-    m["export"]["path"] = str(op.get("export", "checkpoints/oclr_cpu.pt"))
-    write_json_atomic(logs / "metrics.json", m)
+    export = op.get("export") or "checkpoints/oclr_cpu.pt"
+    m, info = train_and_export(train_oclr, export_checkpoint, op, project_root(), OUT_DIR, LOG_DIR, export)
+    out, dest = project_root() / OUT_DIR, project_root() / export
     val = (f"val J modal {m['val_J_modal']:.3f} amodal {m['val_J_amodal']:.3f}"
            if m["val_J_modal"] is not None else "no validation")
     print(f"train_oclr: {m['iterations']}/{m['iterations_target']} iterations ({m['stopped_by']}), {val}, "

@@ -10,8 +10,8 @@ publish it with ``motionseg checkpoints publish selector``).
 
 from pipeline.config import load_params, project_root, section
 from pipeline.models.selector_train import export_checkpoint, train_selector
+from pipeline.models.training import train_and_export
 from pipeline.runtime import run_stage
-from pipeline.store import write_json_atomic
 
 OUT_DIR = "data/selector/train"   # last.pt + export.json (persisted: resuming)
 LOG_DIR = "results/selector"      # curves and metrics.json (DVC plots / metrics)
@@ -20,16 +20,9 @@ DEFAULT_EXPORT = "data/selector/selector_cpu.pt"
 
 def main() -> None:
     sp = dict(section(load_params(), "train_selector"))
-    root = project_root()
-    out, logs = root / OUT_DIR, root / LOG_DIR
-    m = train_selector(sp, out, resume=bool(sp.get("resume", True)), log_dir=logs)
     export = sp.get("export") or DEFAULT_EXPORT
-    dest = root / export
-    info = export_checkpoint(out / "last.pt", dest, fp16=True, max_mb=sp.get("export_max_mb", 25))
-    write_json_atomic(out / "export.json", info)
-    m["export"] = {k: info[k] for k in ("encoding", "bytes", "file_sha256", "weights_sha256")}
-    m["export"]["path"] = str(export)
-    write_json_atomic(logs / "metrics.json", m)
+    m, info = train_and_export(train_selector, export_checkpoint, sp, project_root(), OUT_DIR, LOG_DIR, export)
+    out, dest = project_root() / OUT_DIR, project_root() / export
 
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"

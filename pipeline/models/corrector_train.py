@@ -90,12 +90,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
 from ..selection import frame_ious, rank_exemplars
+from ..config import project_path
 from ..store import ArtifactError, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos, proposal_masks, slot_targets
 from .corrector import Corrector, CorrectorConfig, pool_masks
-from .losses import bce_probs, boundary_band, boundary_bce
-from .training import (CsvLog, atomic_torch_save, autocast, config_diff, decode_state, grad_norm,
-                       lr_factor, read_csv, resolve_device, rng_state, seed_everything, set_rng_state, weights_sha256, write_export)
+from .losses import bce_probs, boundary_band, boundary_bce, merge_loss_weights
+from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state, lr_factor,
+                       read_csv, resolve_device, restored_torch_settings, rng_state, set_rng_state, start_run,
+                       weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "DEFAULT_LOSS_WEIGHTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS",
            "VAL_CURVE_COLUMNS", "IOU_WEIGHT_FLOOR", "normalize_train_config", "model_config_from",
@@ -218,15 +220,6 @@ def model_config_from(cfg: Mapping[str, Any], token_dim: int | None = None, back
     if int(cfg.get("window", 7)) > mc.max_frames:
         raise ValueError(f"window {cfg.get('window')} exceeds the model's max_frames {mc.max_frames}")
     return mc
-
-
-def _resolve_path(p: str | os.PathLike) -> Path:
-    p = Path(p)
-    if p.is_absolute():
-        return p
-    from ..config import project_root
-
-    return project_root() / p
 
 
 # --------------------------------------------------------------------------- data
@@ -415,12 +408,7 @@ def corrector_loss(out: Mapping[str, torch.Tensor], targets: torch.Tensor, token
     """The corrector training loss (module docstring). ``targets [B, T, K, H, W]`` (0/1),
     ``tokens [B, T, C, h, w]``. Returns ``(total, parts)``, parts detached (``mask``,
     ``boundary``, ``recon``, ``alpha``, ``total``)."""
-    w = dict(DEFAULT_LOSS_WEIGHTS)
-    if weights:
-        unknown = set(weights) - set(w)
-        if unknown:
-            raise KeyError(f"unknown loss weights {sorted(unknown)}; known: {sorted(w)}")
-        w.update({k: float(v) for k, v in weights.items()})
+    w = merge_loss_weights(DEFAULT_LOSS_WEIGHTS, weights)
     x = out["mask_logits"].float()
     y = targets.to(device=x.device, dtype=torch.float32)
     K = x.shape[2]
@@ -506,37 +494,23 @@ def train_corrector(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: 
     to ``log_dir`` (default ``out_dir``). Returns the dict written to ``metrics.json``. Relative
     split paths are taken from the project root.
     """
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic)
-    try:
+    with restored_torch_settings():  # threads, determinism: as they were afterwards
         return _train(cfg, out_dir, resume, progress, log_dir)
-    finally:  # leave the process's torch settings as they were
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
 
 
 def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_dir) -> dict:
     t_start = time.monotonic()
     cfg = normalize_train_config(cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(log_dir) if log_dir is not None else out_dir
-    log_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, log_dir, dev = start_run(cfg, out_dir, log_dir)
     ckpt_path = out_dir / "last.pt"
-    dev = resolve_device(cfg["device"])
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
-    seed_everything(cfg["seed"], cfg["deterministic"])
 
     # data
-    train_ds = CorrectorClipDataset(_resolve_path(cfg["train_split"]), cfg["window"], cfg["t"], seed=cfg["seed"],
+    train_ds = CorrectorClipDataset(project_path(cfg["train_split"]), cfg["window"], cfg["t"], seed=cfg["seed"],
                                     exemplar_weight=cfg["exemplar_weight"])
     C, hw, backbone, backbone_sha = train_ds.token_info
     val_ds = None
     if cfg["val_split"] and cfg["val_clips"] > 0:
-        val_ds = CorrectorClipDataset(_resolve_path(cfg["val_split"]), cfg["window"], cfg["t"],
+        val_ds = CorrectorClipDataset(project_path(cfg["val_split"]), cfg["window"], cfg["t"],
                                       seed=cfg["val_seed"], video_order="cycle",
                                       exemplar_weight=cfg["exemplar_weight"])
         vC, _, vb, _ = val_ds.token_info
@@ -599,7 +573,8 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         return r
 
     part_keys = ("mask", "boundary", "recon", "alpha", "grad_norm")
-    it, stopped_by, skipped, bad_run = start, "iterations", 0, 0
+    it, stopped_by = start, "iterations"
+    step = GuardedStep(model, opt, cfg["grad_clip"], "corrector")
     acc: dict[str, float] = {}
     n_acc = 0
     last_row: dict = {}
@@ -615,22 +590,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
             for batch in loader:
                 out = _forward(model, batch, dev, cfg["amp"])
                 loss, parts = corrector_loss(out, batch["targets"], batch["tokens"], **loss_kw)
-                opt.zero_grad(set_to_none=True)
-                if torch.isfinite(loss):
-                    loss.backward()
-                    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]) \
-                        if cfg["grad_clip"] else grad_norm(model)
-                    if torch.isfinite(gn):
-                        opt.step()
-                        bad_run = 0
-                    else:
-                        skipped, bad_run = skipped + 1, bad_run + 1
-                else:
-                    gn = torch.tensor(float("nan"))
-                    skipped, bad_run = skipped + 1, bad_run + 1
-                if bad_run >= 20:
-                    raise FloatingPointError(f"corrector training: 20 consecutive non-finite losses/gradients at "
-                                             f"iteration {it + 1} (lower lr or disable amp)")
+                gn = step(loss, it)
                 lr_now = opt.param_groups[0]["lr"]
                 sched.step()
                 it += 1
@@ -684,7 +644,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         "iters_per_s": round(ran / max(time.monotonic() - t_run, 1e-9), 4) if ran else None,
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
-        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": skipped,
+        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": step.skipped,
         "window": cfg["window"], "t": cfg["t"], "batch_size": B, "exemplar_weight": cfg["exemplar_weight"],
         "token_dim": C, "backbone": backbone,
         "first_loss": first_loss, "loss": last_row.get("loss"),

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 __all__ = ["DEFAULT_LOSS_WEIGHTS", "hungarian_match", "match_batch", "boundary_band", "boundary_bce",
-           "order_loss", "oclr_loss", "bce_probs"]
+           "order_loss", "oclr_loss", "bce_probs", "merge_loss_weights"]
 
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"amodal": 1.0, "boundary": 0.2, "modal": 0.1, "order": 0.05}
 """Paper / method-notes weights: amodal BCE, boundary BCE, modal BCE, order ranking."""
@@ -206,6 +206,17 @@ def _targets(gt: torch.Tensor, pred_idx: torch.Tensor, gt_idx: torch.Tensor, K: 
     return tgt
 
 
+def merge_loss_weights(defaults: Mapping[str, float], weights: Mapping[str, float] | None) -> dict[str, float]:
+    """``defaults`` updated with ``weights`` (floats); an unknown key is a KeyError."""
+    w = dict(defaults)
+    if weights:
+        unknown = set(weights) - set(w)
+        if unknown:
+            raise KeyError(f"unknown loss weights {sorted(unknown)}; known: {sorted(w)}")
+        w.update({k: float(v) for k, v in weights.items()})
+    return w
+
+
 def oclr_loss(outputs: Mapping[str, torch.Tensor], gt_amodal, gt_modal, gt_order,
               weights: Mapping[str, float] | None = None, *, num_objects: Sequence[int] | None = None,
               boundary_width: int = 3, order_pairs: str = "overlap", order_tau: float = 1.0,
@@ -229,12 +240,7 @@ def oclr_loss(outputs: Mapping[str, torch.Tensor], gt_amodal, gt_modal, gt_order
         ``(total, parts)`` where ``parts`` holds detached scalars ``amodal``,
         ``boundary``, ``modal``, ``order`` (unweighted, batch means) and ``total``.
     """
-    w = dict(DEFAULT_LOSS_WEIGHTS)
-    if weights:
-        unknown = set(weights) - set(w)
-        if unknown:
-            raise KeyError(f"unknown loss weights {sorted(unknown)}; known: {sorted(w)}")
-        w.update({k: float(v) for k, v in weights.items()})
+    w = merge_loss_weights(DEFAULT_LOSS_WEIGHTS, weights)
 
     logits = outputs["amodal_logits"]
     scores = outputs["order_logits"]

@@ -69,12 +69,13 @@ from scipy.optimize import linear_sum_assignment
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
+from ..config import project_path
 from ..store import ArtifactError, open_artifact, write_json_atomic
 from .losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from .oclr import OCLR, OCLRConfig
-from .training import (CsvLog as _CsvLog, atomic_torch_save as _atomic_torch_save, autocast as _autocast,
-                       decode_state as _decode_state, grad_norm as _grad_norm,
-                       lr_factor, read_csv as _read_csv, resolve_device, rng_state as _rng_state, seed_everything, set_rng_state as _set_rng_state, weights_sha256 as _weights_sha256, write_export)
+from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state, lr_factor, read_csv,
+                       resolve_device, restored_torch_settings, rng_state, seed_everything, set_rng_state,
+                       start_run, weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
            "normalize_train_config", "model_config_from", "SynthClipDataset", "collate_clips", "lr_factor",
@@ -183,15 +184,6 @@ def model_config_from(cfg: Mapping[str, Any]) -> OCLRConfig:
     preset = cfg.get("preset", "cpu")
     base = OCLRConfig.paper if preset == "paper" else OCLRConfig.cpu
     return base(**overrides).validate()
-
-
-def _resolve_path(p: str | os.PathLike) -> Path:
-    p = Path(p)
-    if p.is_absolute():
-        return p
-    from ..config import project_root
-
-    return project_root() / p
 
 
 # --------------------------------------------------------------------------- data
@@ -383,7 +375,7 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
     try:
         for b0 in range(0, n_clips, batch_size):
             batch = collate_clips([dataset[i] for i in range(b0, min(n_clips, b0 + batch_size))])
-            with _autocast(dev, amp):
+            with autocast(dev, amp):
                 out = model(batch["flow"].to(dev))
             loss, _ = oclr_loss(out, batch["amodal"], batch["modal"], batch["order"], **dict(loss_kwargs or {}))
             losses.append(float(loss) * len(batch["amodal"]))
@@ -402,16 +394,6 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
             "val_loss": float(sum(losses) / n), "val_objects": len(ja), "val_clips": n_clips}
 
 
-# --------------------------------------------------------------------------- checkpoint io
-def _comparable(cfg: Mapping) -> dict:
-    return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in RESUME_FREE_KEYS}, sort_keys=True))
-
-
-def _config_diff(saved: Mapping, current: Mapping) -> list[str]:
-    a, b = _comparable(saved), _comparable(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
 # --------------------------------------------------------------------------- training
 def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
                progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
@@ -423,40 +405,26 @@ def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool 
     ``metrics.json``. Relative data paths are taken from the project root
     (:func:`pipeline.config.project_root`).
     """
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic)
-    try:
+    with restored_torch_settings():  # threads, determinism: as they were afterwards
         return _train_oclr(cfg, out_dir, resume, progress, log_dir)
-    finally:  # leave the process's torch settings as they were (threads, determinism)
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
 
 
 def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_dir) -> dict:
     t_start = time.monotonic()
     cfg = normalize_train_config(cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(log_dir) if log_dir is not None else out_dir
-    log_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, log_dir, dev = start_run(cfg, out_dir, log_dir)
     ckpt_path = out_dir / "last.pt"
-    dev = resolve_device(cfg["device"])
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
-    seed_everything(cfg["seed"], cfg["deterministic"])
     mcfg = model_config_from(cfg)
     if cfg["clip_len"] > mcfg.max_frames:
         raise ValueError(f"clip_len {cfg['clip_len']} exceeds the model's max_frames {mcfg.max_frames}")
 
     # data
-    train_split = _resolve_path(cfg["train_split"])
+    train_split = project_path(cfg["train_split"])
     train_ds = SynthClipDataset(train_split / "render", train_split / "flow", cfg["clip_len"], cfg["size"],
                                 cfg["flow_source"], seed=cfg["seed"], flip=cfg["flip"])
     val_ds = None
     if cfg["val_split"] and cfg["val_clips"] > 0:
-        val_split = _resolve_path(cfg["val_split"])
+        val_split = project_path(cfg["val_split"])
         val_ds = SynthClipDataset(val_split / "render", val_split / "flow", cfg["clip_len"], cfg["size"],
                                   cfg["flow_source"], seed=cfg["val_seed"], flip=False, video_order="cycle")
 
@@ -471,7 +439,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{ckpt_path}: not an OCLR training checkpoint (format {ck.get('format')!r})")
-        diff = _config_diff(ck["config"], cfg)
+        diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
         if diff:
             raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
                              f"({'; '.join(diff)}). Delete {out_dir}, set oclr.resume: false, or restore "
@@ -479,12 +447,12 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         start, prev_seconds, last_val = int(ck["iteration"]), float(ck["train_seconds"]), ck.get("last_val")
         resumed = True
     keep = start if resumed else None
-    tlog = _CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
-    vlog = _CsvLog(log_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
+    tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
+    vlog = CsvLog(log_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
 
     loss_kw = {"weights": cfg["loss_weights"], "boundary_width": int(cfg["boundary_width"]),
                "order_pairs": cfg["order_pairs"]}
@@ -501,8 +469,8 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         return prev_seconds + (time.monotonic() - t_run)
 
     def save(it: int) -> None:
-        _atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "iteration": it, "rng": _rng_state(),
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "iteration": it, "rng": rng_state(),
                             "config": cfg, "model_config": mcfg.to_dict(), "train_seconds": seconds(),
                             "last_val": last_val, "param_count": n_params, "device": str(dev),
                             "package_version": __version__}, ckpt_path)
@@ -513,7 +481,8 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         vlog.write({**r, "seconds": seconds()})
         return r
 
-    it, stopped_by, skipped, bad_run = start, "iterations", 0, 0
+    it, stopped_by = start, "iterations"
+    step = GuardedStep(model, opt, cfg["grad_clip"], "OCLR")
     acc: dict[str, float] = {}
     n_acc = 0
     last_row: dict = {}
@@ -527,25 +496,10 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         if it < total_iters:
             for batch in loader:
                 flow = batch["flow"].to(dev, non_blocking=True)
-                with _autocast(dev, cfg["amp"]):
+                with autocast(dev, cfg["amp"]):
                     out = model(flow)
                 loss, parts = oclr_loss(out, batch["amodal"], batch["modal"], batch["order"], **loss_kw)
-                opt.zero_grad(set_to_none=True)
-                if torch.isfinite(loss):
-                    loss.backward()
-                    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]) \
-                        if cfg["grad_clip"] else _grad_norm(model)
-                    if torch.isfinite(gn):
-                        opt.step()
-                        bad_run = 0
-                    else:
-                        skipped, bad_run = skipped + 1, bad_run + 1
-                else:
-                    gn = torch.tensor(float("nan"))
-                    skipped, bad_run = skipped + 1, bad_run + 1
-                if bad_run >= 20:
-                    raise FloatingPointError(f"OCLR training: 20 consecutive non-finite losses/gradients at "
-                                             f"iteration {it + 1} (lower lr or disable amp)")
+                gn = step(loss, it)
                 lr_now = opt.param_groups[0]["lr"]
                 sched.step()
                 it += 1
@@ -586,7 +540,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
             pbar.close()
 
     if not last_row:
-        prev = _read_csv(log_dir / "train_curve.csv")
+        prev = read_csv(log_dir / "train_curve.csv")
         last_row = {k: float(v) for k, v in prev[-1].items()} if prev else {}
     wall = time.monotonic() - t_start
     ran = it - start
@@ -598,7 +552,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         "iters_per_s": round(ran / max(time.monotonic() - t_run, 1e-9), 4) if ran else None,
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
-        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": skipped,
+        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": step.skipped,
         "clip_len": cfg["clip_len"], "size": cfg["size"], "batch_size": B, "flow_source": cfg["flow_source"],
         "loss": last_row.get("loss"), "loss_amodal": last_row.get("amodal"), "loss_boundary": last_row.get("boundary"),
         "loss_modal": last_row.get("modal"), "loss_order": last_row.get("order"),
@@ -662,11 +616,11 @@ def load_oclr(path: str | os.PathLike, device: Any = "cpu") -> tuple[OCLR, dict]
         fmt = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise ValueError(f"{path}: not an exported OCLR checkpoint (format {fmt!r}; "
                          f"export a training checkpoint with pipeline.models.oclr_train.export_checkpoint)")
-    if _weights_sha256(doc["state"]) != doc["weights_sha256"]:
+    if weights_sha256(doc["state"]) != doc["weights_sha256"]:
         raise ValueError(f"{path}: weights checksum mismatch (corrupted file)")
     cfg = OCLRConfig.from_dict(doc["model_config"])
     model = OCLR(cfg)
-    model.load_state_dict(_decode_state(doc["state"]))
+    model.load_state_dict(decode_state(doc["state"]))
     dev = resolve_device(device)
     model = model.to(dev).eval()
     from ..store import sha256_file

@@ -78,11 +78,13 @@ import torch
 
 from .. import __version__
 from ..selection import error_onehot, frame_ious, random_ap, relative_error_area, selection_ap, temporal_consistency
+from ..config import project_path
 from ..store import ArtifactError, open_artifact, sha256_file, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos
 from .selector import Selector, SelectorConfig, selector_loss
-from .training import (CsvLog, atomic_torch_save, autocast, config_diff, decode_state, grad_norm,
-                       lr_factor, read_csv, resolve_device, rng_state, seed_everything, set_rng_state, weights_sha256, write_export)
+from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state, lr_factor,
+                       read_csv, resolve_device, restored_torch_settings, rng_state, set_rng_state, start_run,
+                       weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
            "CHECKPOINT_FORMAT", "EXPORT_FORMAT", "normalize_train_config", "model_config_from", "split_backbone",
@@ -130,8 +132,8 @@ RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "val_
 _PASSTHROUGH = frozenset({"resume", "export", "export_max_mb"})
 
 TRAIN_CURVE_COLUMNS = ["iteration", "loss", "lr", "grad_norm", "seconds"]
-VAL_CURVE_COLUMNS = ["iteration", "val_loss", "val_AP_selector", "val_AP_selector_soft", "val_AP_temporal", "val_AP_random", "val_objects",
-                     "seconds"]
+VAL_CURVE_COLUMNS = ["iteration", "val_loss", "val_AP_selector", "val_AP_selector_soft", "val_AP_temporal",
+                     "val_AP_random", "val_objects", "seconds"]
 
 
 class ResumeError(ArtifactError):
@@ -186,15 +188,6 @@ def model_config_from(cfg: Mapping[str, Any], token_dim: int | None = None,
         overrides["backbone_sha256"] = backbone.get("weights_sha256")
     base = SelectorConfig.paper if cfg.get("preset", "cpu") == "paper" else SelectorConfig.cpu
     return base(**overrides).validate()
-
-
-def _resolve_path(p: str | os.PathLike) -> Path:
-    p = Path(p)
-    if p.is_absolute():
-        return p
-    from ..config import project_root
-
-    return project_root() / p
 
 
 def split_backbone(split_dir: str | os.PathLike, names: Sequence[str] | None = None) -> dict:
@@ -384,37 +377,23 @@ def train_selector(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: b
     taken from the project root. The process's torch settings (threads, determinism)
     are restored afterwards.
     """
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic)
-    try:
+    with restored_torch_settings():  # threads, determinism: as they were afterwards
         return _train(cfg, out_dir, resume, progress, log_dir)
-    finally:
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
 
 
 def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_dir) -> dict:
     t_start = time.monotonic()
     cfg = normalize_train_config(cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(log_dir) if log_dir is not None else out_dir
-    log_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, log_dir, dev = start_run(cfg, out_dir, log_dir)
     ckpt_path = out_dir / "last.pt"
-    dev = resolve_device(cfg["device"])
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
-    seed_everything(cfg["seed"], cfg["deterministic"])
 
     # data and the backbone it was computed with
-    train_split = _resolve_path(cfg["train_split"])
+    train_split = project_path(cfg["train_split"])
     train_names = list_refine_videos(train_split)
     bb = split_backbone(train_split, train_names)
     val_videos: list[RefineVideo] = []
     if cfg["val_split"]:
-        val_split = _resolve_path(cfg["val_split"])
+        val_split = project_path(cfg["val_split"])
         vnames = list_refine_videos(val_split)
         if cfg["val_videos"] is not None:
             vnames = vnames[:cfg["val_videos"]]
@@ -477,7 +456,8 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         vlog.write({**r, "seconds": seconds()})
         return r
 
-    it, stopped_by, skipped, bad_run = start, "iterations", 0, 0
+    it, stopped_by = start, "iterations"
+    step = GuardedStep(model, opt, cfg["grad_clip"], "selector")
     acc = {"loss": 0.0, "grad_norm": 0.0}
     n_acc = 0
     last_row: dict = {}
@@ -494,22 +474,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
                 logits = model(batch["rgb"].to(dev), batch["mask"].to(dev), batch["tokens"].to(dev),
                                time_offset=batch["time_offset"].to(dev))
             loss = selector_loss(logits, batch["target"].to(dev), cfg["pos_weight"])
-            opt.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]) \
-                    if cfg["grad_clip"] else grad_norm(model)
-                if torch.isfinite(gn):
-                    opt.step()
-                    bad_run = 0
-                else:
-                    skipped, bad_run = skipped + 1, bad_run + 1
-            else:
-                gn = torch.tensor(float("nan"))
-                skipped, bad_run = skipped + 1, bad_run + 1
-            if bad_run >= 20:
-                raise FloatingPointError(f"selector training: 20 consecutive non-finite losses/gradients at "
-                                         f"iteration {it + 1} (lower lr or disable amp)")
+            gn = step(loss, it)
             lr_now = opt.param_groups[0]["lr"]
             sched.step()
             it += 1
@@ -558,11 +523,12 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         "iters_per_s": round(ran / max(time.monotonic() - t_run, 1e-9), 4) if ran else None,
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "threads": torch.get_num_threads(), "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
-        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": skipped,
+        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": step.skipped,
         "clip_len": cfg["clip_len"], "batch_size": B, "pos_weight": cfg["pos_weight"],
         "token_dim": mcfg.token_dim, "backbone": bb["name"], "backbone_sha256": bb["weights_sha256"],
         "train_videos": len(train_names), "loss": last_row.get("loss"),
-        "val_loss": lv.get("val_loss"), "val_AP_selector": lv.get("val_AP_selector"), "val_AP_selector_soft": lv.get("val_AP_selector_soft"),
+        "val_loss": lv.get("val_loss"), "val_AP_selector": lv.get("val_AP_selector"),
+        "val_AP_selector_soft": lv.get("val_AP_selector_soft"),
         "val_AP_temporal_consistency": lv.get("val_AP_temporal"), "val_AP_random": lv.get("val_AP_random"),
         "val_objects": lv.get("val_objects"), "val_videos": lv.get("val_videos"), "val_iteration": lv.get("iteration"),
         "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

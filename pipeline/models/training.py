@@ -10,6 +10,7 @@ weights.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -24,7 +25,9 @@ import torch
 
 __all__ = ["lr_factor", "resolve_device", "seed_everything", "rng_state", "set_rng_state", "autocast",
            "atomic_torch_save", "read_csv", "rewrite_csv", "CsvLog", "grad_norm", "weights_sha256",
-           "quantize_int8", "encode_state", "decode_state", "serialized_size", "config_diff", "write_export"]
+           "quantize_int8", "encode_state", "decode_state", "serialized_size", "config_diff", "write_export",
+           "GuardedStep", "train_and_export", "restored_torch_settings", "start_run",
+           "model_device"]
 
 
 def config_diff(saved: Mapping, current: Mapping, free_keys: frozenset = frozenset()) -> list[str]:
@@ -52,6 +55,15 @@ def resolve_device(device: Any = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available (use device: auto or cpu)")
     return dev
+
+
+def model_device(model: torch.nn.Module, device: Any = None) -> torch.device:
+    """``device`` resolved (:func:`resolve_device`), or, when ``None``, where ``model``'s parameters
+    live (CPU for a model without parameters)."""
+    if device is not None:
+        return resolve_device(device)
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -227,3 +239,84 @@ def write_export(fmt: str, model_state: Mapping[str, Any], header: Mapping[str, 
                          f"over max_mb={max_mb}")
     atomic_torch_save(doc, path)
     return doc
+
+
+class GuardedStep:
+    """One optimiser step that survives non-finite values: ``zero_grad``, ``backward``, global
+    gradient clipping (``grad_clip``; 0/None = off, the norm is still measured), ``step`` -- skipped
+    when the loss or the gradient norm is not finite. ``skipped`` counts skipped steps; ``patience``
+    consecutive skips raise a FloatingPointError naming ``what`` and the iteration."""
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, grad_clip: float | None,
+                 what: str, patience: int = 20):
+        self.model, self.opt, self.grad_clip, self.what, self.patience = model, opt, grad_clip, what, patience
+        self.skipped, self._bad_run = 0, 0
+
+    def __call__(self, loss: torch.Tensor, it: int) -> torch.Tensor:
+        """Apply ``loss`` at (0-based) iteration ``it``; returns the gradient norm (NaN if skipped)."""
+        self.opt.zero_grad(set_to_none=True)
+        ok = bool(torch.isfinite(loss))
+        gn = torch.tensor(float("nan"))
+        if ok:
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip) \
+                if self.grad_clip else grad_norm(self.model)
+            ok = bool(torch.isfinite(gn))
+        if ok:
+            self.opt.step()
+            self._bad_run = 0
+        else:
+            self.skipped, self._bad_run = self.skipped + 1, self._bad_run + 1
+            if self._bad_run >= self.patience:
+                raise FloatingPointError(f"{self.what} training: {self.patience} consecutive non-finite "
+                                         f"losses/gradients at iteration {it + 1} (lower lr or disable amp)")
+        return gn
+
+
+def train_and_export(train_fn, export_fn, cfg: Mapping[str, Any], root: Path, out_dir: str, log_dir: str,
+                     export: str) -> tuple[dict, dict]:
+    """What every training stage does: ``train_fn(cfg, root/out_dir, resume, log_dir=root/log_dir)``
+    (resuming from ``last.pt``), then ``export_fn`` of ``last.pt`` to ``root/export`` (fp16, at most
+    ``cfg["export_max_mb"]`` MB), ``export.json`` next to ``last.pt`` and the export summary added to
+    ``metrics.json``. Returns ``(metrics, export info)``."""
+    from ..store import write_json_atomic
+
+    out, logs = Path(root) / out_dir, Path(root) / log_dir
+    m = train_fn(cfg, out, resume=bool(cfg.get("resume", True)), log_dir=logs)
+    info = export_fn(out / "last.pt", Path(root) / export, fp16=True, max_mb=cfg.get("export_max_mb", 25))
+    write_json_atomic(out / "export.json", info)
+    m["export"] = {**{k: info[k] for k in ("encoding", "bytes", "file_sha256", "weights_sha256")},
+                   "path": str(export)}
+    write_json_atomic(logs / "metrics.json", m)
+    return m, info
+
+
+@contextlib.contextmanager
+def restored_torch_settings():
+    """Leave the process's torch settings (threads, deterministic algorithms, cuDNN flags) as they
+    were, whatever a training run inside changes."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
+
+
+def start_run(cfg: Mapping[str, Any], out_dir: str | os.PathLike,
+              log_dir: str | os.PathLike | None) -> tuple[Path, Path, torch.device]:
+    """Common start of a training run: create ``out_dir`` and ``log_dir`` (default ``out_dir``),
+    pick the device, set the thread count (``cfg["threads"]``) and seed everything. Returns
+    ``(out_dir, log_dir, device)``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(log_dir) if log_dir is not None else out_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    seed_everything(cfg["seed"], cfg["deterministic"])
+    return out_dir, log_dir, dev
