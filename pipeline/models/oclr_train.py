@@ -73,9 +73,9 @@ from ..config import project_path
 from ..store import ArtifactError, open_artifact, write_json_atomic
 from .losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from .oclr import OCLR, OCLRConfig
-from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state, lr_factor, read_csv,
-                       resolve_device, restored_torch_settings, rng_state, seed_everything, set_rng_state,
-                       start_run, weights_sha256, write_export)
+from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state,
+                       load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
+                       restored_torch_settings, rng_state, seed_everything, start_run, weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
            "normalize_train_config", "model_config_from", "SynthClipDataset", "collate_clips", "lr_factor",
@@ -436,19 +436,13 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         opt, lambda it: lr_factor(it, cfg["warmup_iters"], cfg["decay_every"], cfg["decay_factor"]))
     start, prev_seconds, last_val, resumed = 0, 0.0, None, False
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt_path}: not an OCLR training checkpoint (format {ck.get('format')!r})")
+        ck = load_train_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "an OCLR")
         diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
         if diff:
             raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
                              f"({'; '.join(diff)}). Delete {out_dir}, set oclr.resume: false, or restore "
                              f"those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        set_rng_state(ck["rng"])
-        start, prev_seconds, last_val = int(ck["iteration"]), float(ck["train_seconds"]), ck.get("last_val")
+        start, prev_seconds, last_val = restore_training(ck, model, opt, sched)
         resumed = True
     keep = start if resumed else None
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
@@ -580,9 +574,7 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
     last_pt, path = Path(last_pt), Path(path)
     if not last_pt.exists():
         raise FileNotFoundError(f"{last_pt}: no OCLR training checkpoint to export (run `dvc repro train_oclr`)")
-    ck = torch.load(last_pt, map_location="cpu", weights_only=False)
-    if ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{last_pt}: not an OCLR training checkpoint (format {ck.get('format')!r})")
+    ck = load_train_checkpoint(last_pt, CHECKPOINT_FORMAT, "an OCLR")
     cfg = ck["config"]
     lv = ck.get("last_val") or {}
     summary = {"iterations": int(ck["iteration"]), "iterations_target": cfg.get("iterations"),

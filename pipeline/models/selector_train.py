@@ -82,9 +82,9 @@ from ..config import project_path
 from ..store import ArtifactError, open_artifact, sha256_file, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos
 from .selector import Selector, SelectorConfig, selector_loss
-from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state, lr_factor,
-                       read_csv, resolve_device, restored_torch_settings, rng_state, set_rng_state, start_run,
-                       weights_sha256, write_export)
+from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state,
+                       load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
+                       restored_torch_settings, rng_state, start_run, weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
            "CHECKPOINT_FORMAT", "EXPORT_FORMAT", "normalize_train_config", "model_config_from", "split_backbone",
@@ -414,9 +414,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         opt, lambda it: lr_factor(it, cfg["warmup_iters"], cfg["decay_every"], cfg["decay_factor"]))
     start, prev_seconds, last_val, resumed = 0, 0.0, None, False
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt_path}: not a selector training checkpoint (format {ck.get('format')!r})")
+        ck = load_train_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "a selector")
         diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
         if ck.get("model_config") != mcfg.to_dict():
             diff.append(f"model_config: {ck.get('model_config')} -> {mcfg.to_dict()} (features backbone changed?)")
@@ -424,11 +422,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
             raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
                               f"({'; '.join(diff)}). Delete {out_dir}, set train_selector.resume: false, or "
                               f"restore those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        set_rng_state(ck["rng"])
-        start, prev_seconds, last_val = int(ck["iteration"]), float(ck["train_seconds"]), ck.get("last_val")
+        start, prev_seconds, last_val = restore_training(ck, model, opt, sched)
         resumed = True
     keep = start if resumed else None
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
@@ -547,9 +541,7 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
     if not last_pt.exists():
         raise FileNotFoundError(f"{last_pt}: no selector training checkpoint to export "
                                 f"(run `dvc repro training/dvc.yaml:train_selector`)")
-    ck = torch.load(last_pt, map_location="cpu", weights_only=False)
-    if ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{last_pt}: not a selector training checkpoint (format {ck.get('format')!r})")
+    ck = load_train_checkpoint(last_pt, CHECKPOINT_FORMAT, "a selector")
     cfg = ck["config"]
     lv = ck.get("last_val") or {}
     summary = {"iterations": int(ck["iteration"]), "iterations_target": cfg.get("iterations"),

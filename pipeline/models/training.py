@@ -27,7 +27,7 @@ __all__ = ["lr_factor", "resolve_device", "seed_everything", "rng_state", "set_r
            "atomic_torch_save", "read_csv", "rewrite_csv", "CsvLog", "grad_norm", "weights_sha256",
            "quantize_int8", "encode_state", "decode_state", "serialized_size", "config_diff", "write_export",
            "GuardedStep", "train_and_export", "restored_torch_settings", "start_run",
-           "model_device"]
+           "model_device", "load_train_checkpoint", "restore_training"]
 
 
 def config_diff(saved: Mapping, current: Mapping, free_keys: frozenset = frozenset()) -> list[str]:
@@ -320,3 +320,23 @@ def start_run(cfg: Mapping[str, Any], out_dir: str | os.PathLike,
         torch.set_num_threads(int(cfg["threads"]))
     seed_everything(cfg["seed"], cfg["deterministic"])
     return out_dir, log_dir, dev
+
+
+def load_train_checkpoint(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """A training checkpoint (``last.pt``) of format ``fmt``; ValueError naming ``what`` otherwise."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ck, dict) or ck.get("format") != fmt:
+        found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise ValueError(f"{path}: not {what} training checkpoint (format {found!r})")
+    return ck
+
+
+def restore_training(ck: Mapping[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     sched: Any) -> tuple[int, float, dict | None]:
+    """Put model, optimiser, schedule and RNG state back from ``ck``; returns
+    ``(iteration, training seconds so far, last validation record)``."""
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    set_rng_state(ck["rng"])
+    return int(ck["iteration"]), float(ck["train_seconds"]), ck.get("last_val")
