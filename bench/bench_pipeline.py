@@ -8,8 +8,9 @@ maximum resident set size (GNU ``time -f %M``), which includes torch's own ~0.5 
     python bench/bench_pipeline.py --sequence bear --flow dis --out bench/out/pipeline_bear.json
     python bench/bench_pipeline.py --dataset demo --sequence demo-01 --flow raft_large
 
-Stages timed: frames, flow, proposals, features, selector, exemplars, corrector, crf (and the
-evaluation of the crf masks when the sequence has ground truth).
+Stages timed: frames, flow, proposals, features, selector, exemplars, corrector, adapt_corrector
+(self-supervised adaptation on this one sequence, ``adapt.iterations`` from params.yaml or
+``--adapt-iterations``; its cost is per iteration, not per frame), adapted, crf.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["frames", "flow", "proposals", "features", "selector", "exemplars", "corrector", "crf"]
+STAGES = ["frames", "flow", "proposals", "features", "selector", "exemplars", "corrector", "adapt_corrector",
+          "adapted", "crf"]
+COMMANDS = {"adapt_corrector": ["stages/adapt_corrector.py"], "adapted": ["stages/corrector.py", "{seq}", "--adapted"]}
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--flow", default="dis", help="flow.method for the run")
     ap.add_argument("--crf-max-side", type=int, default=None, help="crf.max_side (null = full resolution)")
     ap.add_argument("--threads", type=int, default=1, help="OMP/torch threads of every stage")
+    ap.add_argument("--adapt-iterations", type=int, default=None, help="adapt.iterations (default: params.yaml)")
     ap.add_argument("--out", default=None, help="JSON file for the figures")
     args = ap.parse_args(argv)
 
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
     params["sequences"] = [args.sequence]
     params["flow"]["method"] = args.flow
     params["crf"]["max_side"] = args.crf_max_side
+    if args.adapt_iterations is not None:
+        params["adapt"]["iterations"] = args.adapt_iterations
     for sect in ("proposals", "selector", "corrector"):
         params[sect]["checkpoint"] = str(ROOT / params[sect]["checkpoint"])
 
@@ -82,7 +88,8 @@ def main(argv=None) -> int:
                "PYTHONPATH": str(ROOT)}
         T = None
         for stage in STAGES:
-            wall, peak = run([sys.executable, f"stages/{stage}.py", args.sequence], tmp, env)
+            cmd = [c.format(seq=args.sequence) for c in COMMANDS.get(stage, [f"stages/{stage}.py", "{seq}"])]
+            wall, peak = run([sys.executable, *cmd], tmp, env)
             if T is None:
                 import zarr
 
@@ -90,15 +97,18 @@ def main(argv=None) -> int:
                                         f"{args.sequence}.zarr"), mode="r")["rgb"].shape[0]
             results["stages"][stage] = {"wall_s": round(wall, 2), "s_per_frame": round(wall / T, 4),
                                         "peak_rss_mb": round(peak)}
+            if stage == "adapt_corrector":
+                it = int(params["adapt"]["iterations"])
+                results["stages"][stage].update({"iterations": it, "s_per_iteration": round(wall / max(it, 1), 4)})
             print(f"{stage:10s} {wall:7.1f} s  {wall / T:7.3f} s/frame  (peak RSS {peak:.0f} MB)")
         results["frames"] = T
         total = sum(v["wall_s"] for v in results["stages"].values())
         model = sum(results["stages"][s]["wall_s"] for s in ("proposals", "features", "selector", "exemplars",
-                                                              "corrector"))
+                                                              "corrector", "adapted"))
         results["total_s_per_frame"] = round(total / T, 4)
-        results["refinement_s_per_frame_flow_and_crf_excluded"] = round(model / T, 4)
-        print(f"total {total:.1f} s = {total / T:.3f} s/frame; proposals+refinement (no flow, no CRF) "
-              f"{model / T:.3f} s/frame")
+        results["refinement_s_per_frame_flow_adaptation_crf_excluded"] = round(model / T, 4)
+        print(f"total {total:.1f} s = {total / T:.3f} s/frame; proposals+refinement inference (no flow, no "
+              f"adaptation, no CRF) {model / T:.3f} s/frame")
         shutil.rmtree(tmp / "data", ignore_errors=True)
     results["machine"]["load_after"] = os.getloadavg()
     if args.out:

@@ -190,12 +190,13 @@ def correct_sequence(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any
 # --------------------------------------------------------------------------- store
 def write_corrected(frames_store: Any, proposals_store: Any, features_store: Any, exemplars_store: Any, out: Any,
                     model: torch.nn.Module, info: dict, cp: dict | None = None, device: Any = None,
-                    sequence: str | None = None) -> dict:
+                    sequence: str | None = None, stage: str = "corrector") -> dict:
     """Corrector store ``out`` (``probs`` [T, K, H, W] f16, ``labels`` [T, H, W] u8) of one sequence.
 
     ``model``/``info``: from :func:`pipeline.models.corrector_train.load_corrector`; ``cp``: the
     ``corrector`` params (``checkpoint``, ``window``, ``threshold``, ...), recorded as provenance.
     Checks that the features store was made by the backbone the checkpoint was trained on.
+    ``stage``: the stage name recorded in the store (``adapted`` for the adapted corrector).
     """
     from .models.corrector_train import backbone_name, backbone_sha256
     from .store import ArtifactError, ArtifactWriter, FrameReader, open_artifact
@@ -238,7 +239,7 @@ def write_corrected(frames_store: Any, proposals_store: Any, features_store: Any
     dev = device if device is not None else next(model.parameters()).device
     ckpt = {"path": ckpt_name, "sha256": info["file_sha256"]}
     run: dict = {}
-    with ArtifactWriter(out, stage="corrector", params={"corrector": cp},
+    with ArtifactWriter(out, stage=stage, params={"corrector": cp},
                         inputs={"frames": frames_art.path, "proposals": prop_art.path, "features": feat_art.path,
                                 "exemplars": exm_art.path, "checkpoint": ckpt}) as wr:
         probs_w = wr.create("probs", (T, K, H, W), "float16", ("frame", "object", "y", "x"),
@@ -254,6 +255,7 @@ def write_corrected(frames_store: Any, proposals_store: Any, features_store: Any
         wr.attrs.update({
             "sequence": sequence or frames_art.attrs.get("sequence") or Path(str(out)).stem, "num_objects": K,
             "window": window, "threshold": threshold, "token_dim": C,
+            "proposal_inputs": bool(getattr(model, "proposal_inputs", True)),
             "backbone": feat_art.attrs.get("backbone"),   # as the features store records it (lineage)
             "windows": run.get("windows"), "fallback_objects": run.get("fallback"),
             "exemplar_frames": run.get("exemplar_frames"), "exemplars_per_object": run.get("exemplars_per_object"),

@@ -107,7 +107,8 @@ def _resize_flow(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @torch.no_grad()
 def predict_sequence(model: torch.nn.Module, flow_reader: Any, window: int = 30, overlap: int = 10,
                      device: Any = None, batch: int = 1, infer_size: Sequence[int] | None = None,
-                     amp: bool = True, info: dict | None = None) -> Iterator[FramePrediction]:
+                     amp: bool = True, info: dict | None = None,
+                     threshold: float = 0.5) -> Iterator[FramePrediction]:
     """Yield a :class:`FramePrediction` for every frame ``t = 0..T-1`` of a video, in order.
 
     Args:
@@ -122,6 +123,9 @@ def predict_sequence(model: torch.nn.Module, flow_reader: Any, window: int = 30,
         batch: windows per forward pass.
         infer_size: ``(h, w)`` the model runs at; ``None`` = the flow size rounded to a
             multiple of ``2**model.cfg.num_pools`` (as is for models without ``cfg``).
+        threshold: modal probability a pixel needs to get a slot's label in ``labels``
+            (:func:`pipeline.models.oclr_train.modal_labels`); amodal probabilities are
+            returned as they are.
         info: if a dict, filled with ``windows`` (per window: ``start``, ``end``, ``perm``
             = layer of the window continuing each slot, ``match_iou``, ``order``),
             ``num_objects`` and ``infer_size``.
@@ -148,7 +152,7 @@ def predict_sequence(model: torch.nn.Module, flow_reader: Any, window: int = 30,
             if (am.shape[-2], am.shape[-1]) != (H, W):
                 both = F.interpolate(torch.stack([am, mo]), size=(H, W), mode="bilinear", align_corners=False)
                 am, mo = both[0].clamp(0, 1), both[1].clamp(0, 1)
-            yield FramePrediction(t, am.cpu().numpy().astype(np.float16), modal_labels(mo).cpu().numpy(),
+            yield FramePrediction(t, am.cpu().numpy().astype(np.float16), modal_labels(mo, threshold).cpu().numpy(),
                                   buf["order"][i].float().cpu().numpy().astype(np.float32))
         emitted = upto
 
@@ -224,8 +228,8 @@ def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dic
     """Proposals store ``out`` (arrays ``amodal``, ``labels``, ``order``) of one flow store.
 
     ``model``/``info``: from :func:`pipeline.models.oclr_train.load_oclr`. ``pp``: the
-    ``proposals`` params (``window``, ``overlap``, ``infer_size``, ``batch``, ``checkpoint``),
-    recorded as provenance. Returns the run info (windows, infer size).
+    ``proposals`` params (``window``, ``overlap``, ``infer_size``, ``batch``, ``threshold``,
+    ``checkpoint``), recorded as provenance. Returns the run info (windows, infer size).
     """
     import sys
     from pathlib import Path
@@ -241,6 +245,9 @@ def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dic
     overlap = pp.get("overlap")
     overlap = int(overlap) if overlap is not None else max(1, window // 3)
     infer = pp.get("infer_size") or trained.get("size")
+    threshold = float(pp.get("threshold", 0.5))
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"proposals.threshold must be in [0, 1), got {threshold}")
     if trained.get("clip_len") and window > int(trained["clip_len"]) and not quiet:
         print(f"proposals: warning: window {window} is longer than the {trained['clip_len']} frames the "
               f"checkpoint was trained on (untrained time embeddings)", file=sys.stderr)
@@ -255,18 +262,20 @@ def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dic
                                              "the sequence)"})
         labels = wr.create("labels", (T, h, w), "uint8", ("frame", "y", "x"),
                            attrs={"meaning": "0 = background, k+1 = object slot k where its modal "
-                                             "probability is the largest and > 0.5"})
+                                             f"probability is the largest and > {threshold:g}",
+                                  "threshold": threshold})
         order = wr.create("order", (T, K), "float32", ("frame", "object"),
                           attrs={"meaning": "depth score of slot k (higher = nearer the front), per window, "
                                             "blended in overlaps"})
         for fp in predict_sequence(model, FrameReader(flow), window=window, overlap=overlap, device=dev,
-                                   batch=int(pp.get("batch", 1)), infer_size=infer, info=run):
+                                   batch=int(pp.get("batch", 1)), infer_size=infer, info=run,
+                                   threshold=threshold):
             amodal[fp.t] = fp.amodal
             labels[fp.t] = fp.labels
             order[fp.t] = fp.order
         wr.attrs.update({
             "sequence": sequence or flow_art.attrs.get("sequence") or Path(str(out)).stem, "num_objects": K,
-            "window": window, "overlap": overlap, "infer_size": run.get("infer_size"),
+            "window": window, "overlap": overlap, "infer_size": run.get("infer_size"), "threshold": threshold,
             "windows": run.get("windows"),
             "checkpoint": {**ckpt, "weights_sha256": info["weights_sha256"], "encoding": info["encoding"],
                            "train": trained, "summary": info["summary"]},

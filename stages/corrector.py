@@ -6,6 +6,10 @@ checkpoint (``corrector.checkpoint``); writes ``data/<ds>/corrector/<seq>.zarr``
 [T,K,H,W] f16 and ``labels`` [T,H,W] u8 (pipeline/correct.py). Params read here:
 ``corrector.checkpoint``, ``corrector.window``, ``corrector.threshold``, ``corrector.device``
 (``corrector.t`` belongs to the exemplars stage).
+
+``python stages/corrector.py <seq> --adapted`` is the ``adapted`` stage: the same with the
+corrector adapted to this dataset (``data/<ds>/adapt/corrector_adapted.pt``, made by
+``adapt_corrector``), written to ``data/<ds>/adapted/<seq>.zarr``.
 """
 
 from pathlib import Path
@@ -19,20 +23,23 @@ from pipeline.runtime import run_stage
 STAGE_KEYS = ("checkpoint", "window", "threshold", "device")
 
 
-def main(sequence: str) -> None:
+def main(sequence: str, adapted: bool = False) -> None:
     params = load_params()
     ds = params["dataset"]["name"]
     cp = {k: v for k, v in dict(section(params, "corrector")).items() if k in STAGE_KEYS}
     ckpt = Path(cp.get("checkpoint") or "checkpoints/corrector_cpu.pt")
+    if adapted:
+        ckpt = Path("data") / ds / "adapt" / "corrector_adapted.pt"
     dev = resolve_device(cp.get("device", "auto"))
     model, info = load_corrector(project_path(ckpt), dev)
     cp["checkpoint"] = str(ckpt)
-    out = artifact_path(ds, "corrector", sequence)
+    stage = "adapted" if adapted else "corrector"
+    out = artifact_path(ds, stage, sequence)
     run = write_corrected(artifact_path(ds, "frames", sequence), artifact_path(ds, "proposals", sequence),
                           artifact_path(ds, "features", sequence), artifact_path(ds, "exemplars", sequence),
-                          out, model, info, cp, device=dev, sequence=sequence)
+                          out, model, info, cp, device=dev, sequence=sequence, stage=stage)
     fb = f", proposals kept for objects {run['fallback']} (no exemplars)" if run.get("fallback") else ""
-    print(f"corrector: {sequence} ({run['T']} frames, {len(run.get('windows') or [])} windows of "
+    print(f"{stage}: {sequence} ({run['T']} frames, {len(run.get('windows') or [])} windows of "
           f"{run['window']}{fb}) -> {out}")
 
 

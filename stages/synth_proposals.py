@@ -13,7 +13,8 @@ def main(split: str) -> None:
     ckpt = Path(pp.get("checkpoint") or "checkpoints/oclr_cpu.pt")
     base = project_root() / "data" / "synth" / split
     build_split_proposals(base / "flow", base / "proposals", project_path(ckpt),
-                          {k: pp.get(k) for k in ("window", "overlap", "infer_size", "batch")},
+                          {k: pp.get(k) for k in ("window", "overlap", "infer_size", "batch", "threshold")
+                           if pp.get(k) is not None},
                           device=pp.get("device", "auto"))
     print(f"synth_proposals: {split} -> {base / 'proposals'}")
 

@@ -46,6 +46,7 @@ def project(tmp_path_factory):
     params["eval"]["methods"] = ["motion_baseline", "proposals", "corrector", "crf"]
     params["export"]["methods"] = ["motion_baseline", "crf"]
     params["selection_eval"]["figures"] = 1
+    params["adapt"].update({"iterations": 3, "check_windows": 1, "log_every": 1})
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (proj / ".gitignore").write_text("/data/*\n")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -121,8 +122,15 @@ def test_refinement_stages_run_and_name_the_backbone(project):
         bb = summary["lineage"]["features"]["backbone"]
         assert bb["name"] == "mobilenetv2_imagenet" and bb["self_supervised"] is False and bb["substitute"] is True
         assert len(bb["weights_sha256"]) == 64
+    ad = open_artifact(proj / "data/demo/adapted/demo-01.zarr", "adapted")     # the adapted corrector
+    assert ad["labels"].shape == (6, 48, 80) and ad.attrs["proposal_inputs"] is False
+    assert ad.attrs["checkpoint"]["train"]["adapted"]["iterations"] == 3
+    assert json.loads((proj / "results/demo/adapt/metrics.json").read_text())["iterations"] == 3
     sel = json.loads((proj / "results/demo/selection/summary.json").read_text())
     assert sel["lineage"]["features"]["backbone"]["name"] == "mobilenetv2_imagenet"
+
+
+ADAPT_STAGES = ("adapt_corrector", "adapted@", "evaluate@adapted-", "metrics@adapted", "export@adapted-")
 
 
 def _exp_run(proj, env, assignment):
@@ -132,9 +140,9 @@ def _exp_run(proj, env, assignment):
 
 @pytest.mark.parametrize("assignment,first,allowed", [
     ("corrector.t=15", "exemplars@", ("exemplars@", "corrector@", "crf@", "evaluate@corrector-", "evaluate@crf-",
-                                      "metrics@corrector", "metrics@crf", "export@crf-")),
+                                      "metrics@corrector", "metrics@crf", "export@crf-") + ADAPT_STAGES),
     ("corrector.window=5", "corrector@", ("corrector@", "crf@", "evaluate@corrector-", "evaluate@crf-",
-                                          "metrics@corrector", "metrics@crf", "export@crf-")),
+                                          "metrics@corrector", "metrics@crf", "export@crf-") + ADAPT_STAGES),
 ])
 def test_corrector_params_rerun_only_what_they_affect(project, assignment, first, allowed):
     proj, env, _ = project

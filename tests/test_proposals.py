@@ -172,6 +172,21 @@ def test_overlap_is_blended_with_a_linear_ramp():
     assert (res["labels"][:6] == 0).all() and (res["labels"][7:] == 1).all()   # > 0.5 from the 7th frame
 
 
+@pytest.mark.parametrize("threshold, first_labelled", [(0.5, 7), (0.4, 6), (0.3, 5), (0.15, 0), (0.9, None)])
+def test_label_threshold(threshold, first_labelled):
+    """``labels`` take slot 0 from the first frame whose (blended) probability exceeds the threshold;
+    the amodal probabilities do not depend on it."""
+    T, window, overlap = 13, 8, 3          # probabilities 0.2 x5, 0.35, 0.5, 0.65, 0.8 x5
+    res = predict_arrays(ConstantModel(), frame_code_flow(T), window=window, overlap=overlap, threshold=threshold)
+    ref = predict_arrays(ConstantModel(), frame_code_flow(T), window=window, overlap=overlap)
+    assert np.array_equal(res["amodal"], ref["amodal"])
+    lab = res["labels"][:, 0, 0]
+    first = next((t for t in range(T) if lab[t] == 1), None)
+    assert first == first_labelled
+    if first is not None:
+        assert (lab[first:] == 1).all() and (lab[:first] == 0).all()
+
+
 def test_real_model_runs_at_infer_size():
     torch.manual_seed(0)
     model = OCLR(OCLRConfig.cpu(base_channels=8, bottleneck_channels=32, d_model=32, num_heads=4, ffn_dim=64,
@@ -203,7 +218,7 @@ def test_stage_writes_the_store(tmp_path):
             np.random.default_rng(1).normal(0, 2, (T, 4, 32, 56)).astype(np.float32)
         wr.attrs["frame_names"] = [f"f{t:03d}" for t in range(T)]
     params = {"dataset": {"name": "toy"}, "proposals": {"checkpoint": "checkpoints/oclr.pt", "window": None,
-                                                         "overlap": 2, "device": "cpu"}}
+                                                         "overlap": 2, "device": "cpu", "threshold": 0.3}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "MOTIONSEG_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, str(ROOT / "stages" / "proposals.py"), "seq-a"], cwd=tmp_path, env=env,
@@ -218,6 +233,8 @@ def test_stage_writes_the_store(tmp_path):
     assert a["frame_names"] == [f"f{t:03d}" for t in range(T)]
     assert len(a["checkpoint"]["sha256"]) == 64 and a["model_config"]["base_channels"] == 8
     assert [w["start"] for w in a["windows"]] == [0, 3]
+    assert a["threshold"] == 0.3 and art["labels"].attrs["threshold"] == 0.3 and "> 0.3" in \
+        art["labels"].attrs["meaning"]
     # a missing checkpoint is one clear line naming the path and the fix
     params["proposals"]["checkpoint"] = "checkpoints/missing.pt"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

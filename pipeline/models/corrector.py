@@ -27,7 +27,9 @@ Data flow for one window (shapes without the batch axis; ``Q = K + K_bg``)::
                 tokens -> softmax over the Q queries (background competes) -> the K object
                 queries' maps [K*heads, h, w] -> 1x1 conv -> U-Net decoder with the skips of a
                 CNN encoder over [RGB, K proposal masks] -> K mask logits [H, W]
-                (+ s * (2 * proposal - 1), learnable s, when ``proposal_prior`` is set)
+                (+ s * (2 * proposal - 1), learnable s, when ``proposal_prior`` is set;
+                both proposal inputs are off when ``model.proposal_inputs`` is False, as
+                after self-supervised adaptation)
     aux head:   every output query, spatially broadcast (+ spatial embedding) -> MLP ->
                 hidden z_q -> a C-dim feature map feat_q = W z_q + b and an alpha logit at
                 token resolution; alpha = softmax over the Q queries; recon =
@@ -330,6 +332,10 @@ class Corrector(nn.Module):
             cin = w
         self.head = nn.Conv2d(widths[0], K, 3, padding=1)
         self.prior_scale = nn.Parameter(torch.tensor(float(cfg.proposal_prior))) if cfg.proposal_prior else None
+        # False after self-supervised adaptation to real video (pipeline.models.corrector_adapt): the
+        # target frames' proposal masks are zeroed at the upsampler's input and the proposal prior is
+        # off, so the masks come from appearance (the queries still start from the exemplars)
+        self.proposal_inputs = True
         # auxiliary broadcast decoder: first layer split into a query part and a position part
         rh = cfg.recon_hidden or d
         self.rec_q = nn.Linear(d, rh)
@@ -430,7 +436,8 @@ class Corrector(nn.Module):
         lg = torch.einsum("btqhc,btnhc->bthqn", mq, mk) * (1.0 / math.sqrt(dh))      # [B, T, nh, Q, hw]
         maps = torch.softmax(lg.float(), dim=-2)[:, :, :, :K]                          # [B, T, nh, K, hw]
         maps = maps.permute(0, 1, 3, 2, 4).reshape(B, T, K, nh, h, w)
-        x = torch.cat([rgb, masks.to(rgb.dtype)], dim=2).reshape(B * T, 3 + K, H, W)
+        mask_in = masks.to(rgb.dtype) if self.proposal_inputs else torch.zeros_like(masks, dtype=rgb.dtype)
+        x = torch.cat([rgb, mask_in], dim=2).reshape(B * T, 3 + K, H, W)
         skips = []
         for i, blk in enumerate(self.enc):
             x = blk(x if i == 0 else F.max_pool2d(x, 2))
@@ -443,7 +450,7 @@ class Corrector(nn.Module):
         for up, skip in zip(self.up, reversed(skips)):
             y = up(y, skip)
         mask_logits = self.head(y).reshape(B, T, K, H, W)
-        if self.prior_scale is not None:
+        if self.prior_scale is not None and self.proposal_inputs:
             mask_logits = mask_logits + self.prior_scale.to(mask_logits.dtype) * (2 * masks.to(mask_logits.dtype) - 1)
 
         # ---- auxiliary head: broadcast decoder, alpha over queries, reconstruction

@@ -685,7 +685,8 @@ def load_corrector(path: str | os.PathLike, device: Any = "cpu") -> tuple[Correc
 
     ``info``: ``path``, ``model_config``, ``token_dim``, ``backbone`` (name), ``backbone_sha256`` (of
     the backbone weights the training features were made with, when recorded), ``train`` (window, t, ...),
-    ``summary``, ``encoding``, ``weights_sha256``, ``file_sha256``, ``device``.
+    ``summary``, ``encoding``, ``weights_sha256``, ``file_sha256``, ``device``, ``proposal_inputs``
+    (False for a corrector adapted to real video: :mod:`pipeline.models.corrector_adapt`).
     """
     path = Path(path)
     if not path.exists():
@@ -707,6 +708,7 @@ def load_corrector(path: str | os.PathLike, device: Any = "cpu") -> tuple[Correc
     cfg = CorrectorConfig.from_dict(doc["model_config"])
     model = Corrector(cfg)
     model.load_state_dict(decode_state(doc["state"]))
+    model.proposal_inputs = bool(doc.get("proposal_inputs", True))     # False: adapted to real video
     dev = resolve_device(device)
     model = model.to(dev).eval()
     from ..store import sha256_file
@@ -715,5 +717,5 @@ def load_corrector(path: str | os.PathLike, device: Any = "cpu") -> tuple[Correc
             "backbone": cfg.backbone, "backbone_sha256": (doc.get("train") or {}).get("backbone_sha256"),
             "train": doc.get("train", {}), "summary": doc.get("summary", {}),
             "encoding": doc["encoding"], "weights_sha256": doc["weights_sha256"], "file_sha256": sha256_file(path),
-            "device": str(dev)}
+            "device": str(dev), "proposal_inputs": model.proposal_inputs}
     return model, info

@@ -365,9 +365,12 @@ def matched_j(pred: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: torch.device | str = "cpu",
-             batch_size: int = 2, amp: bool = True, loss_kwargs: Mapping | None = None) -> dict:
+             batch_size: int = 2, amp: bool = True, loss_kwargs: Mapping | None = None,
+             threshold: float = 0.5) -> dict:
     """Mean matched J (modal, amodal) over all objects of clips ``0..n_clips-1`` of ``dataset``,
-    and the mean loss. The model is put in eval mode and restored afterwards."""
+    and the mean loss. ``threshold``: the probability a pixel needs to join a mask (modal label
+    map of :func:`modal_labels` and amodal masks alike; the training curves use 0.5). The
+    model is put in eval mode and restored afterwards."""
     dev = torch.device(device)
     was = model.training
     model.eval()
@@ -379,8 +382,8 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
                 out = model(batch["flow"].to(dev))
             loss, _ = oclr_loss(out, batch["amodal"], batch["modal"], batch["order"], **dict(loss_kwargs or {}))
             losses.append(float(loss) * len(batch["amodal"]))
-            amodal_pred = out["amodal_logits"].float() > 0
-            lab = modal_labels(out["modal_probs"])
+            amodal_pred = torch.sigmoid(out["amodal_logits"].float()) > threshold
+            lab = modal_labels(out["modal_probs"], threshold)
             K = amodal_pred.shape[2]
             modal_pred = lab[:, :, None] == torch.arange(1, K + 1, device=lab.device)[None, None, :, None, None]
             for b in range(amodal_pred.shape[0]):

@@ -1,0 +1,140 @@
+"""Self-supervised adaptation of the corrector (pipeline.models.corrector_adapt) on tiny stores."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_corrector import BACKBONE, C, H, K, W, _video, h, tiny_model, w
+
+from pipeline.models.corrector_adapt import AdaptWindowDataset, _collate, adapt_corrector, adapt_loss, export_adapted
+from pipeline.models.corrector_train import EXPORT_FORMAT, load_corrector, oracle_exemplars
+from pipeline.models.training import write_export
+from pipeline.store import ArtifactError, ArtifactWriter
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+SEQS = ["s0", "s1"]
+INPUTS = ("rgb", "masks", "tokens", "ex_tokens", "ex_masks", "ex_weight", "ex_frame", "tgt_frame")
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """A 'real' dataset folder (frames, features, proposals, exemplars, corrector pseudo-labels) of two
+    12-frame sequences, and a tiny exported corrector."""
+    root = tmp_path_factory.mktemp("adapt")
+    d = root / "data" / "toy"
+    rng = np.random.default_rng(7)
+    for s in SEQS:
+        rgb, modal, labels, tok = _video(rng)
+        slot_gt = np.stack([modal[:, 1], modal[:, 0], np.zeros_like(modal[:, 0])], 1)     # slot k -> GT object
+        pseudo = np.zeros(labels.shape, np.uint8)
+        for k in range(2):
+            pseudo[slot_gt[:, k] & (pseudo == 0)] = k + 1
+        frames, weights, _ = oracle_exemplars(labels, slot_gt, t=3)
+        with ArtifactWriter(d / f"frames/{s}.zarr", stage="frames") as wr:
+            wr.create("rgb", rgb.shape, "uint8", ("frame", "y", "x", "channel"))[...] = rgb
+        with ArtifactWriter(d / f"proposals/{s}.zarr", stage="proposals") as wr:
+            wr.create("labels", labels.shape, "uint8", ("frame", "y", "x"))[...] = labels
+        with ArtifactWriter(d / f"features/{s}.zarr", stage="features") as wr:
+            wr.create("tokens", tok.shape, "float16", ("frame", "channel", "y", "x"))[...] = tok
+            wr.attrs["backbone"] = {"name": BACKBONE, "dim": C}
+        with ArtifactWriter(d / f"exemplars/{s}.zarr", stage="exemplars") as wr:
+            wr.write("frames", frames, ("object", "rank"))
+            wr.write("scores", np.where(frames >= 0, 1 - weights, np.inf).astype(np.float32), ("object", "rank"))
+        with ArtifactWriter(d / f"corrector/{s}.zarr", stage="corrector") as wr:
+            wr.create("labels", pseudo.shape, "uint8", ("frame", "y", "x"))[...] = pseudo
+    model = tiny_model(seed=1)
+    write_export(EXPORT_FORMAT, model.state_dict(), {"model_config": model.cfg.to_dict(),
+                                                     "train": {"window": 4}, "summary": {}},
+                 root / "corrector.pt")
+    return root
+
+
+def _cfg(root: Path, **kw) -> dict:
+    cfg = dict(checkpoint=str(root / "corrector.pt"), window=4, lr=3e-3, warmup_iters=2, iterations=40,
+               ckpt_every=10, log_every=1, check_windows=6, device="cpu", threads=1, seed=2)
+    cfg.update(kw)
+    return cfg
+
+
+def test_proposal_inputs_off_ignores_the_proposals(real):
+    ds = AdaptWindowDataset(real / "data/toy", SEQS, window=4, seed=0)
+    b = _collate([ds[0]])
+    other = dict(b, masks=1.0 - b["masks"])
+    model = tiny_model()
+    assert model.prior_scale is not None                     # the cpu preset uses the proposal prior
+    with torch.no_grad():
+        on = [model(*[x[k] for k in INPUTS])["mask_logits"] for x in (b, other)]
+        model.proposal_inputs = False
+        off = [model(*[x[k] for k in INPUTS])["mask_logits"] for x in (b, other)]
+    assert not torch.allclose(on[0], on[1])
+    assert torch.equal(off[0], off[1])
+
+
+def test_windows_hold_an_exemplar_and_weights_mark_exemplar_frames(real):
+    ds = AdaptWindowDataset(real / "data/toy", SEQS, window=4, seed=0)
+    assert len(ds) == sum(len(s.pairs) for s in ds.seqs) > 0
+    for i in range(20):
+        s = ds[i]
+        seq = next(q for q in ds.seqs if q.name == s["sequence"])
+        assert s["weight"].sum() >= 1
+        for k in range(K):
+            ex = {int(f) for f in seq.ex_frames[k] if f >= 0}
+            expect = [float(t in ex) for t in range(s["start"], s["start"] + 4)]
+            assert s["weight"][:, k].tolist() == expect
+        assert s["targets"].shape == (4, K, H, W) and s["tokens"].shape == (4, C, h, w)
+    assert ds[5]["start"] == AdaptWindowDataset(real / "data/toy", SEQS, window=4, seed=0)[5]["start"]
+
+
+def test_loss_only_sees_supervised_pairs(real):
+    ds = AdaptWindowDataset(real / "data/toy", SEQS, window=4, seed=0)
+    b = _collate([ds[3]])
+    with torch.no_grad():
+        out = tiny_model()(*[b[k] for k in INPUTS])
+    wt = b["weight"]
+    base, parts = adapt_loss(out, b["targets"], wt, b["tokens"])
+    assert set(parts) == {"mask", "recon", "alpha", "total"}              # no boundary term
+    flipped_off = torch.where((wt == 0)[..., None, None], 1 - b["targets"], b["targets"])
+    same, p2 = adapt_loss(out, flipped_off, wt, b["tokens"])
+    assert torch.allclose(base, same) and torch.allclose(parts["recon"], p2["recon"])
+    flipped_on = torch.where((wt > 0)[..., None, None], 1 - b["targets"], b["targets"])
+    assert not torch.allclose(base, adapt_loss(out, flipped_on, wt, b["tokens"])[0])
+
+
+def test_adaptation_fits_the_pseudo_labels_resumes_and_exports(real, tmp_path):
+    out = tmp_path / "adapt"
+    m = adapt_corrector(_cfg(real), real / "data/toy", SEQS, out, progress=False)
+    with open(out / "train_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    first, last = float(rows[0]["mask"]), np.mean([float(r["mask"]) for r in rows[-5:]])
+    print(f"adapt mask loss {first:.4f} -> {last:.4f}; pseudo-label J {m['pseudo_label_J_before']:.3f} -> "
+          f"{m['pseudo_label_J_after']:.3f}")
+    assert last * 2 <= first
+    assert m["pseudo_label_J_after"] > m["pseudo_label_J_before"] + 0.1
+    m2 = adapt_corrector(_cfg(real, iterations=44), real / "data/toy", SEQS, out, progress=False)
+    assert m2["resumed_from"] == 40 and m2["iterations"] == 44
+    with pytest.raises(ArtifactError, match="cannot resume"):
+        adapt_corrector(_cfg(real, lr=1e-2, iterations=50), real / "data/toy", SEQS, out, progress=False)
+    info = export_adapted(out / "last.pt", tmp_path / "adapted.pt")
+    assert info["adapt_iterations"] == 44
+    model, linfo = load_corrector(tmp_path / "adapted.pt")
+    assert model.proposal_inputs is False and linfo["proposal_inputs"] is False
+    assert linfo["train"]["adapted"]["pseudo_labels"] == "corrector"
+    base, binfo = load_corrector(real / "corrector.pt")
+    assert base.proposal_inputs is True and binfo["proposal_inputs"] is True
+
+
+def test_missing_pseudo_labels_name_the_store(real):
+    with pytest.raises(Exception, match="crf"):
+        AdaptWindowDataset(real / "data/toy", SEQS, window=4, pseudo_labels="crf")
+    ds = AdaptWindowDataset(real / "data/toy", SEQS, window=20)      # shorter videos: the whole video
+    assert ds.short == SEQS and ds[0]["rgb"].shape[0] == 12 and ds[0]["weight"].shape == (12, K)
+
+
+def test_short_videos_need_batch_size_one(real, tmp_path):
+    with pytest.raises(ArtifactError, match="fewer frames than the window of 20.*batch_size 1"):
+        adapt_corrector(_cfg(real, window=20, batch_size=2, iterations=1), real / "data/toy", SEQS,
+                        tmp_path / "a", progress=False)
