@@ -22,13 +22,12 @@ def main() -> None:
     ds = params["dataset"]["name"]
     ap = dict(section(params, "adapt"))
     cp = section(params, "corrector")
-    cfg = {**{k: v for k, v in ap.items() if k not in ("export_max_mb",)},
+    cfg = {**{k: v for k, v in ap.items() if k not in ("export_max_mb", "resume")},
            "checkpoint": cp.get("checkpoint") or "checkpoints/corrector_cpu.pt", "window": cp.get("window") or 7}
     root = project_root()
     out, logs = root / "data" / ds / "adapt", root / "results" / ds / "adapt"
     if out.exists() and not ap.get("resume", False):
         shutil.rmtree(out)          # DVC removed it already on a normal rerun; start from the synthetic model
-    cfg.pop("resume", None)
     m = adapt_corrector(cfg, root / "data" / ds, params["sequences"], out, logs)
     info = export_adapted(out / "last.pt", out / "corrector_adapted.pt", ap.get("export_max_mb", 25))
     write_json_atomic(out / "export.json", info)

@@ -55,8 +55,9 @@ from torch.utils.data import Dataset
 from .. import __version__
 from ..store import ArtifactError, FrameReader, open_artifact, write_json_atomic
 from .corrector import pool_masks
+from .corrector_train import collate_windows, forward_batch
 from .losses import bce_probs, merge_loss_weights
-from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, load_train_checkpoint,
+from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, config_diff, load_train_checkpoint,
                        lr_factor, restore_training, restored_torch_settings, rng_state, start_run, write_export)
 
 __all__ = ["ADAPT_DEFAULTS", "ADAPT_LOSS_WEIGHTS", "AdaptWindowDataset", "adapt_loss", "adapt_corrector",
@@ -174,6 +175,12 @@ class AdaptWindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def with_seed(self, seed: int) -> "AdaptWindowDataset":
+        """The same sequences (open stores, exemplar cache) sampled with another seed."""
+        other = copy.copy(self)
+        other.seed = int(seed)
+        return other
+
     @property
     def backbone(self) -> Any:
         return self.seqs[0].backbone
@@ -201,8 +208,6 @@ class AdaptWindowDataset(Dataset):
 
 
 def _collate(items: list[dict]) -> dict:
-    from .corrector_train import collate_windows
-
     out = collate_windows([{**it, "video": it["sequence"], "slot_to_gt": None} for it in items])
     out["weight"] = torch.stack([it["weight"] for it in items])
     return out
@@ -236,14 +241,6 @@ def adapt_loss(out: Mapping[str, torch.Tensor], targets: torch.Tensor, weight: t
     return total, det
 
 
-_INPUTS = ("rgb", "masks", "tokens", "ex_tokens", "ex_masks", "ex_weight", "ex_frame", "tgt_frame")
-
-
-def _forward(model, batch, dev, amp):
-    with autocast(dev, amp):
-        return model(*[batch[k].to(dev) for k in _INPUTS])
-
-
 @torch.no_grad()
 def pseudo_label_j(model: torch.nn.Module, dataset: AdaptWindowDataset, n: int, dev: torch.device,
                    amp: bool = True) -> float | None:
@@ -257,7 +254,7 @@ def pseudo_label_j(model: torch.nn.Module, dataset: AdaptWindowDataset, n: int, 
     try:
         for i in range(n):
             b = _collate([dataset[i]])
-            p = torch.sigmoid(_forward(model, b, dev, amp)["mask_logits"].float())[0].cpu().numpy() > 0.5
+            p = torch.sigmoid(forward_batch(model, b, dev, amp)["mask_logits"].float())[0].cpu().numpy() > 0.5
             y, w = b["targets"][0].numpy() > 0.5, b["weight"][0].numpy() > 0
             for k in range(p.shape[1]):
                 if w[:, k].any():
@@ -313,10 +310,9 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
         start, prev_seconds, _ = restore_training(ck, model, opt, sched)
         resumed = True
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, start if resumed else None)
-    n_check = min(int(cfg["check_windows"]), 10 ** 6)
-    check_seed_ds = AdaptWindowDataset(data_dir, list(sequences), cfg["window"], cfg["seed"] + 10 ** 6,
-                                       cfg["pseudo_labels"], model.cfg.num_objects) if n_check else None
-    j_before = pseudo_label_j(model, check_seed_ds, n_check, dev, cfg["amp"]) if n_check and not resumed else None
+    n_check = cfg["check_windows"]
+    check_ds = ds.with_seed(cfg["seed"] + 10 ** 6)                     # fixed windows, apart from training's
+    j_before = pseudo_label_j(model, check_ds, n_check, dev, cfg["amp"]) if n_check and not resumed else None
 
     t_run = time.monotonic()
 
@@ -332,17 +328,13 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
 
     total, B, budget = cfg["iterations"], cfg["batch_size"], cfg["time_budget_s"]
     step = GuardedStep(model, opt, cfg["grad_clip"], "corrector adaptation")
-    pbar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        pbar = tqdm(total=total, initial=min(start, total), desc="adapt corrector", unit="it")
+    pbar = Progress(progress, total, start, "adapt corrector")
     it, stopped_by, first_loss, acc, n_acc = start, "iterations", None, {}, 0
     model.train()
     try:
         while it < total:
             batch = _collate([ds[it * B + j] for j in range(B)])
-            out = _forward(model, batch, dev, cfg["amp"])
+            out = forward_batch(model, batch, dev, cfg["amp"])
             loss, parts = adapt_loss(out, batch["targets"], batch["weight"], batch["tokens"], cfg["loss_weights"])
             gn = step(loss, it)
             lr_now = opt.param_groups[0]["lr"]
@@ -359,9 +351,7 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
                             "recon": acc["recon"] / n_acc, "alpha": acc["alpha"] / n_acc, "lr": lr_now,
                             "grad_norm": acc["grad_norm"] / n_acc, "seconds": seconds()})
                 acc, n_acc = {}, 0
-            if pbar is not None:
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{vals['total']:.4f}")
+            pbar.step(loss=f"{vals['total']:.4f}")
             over = budget is not None and time.monotonic() - t_run >= float(budget)
             if it % cfg["ckpt_every"] == 0 and not over:
                 save(it)
@@ -371,9 +361,8 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
         save(it)
     finally:
         tlog.close()
-        if pbar is not None:
-            pbar.close()
-    j_after = pseudo_label_j(model, check_seed_ds, n_check, dev, cfg["amp"]) if n_check else None
+        pbar.close()
+    j_after = pseudo_label_j(model, check_ds, n_check, dev, cfg["amp"]) if n_check else None
     ran = it - start
     metrics = {"iterations": it, "iterations_target": total, "stopped_by": stopped_by, "resumed_from":
                start if resumed else None, "iterations_this_run": ran, "train_time_s": round(seconds(), 3),

@@ -95,13 +95,14 @@ from ..store import ArtifactError, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos, proposal_masks, slot_targets
 from .corrector import Corrector, CorrectorConfig, pool_masks
 from .losses import bce_probs, boundary_band, boundary_bce, merge_loss_weights
-from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state,
+from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, start_run, weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "DEFAULT_LOSS_WEIGHTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS",
            "VAL_CURVE_COLUMNS", "IOU_WEIGHT_FLOOR", "normalize_train_config", "model_config_from",
-           "backbone_name", "backbone_sha256", "oracle_exemplars", "exemplar_inputs", "CorrectorClipDataset", "collate_windows", "corrector_loss", "validate",
+           "backbone_name", "backbone_sha256", "oracle_exemplars", "exemplar_inputs", "CorrectorClipDataset",
+           "collate_windows", "forward_batch", "corrector_loss", "validate",
            "train_corrector", "export_checkpoint", "load_corrector", "CHECKPOINT_FORMAT", "EXPORT_FORMAT"]
 
 CHECKPOINT_FORMAT = "motionseg-corrector-train/1"
@@ -395,7 +396,8 @@ def collate_windows(items: list[dict]) -> dict:
 MODEL_INPUTS = ("rgb", "masks", "tokens", "ex_tokens", "ex_masks", "ex_weight", "ex_frame", "tgt_frame")
 
 
-def _forward(model: torch.nn.Module, batch: Mapping, dev: torch.device, amp: bool) -> dict:
+def forward_batch(model: torch.nn.Module, batch: Mapping, dev: torch.device, amp: bool) -> dict:
+    """The corrector on a collated batch (:data:`MODEL_INPUTS` moved to ``dev``), autocast when ``amp``."""
     args = [batch[k].to(dev, non_blocking=True) for k in MODEL_INPUTS]
     with autocast(dev, amp):
         return model(*args)
@@ -446,7 +448,7 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
     try:
         for b0 in range(0, n_clips, batch_size):
             batch = collate_windows([dataset[i] for i in range(b0, min(n_clips, b0 + batch_size))])
-            out = _forward(model, batch, dev, amp)
+            out = forward_batch(model, batch, dev, amp)
             loss, _ = corrector_loss(out, batch["targets"], batch["tokens"], **dict(loss_kwargs or {}))
             nb = batch["rgb"].shape[0]
             losses.append(float(loss) * nb)
@@ -573,16 +575,12 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     n_acc = 0
     last_row: dict = {}
     first_loss = None
-    pbar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        pbar = tqdm(total=total_iters, initial=min(start, total_iters), desc="train corrector", unit="it")
+    pbar = Progress(progress, total_iters, start, "train corrector")
     model.train()
     try:
         if it < total_iters:
             for batch in loader:
-                out = _forward(model, batch, dev, cfg["amp"])
+                out = forward_batch(model, batch, dev, cfg["amp"])
                 loss, parts = corrector_loss(out, batch["targets"], batch["tokens"], **loss_kw)
                 gn = step(loss, it)
                 lr_now = opt.param_groups[0]["lr"]
@@ -600,9 +598,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
                                 **{k: acc[k] / n_acc for k in part_keys}, "lr": lr_now, "seconds": seconds()}
                     tlog.write(last_row)
                     acc, n_acc = {}, 0
-                if pbar is not None:
-                    pbar.update(1)
-                    pbar.set_postfix(loss=f"{vals['total']:.4f}", lr=f"{lr_now:.2e}")
+                pbar.step(loss=f"{vals['total']:.4f}", lr=f"{lr_now:.2e}")
                 if val_ds is not None and it % cfg["val_every"] == 0:
                     last_val = run_val(it)
                 over = budget is not None and time.monotonic() - t_run >= float(budget)
@@ -621,8 +617,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     finally:
         tlog.close()
         vlog.close()
-        if pbar is not None:
-            pbar.close()
+        pbar.close()
 
     if not last_row:
         prev = read_csv(log_dir / "train_curve.csv")

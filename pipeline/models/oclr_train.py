@@ -73,7 +73,7 @@ from ..config import project_path
 from ..store import ArtifactError, open_artifact, write_json_atomic
 from .losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from .oclr import OCLR, OCLRConfig
-from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state,
+from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, seed_everything, start_run, weights_sha256, write_export)
 
@@ -483,11 +483,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
     acc: dict[str, float] = {}
     n_acc = 0
     last_row: dict = {}
-    pbar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        pbar = tqdm(total=total_iters, initial=min(start, total_iters), desc="train oclr", unit="it")
+    pbar = Progress(progress, total_iters, start, "train oclr")
     model.train()
     try:
         if it < total_iters:
@@ -511,9 +507,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
                                 "lr": lr_now, "seconds": seconds()}
                     tlog.write(last_row)
                     acc, n_acc = {}, 0
-                if pbar is not None:
-                    pbar.update(1)
-                    pbar.set_postfix(loss=f"{vals['total']:.4f}", lr=f"{lr_now:.2e}")
+                pbar.step(loss=f"{vals['total']:.4f}", lr=f"{lr_now:.2e}")
                 if val_ds is not None and it % cfg["val_every"] == 0:
                     last_val = run_val(it)
                 over = budget is not None and time.monotonic() - t_run >= float(budget)
@@ -533,8 +527,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
     finally:
         tlog.close()
         vlog.close()
-        if pbar is not None:
-            pbar.close()
+        pbar.close()
 
     if not last_row:
         prev = read_csv(log_dir / "train_curve.csv")

@@ -82,7 +82,7 @@ from ..config import project_path
 from ..store import ArtifactError, open_artifact, sha256_file, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos
 from .selector import Selector, SelectorConfig, selector_loss
-from .training import (CsvLog, GuardedStep, atomic_torch_save, autocast, config_diff, decode_state,
+from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, start_run, weights_sha256, write_export)
 
@@ -455,11 +455,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     acc = {"loss": 0.0, "grad_norm": 0.0}
     n_acc = 0
     last_row: dict = {}
-    pbar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        pbar = tqdm(total=total_iters, initial=min(start, total_iters), desc="train selector", unit="it")
+    pbar = Progress(progress, total_iters, start, "train selector")
     model.train()
     try:
         while it < total_iters:
@@ -480,9 +476,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
                             "lr": lr_now, "seconds": seconds()}
                 tlog.write(last_row)
                 acc, n_acc = {"loss": 0.0, "grad_norm": 0.0}, 0
-            if pbar is not None:
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr_now:.2e}")
+            pbar.step(loss=f"{float(loss.detach()):.4f}", lr=f"{lr_now:.2e}")
             if val_videos and it % cfg["val_every"] == 0:
                 last_val = run_val(it)
             over = budget is not None and time.monotonic() - t_run >= float(budget)
@@ -501,8 +495,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     finally:
         tlog.close()
         vlog.close()
-        if pbar is not None:
-            pbar.close()
+        pbar.close()
 
     if not last_row:
         prev = read_csv(log_dir / "train_curve.csv")

@@ -27,7 +27,7 @@ __all__ = ["lr_factor", "resolve_device", "seed_everything", "rng_state", "set_r
            "atomic_torch_save", "read_csv", "rewrite_csv", "CsvLog", "grad_norm", "weights_sha256",
            "quantize_int8", "encode_state", "decode_state", "serialized_size", "config_diff", "write_export",
            "GuardedStep", "train_and_export", "restored_torch_settings", "start_run",
-           "model_device", "load_train_checkpoint", "restore_training"]
+           "model_device", "load_train_checkpoint", "restore_training", "Progress"]
 
 
 def config_diff(saved: Mapping, current: Mapping, free_keys: frozenset = frozenset()) -> list[str]:
@@ -239,6 +239,27 @@ def write_export(fmt: str, model_state: Mapping[str, Any], header: Mapping[str, 
                          f"over max_mb={max_mb}")
     atomic_torch_save(doc, path)
     return doc
+
+
+class Progress:
+    """The progress bar of a training loop over iterations ``start..total`` (nothing when
+    ``enabled`` is False): ``step(**postfix)`` after every iteration, ``close()`` at the end."""
+
+    def __init__(self, enabled: bool, total: int, start: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=min(start, total), desc=desc, unit="it")
+
+    def step(self, **postfix: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(**postfix)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class GuardedStep:
