@@ -23,9 +23,10 @@ import numpy as np, torch
 from pipeline.models.selector import Selector, SelectorConfig
 from pipeline.selector import iter_error_maps
 preset, T, threads, C, gh, gw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 448, 16, 28
+mask_context = int(sys.argv[4])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-cfg = (SelectorConfig.paper if preset == "paper" else SelectorConfig.cpu)(token_dim=C)
+cfg = (SelectorConfig.paper if preset == "paper" else SelectorConfig.cpu)(token_dim=C, mask_context=mask_context)
 model = Selector(cfg).eval()
 rng = np.random.default_rng(0)
 H, W, K = 128, 224, 3
@@ -70,14 +71,15 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["cpu", "paper"])
     ap.add_argument("--lengths", nargs="+", type=int, default=[30])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mask-context", type=int, default=2, help="SelectorConfig.mask_context (published model: 2)")
     ap.add_argument("--out", default="bench/out/selector.json")
     a = ap.parse_args()
     root = Path(__file__).resolve().parents[1]
     rows = []
     for preset in a.presets:
         for T in a.lengths:
-            r = subprocess.run([sys.executable, "-c", CHILD, preset, str(T), str(a.threads)], cwd=root,
-                               capture_output=True, text=True, check=True)
+            r = subprocess.run([sys.executable, "-c", CHILD, preset, str(T), str(a.threads), str(a.mask_context)],
+                               cwd=root, capture_output=True, text=True, check=True)
             row = json.loads(r.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(f"{preset:5s} T={T:4d} threads={a.threads}: {row['s_per_frame']:.3f} s/frame (K=3), "
@@ -85,7 +87,7 @@ def main() -> None:
     out = root / a.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": "cpu", "size": [128, 224], "K": 3, "tokens": [448, 16, 28],
-                               "weights": "random (timing only)", "runs": rows}, indent=2) + "\n")
+                               "mask_context": a.mask_context, "weights": "random (timing only)", "runs": rows}, indent=2) + "\n")
     print(f"-> {out}")
 
 

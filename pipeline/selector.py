@@ -71,12 +71,14 @@ def chunk_spans(T: int, chunk: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def object_logits(model: torch.nn.Module, rgb: Any, mask: Any, tokens: Any, device: Any = None, amp: bool = True,
-                  frame_batch: int = 16, attn_block: int = 10) -> torch.Tensor:
+                  frame_batch: int = 16, attn_block: int = 10, flip_tta: bool = False) -> torch.Tensor:
     """Error-map logits ``[L, 3, H, W]`` (float32, CPU) of ONE object over one chunk.
 
     ``rgb [L, 3, H, W]`` normalised float, ``mask [L, H, W]`` (0/1 or bool), ``tokens
     [L, C, h, w]``; numpy or torch. The model must already be on ``device`` (default: where
-    its parameters are) and in eval mode.
+    its parameters are) and in eval mode. ``flip_tta``: also run the horizontally mirrored
+    input and return the log of the mean of both softmax maps (mirrored back): twice the
+    cost, a less noisy error map.
     """
     dev = model_device(model, device)
     x = torch.as_tensor(np.asarray(rgb, np.float32) if not torch.is_tensor(rgb) else rgb).float().to(dev)
@@ -86,16 +88,20 @@ def object_logits(model: torch.nn.Module, rgb: Any, mask: Any, tokens: Any, devi
     model.attn_block_frames = int(attn_block)
     try:
         with autocast(dev, amp):
-            out = model(x[None], m[None, :, None], tok[None], frame_batch=frame_batch)
+            out = model(x[None], m[None, :, None], tok[None], frame_batch=frame_batch)[0].float()
+            if flip_tta:
+                mirrored = model(x[None].flip(-1), m[None, :, None].flip(-1), tok[None].flip(-1),
+                                 frame_batch=frame_batch)[0].float().flip(-1)
+                out = torch.log((torch.softmax(out, 1) + torch.softmax(mirrored, 1)) / 2)
     finally:
         model.attn_block_frames = prev
-    return out[0].float().cpu()
+    return out.cpu()
 
 
 def iter_error_maps(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any, tokens_reader: Any, K: int,
                     chunk: int = 100, device: Any = None, min_area: int = 20, amp: bool = True,
                     skip_empty: bool = True, frame_batch: int = 16, attn_block: int = 10,
-                    info: dict | None = None, soft: bool = False) -> Iterator[ChunkPrediction]:
+                    info: dict | None = None, soft: bool = False, flip_tta: bool = False) -> Iterator[ChunkPrediction]:
     """Yield a :class:`ChunkPrediction` per chunk of the video, in order.
 
     Readers are array-likes sliced along frames (``reader[a:b]``; e.g.
@@ -104,6 +110,7 @@ def iter_error_maps(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any,
     ``tokens_reader [T, C, h, w]``. ``chunk`` is capped at the model's ``max_frames``.
     ``info`` (a dict) receives ``spans``, ``chunk`` and ``skipped`` ``[[start, k], ...]``.
     ``soft``: score with the expected error area (see :func:`pipeline.selection.relative_error_area`).
+    ``flip_tta``: average with the mirrored input (:func:`object_logits`).
     """
     T = len(rgb_reader)
     if len(labels_reader) != T or len(tokens_reader) != T:
@@ -132,7 +139,7 @@ def iter_error_maps(model: torch.nn.Module, rgb_reader: Any, labels_reader: Any,
                     error[:, k, CORRECT] = 1.0
                     skipped.append([a, k])
                     continue
-                logits = object_logits(model, rgb, masks[:, k], tokens, dev, amp, frame_batch, attn_block)
+                logits = object_logits(model, rgb, masks[:, k], tokens, dev, amp, frame_batch, attn_block, flip_tta)
                 error[:, k] = torch.softmax(logits, dim=1).numpy().astype(np.float16)
             score = relative_error_area(error, masks, min_area=max(1, int(min_area)), soft=soft).astype(np.float32)
             yield ChunkPrediction(a, b, error, score)
@@ -209,6 +216,9 @@ def write_selector(frames_store: Any, proposals_store: Any, features_store: Any,
     score_mode = str(sp.get("score", "argmax"))
     if score_mode not in ("argmax", "soft"):
         raise ValueError(f"selector.score must be argmax or soft, got {score_mode!r}")
+    tta = str(sp.get("tta") or "none")
+    if tta not in ("none", "flip"):
+        raise ValueError(f"selector.tta must be none or flip, got {tta!r}")
     dev = model_device(model, device)
     ckpt = {"path": ckpt_path, "sha256": info["file_sha256"]}
     run: dict = {}
@@ -228,12 +238,13 @@ def write_selector(frames_store: Any, proposals_store: Any, features_store: Any,
         for cp in iter_error_maps(model, FrameReader(rgb), FrameReader(labels), FrameReader(tokens), K,
                                   chunk=chunk, device=dev, min_area=min_area, amp=bool(sp.get("amp", True)),
                                   skip_empty=bool(sp.get("skip_empty", True)), info=run,
-                                  soft=score_mode == "soft"):
+                                  soft=score_mode == "soft", flip_tta=tta == "flip"):
             err[cp.start:cp.end] = cp.error
             score[cp.start:cp.end] = cp.score
         wr.attrs.update({
             "sequence": sequence or frames.attrs.get("sequence") or Path(str(out)).stem, "num_objects": K,
-            "classes": CLASSES, "min_area": min_area, "score": score_mode, "chunk": run["chunk"], "spans": run["spans"],
+            "classes": CLASSES, "min_area": min_area, "score": score_mode, "tta": tta, "chunk": run["chunk"],
+            "spans": run["spans"],
             "skipped_empty": run["skipped"],
             "checkpoint": {**ckpt, "weights_sha256": info["weights_sha256"], "encoding": info["encoding"],
                            "train": info.get("train", {}), "summary": info.get("summary", {})},

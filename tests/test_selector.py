@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import selection as S
-from pipeline.models.selector import (FrameExclusiveAttention, Selector, SelectorConfig, own_frame_mask,
-                                      selector_loss)
+from pipeline.models.selector import (FrameExclusiveAttention, Selector, SelectorConfig, frame_log_scores,
+                                      own_frame_mask, rank_loss, selector_loss)
 from pipeline.models.selector_train import (RESUME_FREE_KEYS, TRAIN_CURVE_COLUMNS, VAL_CURVE_COLUMNS, ResumeError,
-                                            SelectorClipDataset, export_checkpoint, load_selector, train_selector)
+                                            CORRUPTIONS, SelectorClipDataset, corrupt_masks, export_checkpoint,
+                                            init_from_checkpoint, load_selector, train_selector)
 from pipeline.models.training import weights_sha256
 from pipeline.selector import chunk_spans, iter_error_maps, object_logits, predict_error_maps, write_exemplars, \
     write_selector
@@ -216,6 +217,51 @@ def test_forward_shapes_token_pooling_and_time_limit():
             m(rgb, mask, torch.randn(2, 3, C + 1, 8, 16))
 
 
+def test_mask_context_channels_and_locality():
+    """mask_context = c feeds frames t, t-1, t+1, ..., t-c, t+c (clamped to the clip) to the
+    mask stem; the error map of frame t then depends on the full-resolution masks of those
+    frames only through that stem, and with c = 0 (the paper) not at all."""
+    torch.manual_seed(0)
+    m = Selector(tiny_cfg(mask_context=2)).eval()
+    assert m.mask_channels == 5 and m.mask_stem[0].weight.shape[1] == 5
+    T = 6
+    mask = torch.arange(T, dtype=torch.float32).reshape(1, T, 1, 1, 1).expand(1, T, 1, 2, 3)
+    ctx = m.context_masks(mask)[0, :, :, 0, 0]                        # [T, 5]: frame index of each channel
+    assert ctx.tolist() == [[0, 0, 1, 0, 2], [1, 0, 2, 0, 3], [2, 1, 3, 0, 4], [3, 2, 4, 1, 5],
+                            [4, 3, 5, 2, 5], [5, 4, 5, 3, 5]]
+    assert torch.equal(Selector(tiny_cfg()).context_masks(mask), mask)    # c = 0: the own mask only
+    with pytest.raises(ValueError, match="mask_context"):
+        tiny_cfg(mask_context=-1)
+    # frame batching gives the same result although the context crosses the batch groups
+    rgb, mk, tok = torch.randn(1, T, 3, H, W), (torch.rand(1, T, 1, H, W) > 0.5).float(), torch.randn(1, T, C, 4, 8)
+    with torch.no_grad():
+        assert torch.allclose(m(rgb, mk, tok), m(rgb, mk, tok, frame_batch=2), atol=1e-5)
+
+
+def test_warm_start_expands_mask_stem(tmp_path):
+    """init_from_checkpoint copies a mask_context = 0 model into a mask_context = 2 one with
+    zeroed extra mask channels: identical outputs until training moves them; a different
+    architecture is refused."""
+    torch.manual_seed(0)
+    old = Selector(tiny_cfg()).eval()
+    path = tmp_path / "old.pt"
+    torch.save({"format": "motionseg-selector-train/1", "model": old.state_dict()}, path)
+    new = Selector(tiny_cfg(mask_context=2)).eval()
+    info = init_from_checkpoint(new, path)
+    assert info["expanded"] == ["mask_stem.0.weight"] and len(info["sha256"]) == 64
+    assert torch.equal(new.mask_stem[0].weight[:, 1:], torch.zeros_like(new.mask_stem[0].weight[:, 1:]))
+    rgb, mk, tok = torch.randn(1, 4, 3, H, W), (torch.rand(1, 4, 1, H, W) > 0.5).float(), torch.randn(1, 4, C, 4, 8)
+    with torch.no_grad():
+        assert torch.equal(old(rgb, mk, tok), new(rgb, mk, tok))
+        # the neighbours now matter as soon as the new weights are non-zero
+        new.mask_stem[0].weight[:, 1:] = 0.5
+        assert not torch.allclose(old(rgb, mk, tok), new(rgb, mk, tok))
+    with pytest.raises(ValueError, match="shape"):
+        init_from_checkpoint(Selector(tiny_cfg(stem_channels=8)), path)
+    with pytest.raises(FileNotFoundError, match="init"):
+        init_from_checkpoint(new, tmp_path / "missing.pt")
+
+
 def test_own_frame_attention_mask():
     """What the queries of frame j read must not include frame j: perturbing only frame j's
     keys/values leaves frame j's attention output unchanged while the other frames' outputs
@@ -272,6 +318,29 @@ def test_loss_is_paper_bce_and_pos_weight():
     assert torch.allclose(heavier, F.binary_cross_entropy(p, y, weight=w), atol=1e-5)
 
 
+def test_rank_loss_and_frame_scores_hand_computed():
+    s = torch.tensor([[0.0, 1.0, 2.0]])
+    iou = torch.tensor([[0.9, 0.5, 0.52]])
+    # pairs (better, worse) with an IoU gap > 0.05: (0, 1), (0, 2); (2, 1) is within the margin
+    want = (F.softplus(torch.tensor(-1.0)) + F.softplus(torch.tensor(-2.0))) / 2
+    assert torch.allclose(rank_loss(s, iou, margin=0.05), want)
+    assert torch.allclose(rank_loss(s, iou, margin=0.0), (want * 2 + F.softplus(torch.tensor(1.0))) / 3)
+    valid = torch.tensor([[True, True, False]])
+    assert torch.allclose(rank_loss(s, iou, valid), F.softplus(torch.tensor(-1.0)))
+    # reversing the scores of the ranked pair raises the loss; no pair -> 0 (with a graph)
+    assert rank_loss(s.flip(-1), iou) > rank_loss(s, iou)
+    z = torch.zeros(1, 3, requires_grad=True)
+    zero = rank_loss(z, torch.full((1, 3), 0.5))
+    assert zero.item() == 0.0 and zero.requires_grad
+    # frame score: 2 x 2 frame with pixel classes FP, FN, correct, correct; proposal area 3
+    big = 50.0
+    logits = torch.full((1, 1, 3, 2, 2), -big)
+    for (y, x), c in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [0, 1, 2, 2]):
+        logits[0, 0, c, y, x] = big
+    mask = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])[None]
+    assert torch.allclose(frame_log_scores(logits, mask), torch.log(torch.tensor([[3.0 / 4.0]])), atol=1e-6)
+
+
 def test_tiny_selector_overfits_one_clip():
     torch.manual_seed(0)
     rgb, modal, labels, tokens = fake_video(3, 6)
@@ -299,9 +368,9 @@ def test_tiny_selector_overfits_one_clip():
 
 # --------------------------------------------------------------------------- training
 def train_cfg(split: Path, **kw) -> dict:
-    cfg = dict(preset="cpu", model=dict(TINY_MODEL), train_split=str(split / "train"), val_split=str(split / "val"),
-               clip_len=8, batch_size=2, lr=2e-3, warmup_iters=2, decay_every=5, iterations=6, ckpt_every=3,
-               val_every=3, val_videos=None, val_n=4, val_min_area=4, log_every=1, seed=1, device="cpu", threads=1)
+    cfg = dict(preset="cpu", model=dict(TINY_MODEL, mask_context=1), train_split=str(split / "train"),
+               val_split=str(split / "val"), rank_weight=0.5, clip_len=8, batch_size=2, lr=2e-3, warmup_iters=2,
+               decay_every=5, iterations=6, ckpt_every=3, val_every=3, val_videos=None, val_n=4, val_min_area=4, log_every=1, seed=1, device="cpu", threads=1)
     cfg.update(kw)
     return cfg
 
@@ -321,6 +390,39 @@ def test_dataset_samples(split):
         assert torch.equal(s["target"][:, 0] > 0, fp)
 
 
+def test_corrupt_masks_kinds_and_targets(split):
+    """Every corruption changes the frame it hits and nothing else; p = 0 is the identity;
+    the dataset recomputes the error-map target from the corrupted mask."""
+    m = np.zeros((8, H, W), np.float32)
+    for t in range(8):
+        m[t, 8:20, 10 + 2 * t:30 + 2 * t] = 1
+    same, kinds = corrupt_masks(m, np.random.default_rng(0), 0.0)
+    assert np.array_equal(same, m) and kinds == [None] * 8
+    seen = set()
+    for seed in range(40):
+        out, kinds = corrupt_masks(m, np.random.default_rng(seed), 0.5)
+        for t, kind in enumerate(kinds):
+            changed = not np.array_equal(out[t], m[t])
+            assert changed == (kind is not None), (seed, t, kind)
+            seen.add(kind)
+        a, _ = corrupt_masks(m, np.random.default_rng(seed), 0.5)
+        assert np.array_equal(a, out)                                   # seeded
+    assert seen - {None} == set(CORRUPTIONS)
+    ds = SelectorClipDataset(split / "train", clip_len=8, seed=0, corrupt_p=0.5)
+    plain = SelectorClipDataset(split / "train", clip_len=8, seed=0)
+    n_diff = 0
+    for i in range(6):
+        a, b = ds[i], plain[i]
+        assert a["start"] == b["start"] and a["slot"] == b["slot"] and torch.equal(a["rgb"], b["rgb"])
+        n_diff += int(not torch.equal(a["mask"], b["mask"]))
+        fp = (a["mask"][:, 0] > 0) & (a["target"][:, 0] > 0)
+        assert torch.equal(a["target"][:, 0] > 0, fp) and torch.equal(a["target"].sum(1), torch.ones(8, H, W))
+        # FP pixels are exactly the corrupted mask outside the GT that the uncorrupted target implies
+        gt = (b["mask"][:, 0] > 0) & (b["target"][:, 2] > 0) | (b["target"][:, 1] > 0)
+        assert torch.equal(a["target"][:, 0] > 0, (a["mask"][:, 0] > 0) & ~gt)
+    assert n_diff >= 3
+
+
 def test_train_resume_export_load(split, tmp_path):
     full = train_selector(train_cfg(split), tmp_path / "a", progress=False)
     assert full["iterations"] == 6 and full["completed"] and full["token_dim"] == C
@@ -331,6 +433,9 @@ def test_train_resume_export_load(split, tmp_path):
     with open(tmp_path / "a" / "train_curve.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == TRAIN_CURVE_COLUMNS and [int(r["iteration"]) for r in rows] == list(range(1, 7))
+    # total = BCE + rank_weight * ranking loss, and the ranking term is active
+    assert all(abs(float(r["loss"]) - float(r["bce"]) - 0.5 * float(r["rank"])) < 1e-5 for r in rows)
+    assert any(float(r["rank"]) > 0 for r in rows) and full["mask_context"] == 1
     with open(tmp_path / "a" / "val_curve.csv") as f:
         vrows = list(csv.DictReader(f))
     assert list(vrows[0]) == VAL_CURVE_COLUMNS and [int(r["iteration"]) for r in vrows] == [3, 6]
@@ -382,6 +487,23 @@ class Recorder:
     def __getitem__(self, key):
         self.reads.append((key.start, key.stop))
         return self.a[key]
+
+
+def test_flip_tta_is_mirror_equivariant():
+    """With flip TTA the error map of the mirrored video is exactly the mirrored error map
+    (the plain model is not), and its probabilities are the mean of the two passes."""
+    torch.manual_seed(0)
+    m = Selector(tiny_cfg(mask_context=1)).eval()
+    rng = np.random.default_rng(0)
+    rgb = rng.normal(0, 1, (5, 3, H, W)).astype(np.float32)
+    mask = rng.random((5, H, W)) > 0.6
+    tok = rng.normal(0, 1, (5, C, 4, 8)).astype(np.float32)
+    mir = [np.ascontiguousarray(a[..., ::-1]) for a in (rgb, mask, tok)]
+    plain, plain_m = object_logits(m, rgb, mask, tok), object_logits(m, *mir)
+    assert (torch.softmax(plain, 1) - torch.softmax(plain_m, 1).flip(-1)).abs().amax() > 1e-3
+    tta, tta_m = object_logits(m, rgb, mask, tok, flip_tta=True), object_logits(m, *mir, flip_tta=True)
+    assert torch.allclose(torch.softmax(tta, 1), torch.softmax(tta_m, 1).flip(-1), atol=1e-5)
+    assert torch.allclose(tta.exp(), (torch.softmax(plain, 1) + torch.softmax(plain_m, 1).flip(-1)) / 2, atol=1e-5)
 
 
 def test_chunked_prediction_130_frames():

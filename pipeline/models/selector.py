@@ -8,7 +8,8 @@ Data flow for ``rgb [B, T, 3, H, W]`` (ImageNet-normalised), ``mask [B, T, 1, H,
 (the slot's binary proposal, 0/1) and backbone ``tokens [B, T, C, h', w']``::
 
     per frame (B*T frames):
-      RGB stem  3 -> s   and  mask stem  1 -> s   (conv 3x3 + IN + LeakyReLU each)
+      RGB stem  3 -> s   and  mask stem  1 -> s   (conv 3x3 + IN + LeakyReLU each; the mask
+        stem takes 1 + 2c channels with ``mask_context = c``: the neighbours' proposals too)
       concat -> fuse block  2s -> w0               (full resolution, skip 0)
       U-Net encoder: 2x2 max-pool + conv block, widths w1, w2, w3 (skips 1..3)
       bottleneck: 2x2 max-pool + conv block -> Cb channels at H/16 x W/16 (8 x 14 for 128 x 224)
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["SelectorConfig", "Selector", "ConvBlock", "FrameExclusiveAttention", "own_frame_mask",
-           "selector_loss", "NUM_CLASSES"]
+           "selector_loss", "frame_log_scores", "rank_loss", "NUM_CLASSES"]
 
 NUM_CLASSES = 3   # FP, FN, correct (pipeline.selection channel order)
 
@@ -86,6 +87,13 @@ class SelectorConfig:
     """Size of the learned spatial embedding (bottleneck of a 128 x 224 input); resized
     bilinearly for other input sizes."""
     leaky_slope: float = 0.01
+    mask_context: int = 0
+    """Proposal masks of the ``mask_context`` previous and next frames of the clip fed to
+    the mask stem beside the frame's own (0 = the paper: the own mask only). Channel
+    order ``t, t-1, t+1, t-2, t+2, ...``; frame indices are clamped to the clip, so the
+    first and last frames repeat their own mask. Gives the per-frame CNN a direct,
+    full-resolution view of where the proposal disagrees with its neighbours (the
+    transformer only sees the other frames at the 1/16 bottleneck)."""
     backbone: str | None = None
     """Name of the backbone whose tokens the model was trained on (recorded; checked by
     the selector stage against the features store)."""
@@ -121,6 +129,8 @@ class SelectorConfig:
                              f"{self.num_heads}")
         if len(self.widths) < 1 or min(self.widths) < 1:
             raise ValueError(f"selector config: widths must be a non-empty list of positive ints, got {self.widths}")
+        if int(self.mask_context) < 0:
+            raise ValueError(f"selector config: mask_context must be >= 0, got {self.mask_context}")
         for k in ("stem_channels", "bottleneck_channels", "token_dim", "d_model", "num_heads", "ffn_dim",
                   "max_frames"):
             if int(getattr(self, k)) < 1:
@@ -257,7 +267,7 @@ class Selector(nn.Module):
         self.cfg = cfg = (cfg or SelectorConfig.paper()).validate()
         s, ws, sl = cfg.stem_channels, list(cfg.widths), cfg.leaky_slope
         self.rgb_stem = _stem(3, s, sl)
-        self.mask_stem = _stem(1, s, sl)
+        self.mask_stem = _stem(self.mask_channels, s, sl)
         self.fuse = ConvBlock(2 * s, ws[0], sl)
         self.down = nn.ModuleList([ConvBlock(ws[i - 1], ws[i], sl) for i in range(1, len(ws))])
         self.bottleneck = ConvBlock(ws[-1], cfg.bottleneck_channels, sl)
@@ -278,6 +288,22 @@ class Selector(nn.Module):
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def mask_channels(self) -> int:
+        """Input channels of the mask stem: the own mask + 2 per context frame."""
+        return 1 + 2 * int(self.cfg.mask_context)
+
+    def context_masks(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask [B, T, 1, H, W]`` -> ``[B, T, mask_channels, H, W]``: per frame its own mask,
+        then those of frames ``t-1, t+1, ..., t-c, t+c`` (indices clamped to ``0 .. T-1``)."""
+        c = int(self.cfg.mask_context)
+        if c == 0:
+            return mask
+        T = mask.shape[1]
+        t = torch.arange(T, device=mask.device)
+        idx = [t] + [(t + s * d).clamp(0, T - 1) for d in range(1, c + 1) for s in (-1, 1)]
+        return torch.cat([mask[:, i] for i in idx], dim=2)
 
     # ----------------------------------------------------------------- parts
     def _encode(self, rgb: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
@@ -337,7 +363,8 @@ class Selector(nn.Module):
                              f"{cfg.max_frames} temporal embeddings (run long videos in chunks)")
         h, w = H // cfg.stride, W // cfg.stride
         n = B * T
-        x_rgb, x_mask = rgb.reshape(n, 3, H, W), mask.reshape(n, 1, H, W).to(rgb.dtype)
+        x_rgb = rgb.reshape(n, 3, H, W)
+        x_mask = self.context_masks(mask.to(rgb.dtype)).reshape(n, self.mask_channels, H, W)
         fb = n if not frame_batch or frame_batch >= n else int(frame_batch)
         if fb == n:
             feats = self._encode(x_rgb, x_mask)
@@ -401,3 +428,35 @@ def selector_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float 
         v = valid.to(per.dtype)
         return (per * v).sum() / v.sum().clamp_min(1.0)
     return per.mean()
+
+
+def frame_log_scores(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Differentiable per-frame exemplar score: ``log(E + 1) - log(A + 1)`` with ``E`` the
+    expected error area ``sum(p_FP + p_FN)`` of the softmax error map and ``A`` the proposal
+    area -- the log of the soft relative error area of :func:`pipeline.selection.relative_error_area`
+    (up to the ``+1`` in the numerator). ``logits [..., 3, H, W]``, ``mask [..., 1, H, W]``
+    (or ``[..., H, W]``) -> ``[...]``."""
+    p = torch.softmax(logits.float(), dim=-3)
+    err = (p[..., 0, :, :] + p[..., 1, :, :]).sum(dim=(-2, -1))
+    m = mask.float()
+    area = (m[..., 0, :, :] if m.dim() == logits.dim() else m).sum(dim=(-2, -1))
+    return torch.log1p(err) - torch.log1p(area)
+
+
+def rank_loss(scores: torch.Tensor, iou: torch.Tensor, valid: torch.Tensor | None = None,
+              margin: float = 0.05) -> torch.Tensor:
+    """Pairwise logistic ranking loss over the frames of each clip.
+
+    ``scores [B, T]`` (lower = better frame, e.g. :func:`frame_log_scores`), ``iou [B, T]``
+    the proposal's true IoU per frame, ``valid [B, T]`` bool frames that take part (e.g.
+    proposal area >= min_area). For every pair ``(i, j)`` of valid frames of one clip with
+    ``iou_i > iou_j + margin`` the loss is ``softplus(s_i - s_j)`` (small when the better
+    frame scores lower); mean over such pairs, 0 when a batch has none. This is the
+    selection objective (Table 3 ranks frames by IoU) made differentiable."""
+    s, q = scores.float(), iou.float()
+    v = torch.ones_like(q, dtype=torch.bool) if valid is None else valid.bool()
+    better = (q[:, :, None] > q[:, None, :] + margin) & v[:, :, None] & v[:, None, :]     # [B, i, j]
+    if not bool(better.any()):
+        return s.sum() * 0.0
+    d = s[:, :, None] - s[:, None, :]
+    return F.softplus(d)[better].mean()

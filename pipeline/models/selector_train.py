@@ -21,13 +21,24 @@ Augmentation: random horizontal flip (RGB, mask, target and the token grid),
 and (``time_shift``) a random temporal-embedding offset in
 ``[0, max_frames - clip_len]`` so that all ``max_frames`` (100) temporal
 embeddings are trained although clips are short (inference uses offsets
-``0 .. L-1`` on chunks of up to 100 frames).
+``0 .. L-1`` on chunks of up to 100 frames). ``corrupt_p`` > 0 (not in the paper):
+each frame's input proposal is corrupted with that probability
+(:func:`corrupt_masks`: shift, dilate, erode, swap with another frame's, spurious
+box, cut) and the target recomputed, so that the selector sees more
+frame-specific failures than OCLR makes on its own training videos.
 
 Loss (:func:`pipeline.models.selector.selector_loss`): the paper's eq. 4,
 binary cross-entropy of each channel's softmax probability against the one-hot
 error map, mean over pixels, channels and frames. ``pos_weight`` > 1 up-weights
 the (rare) positive pixels of the FP and FN channels; the default 1 is the
-paper's unweighted loss.
+paper's unweighted loss. ``rank_weight`` > 0 (not in the paper) adds
+:func:`training_rank_loss`, a pairwise logistic loss that orders the frames of a
+clip by the differentiable exemplar score the way their true IoU orders them.
+
+Warm start (``init``, :func:`init_from_checkpoint`): a new run may start from the
+weights of an exported or training selector checkpoint; a narrower mask stem
+(smaller ``mask_context``) is widened with zero weights. Its path and sha256 are
+recorded in ``last.pt``, ``metrics.json`` and the export.
 
 Training (:func:`train_selector`): Adam, linear warm-up then step decay
 (:func:`pipeline.models.training.lr_factor`), gradient clipping, bf16 autocast on
@@ -81,13 +92,14 @@ from ..selection import error_onehot, frame_ious, random_ap, relative_error_area
 from ..config import project_path
 from ..store import ArtifactError, open_artifact, sha256_file, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos
-from .selector import Selector, SelectorConfig, selector_loss
+from .selector import Selector, SelectorConfig, frame_log_scores, rank_loss, selector_loss
 from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, start_run, weights_sha256, write_export)
 
 __all__ = ["ResumeError", "TRAIN_DEFAULTS", "RESUME_FREE_KEYS", "TRAIN_CURVE_COLUMNS", "VAL_CURVE_COLUMNS",
            "CHECKPOINT_FORMAT", "EXPORT_FORMAT", "normalize_train_config", "model_config_from", "split_backbone",
+           "init_from_checkpoint", "corrupt_masks", "CORRUPTIONS",
            "SelectorClipDataset", "collate", "validate_selector", "train_selector", "export_checkpoint",
            "load_selector"]
 
@@ -97,6 +109,7 @@ EXPORT_FORMAT = "motionseg-selector/1"
 TRAIN_DEFAULTS: dict[str, Any] = {
     "preset": "cpu",              # SelectorConfig preset: cpu | paper
     "model": {},                  # SelectorConfig field overrides
+    "init": None,                 # warm start: weights of an exported or training selector checkpoint (null: random)
     "train_split": "data/synth/train",   # folder with render/, proposals/, features/
     "val_split": "data/synth/val",       # null: no validation
     "clip_len": 30,               # frames per clip (30 = a whole synthetic video, the paper)
@@ -116,6 +129,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_min_area": 20,           # proposals smaller than this score +inf (= selector.min_area)
     "log_every": 10,
     "pos_weight": 1.0,            # weight of positive FP / FN pixels in the BCE (1 = paper)
+    "rank_weight": 0.0,           # weight of the frame-ranking loss (0 = the paper's BCE only)
+    "rank_margin": 0.05,          # IoU gap that makes a pair of frames count in the ranking loss
+    "corrupt_p": 0.0,             # per-frame probability of corrupting the input proposal (0 = the paper)
     "flip": True,                 # random horizontal flip
     "time_shift": True,           # random temporal-embedding offset (trains all max_frames rows)
     "seed": 0,
@@ -125,13 +141,16 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "threads": None,              # torch intra-op threads (null: torch default)
 }
 
-RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "val_every", "log_every", "device",
+RESUME_FREE_KEYS = frozenset({"init", "iterations", "time_budget_s", "ckpt_every", "val_every", "log_every", "device",
                               "threads", "val_videos", "resume", "export", "export_max_mb"})
 """Config keys that may change between a run and its resumption."""
 
+ADDED_KEYS = ("init", "rank_weight", "rank_margin", "corrupt_p")
+"""Config keys newer than the first checkpoints; a checkpoint without them resumes as if it had their defaults."""
+
 _PASSTHROUGH = frozenset({"resume", "export", "export_max_mb"})
 
-TRAIN_CURVE_COLUMNS = ["iteration", "loss", "lr", "grad_norm", "seconds"]
+TRAIN_CURVE_COLUMNS = ["iteration", "loss", "bce", "rank", "lr", "grad_norm", "seconds"]
 VAL_CURVE_COLUMNS = ["iteration", "val_loss", "val_AP_selector", "val_AP_selector_soft", "val_AP_temporal",
                      "val_AP_random", "val_objects", "seconds"]
 
@@ -156,14 +175,59 @@ def normalize_train_config(cfg: Mapping[str, Any] | None) -> dict:
         out[k] = int(out[k])
         if out[k] < (0 if k == "iterations" else 1):
             raise ValueError(f"train_selector config: {k} must be positive, got {out[k]}")
-    for k in ("lr", "weight_decay", "decay_factor", "pos_weight"):
+    for k in ("lr", "weight_decay", "decay_factor", "pos_weight", "rank_weight", "rank_margin", "corrupt_p"):
         out[k] = float(out[k])
+    if not 0.0 <= out["corrupt_p"] <= 1.0:
+        raise ValueError(f"train_selector config: corrupt_p must be in [0, 1], got {out['corrupt_p']}")
     if out["pos_weight"] <= 0:
         raise ValueError(f"train_selector config: pos_weight must be > 0, got {out['pos_weight']}")
     out["warmup_iters"], out["decay_every"] = int(out["warmup_iters"]), int(out["decay_every"])
     out["seed"], out["val_min_area"] = int(out["seed"]), int(out["val_min_area"])
     out["val_videos"] = None if out["val_videos"] is None else int(out["val_videos"])
+    out["init"] = None if out["init"] in (None, "") else str(out["init"])
     return out
+
+
+def init_from_checkpoint(model: Selector, path: str | os.PathLike) -> dict:
+    """Warm start: copy the weights of the selector checkpoint ``path`` (exported, or a
+    training ``last.pt``) into ``model``. Every tensor must have the same shape, except the
+    mask stem's first convolution when ``model`` takes more mask channels
+    (:attr:`SelectorConfig.mask_context`): the old input channels are copied and the new
+    ones set to zero, so the warm-started model computes exactly what the checkpoint did
+    until training moves those weights. Returns ``{"path", "sha256", "format", "expanded"}``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: train_selector.init checkpoint not found (set train_selector.init: null "
+                                f"to train from random weights)")
+    doc = torch.load(path, map_location="cpu", weights_only=True)
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if fmt == EXPORT_FORMAT:
+        state = decode_state(doc["state"])
+    elif fmt == CHECKPOINT_FORMAT:
+        state = doc["model"]
+    else:
+        raise ValueError(f"{path}: not a selector checkpoint (format {fmt!r}; expected {EXPORT_FORMAT!r} or "
+                         f"{CHECKPOINT_FORMAT!r})")
+    own = model.state_dict()
+    if set(state) != set(own):
+        raise ValueError(f"{path}: its tensors do not match this selector's (missing {sorted(set(own) - set(state))[:5]}"
+                         f", unexpected {sorted(set(state) - set(own))[:5]}); preset or model overrides differ")
+    expanded = []
+    for k, v in state.items():
+        v = v.float()
+        if v.shape == own[k].shape:
+            own[k] = v
+        elif (k == "mask_stem.0.weight" and v.dim() == 4 and v.shape[0] == own[k].shape[0]
+              and v.shape[1] < own[k].shape[1] and v.shape[2:] == own[k].shape[2:]):
+            w = torch.zeros_like(own[k])
+            w[:, :v.shape[1]] = v
+            own[k] = w
+            expanded.append(k)
+        else:
+            raise ValueError(f"{path}: tensor {k} has shape {tuple(v.shape)}, this selector's is "
+                             f"{tuple(own[k].shape)}; preset or model overrides differ")
+    model.load_state_dict(own)
+    return {"path": str(path), "sha256": sha256_file(path), "format": fmt, "expanded": expanded}
 
 
 def model_config_from(cfg: Mapping[str, Any], token_dim: int | None = None,
@@ -216,6 +280,60 @@ def split_backbone(split_dir: str | os.PathLike, names: Sequence[str] | None = N
 
 
 # --------------------------------------------------------------------------- data
+CORRUPTIONS = ("shift", "dilate", "erode", "swap", "blob", "cut")
+
+
+def corrupt_masks(mask: np.ndarray, rng: np.random.Generator, p: float) -> tuple[np.ndarray, list[str | None]]:
+    """Augmentation: each frame of ``mask [L, H, W]`` (0/1) is, with probability ``p``, replaced
+    by a corrupted version of itself -- the frame-specific failures the selector must spot:
+    ``shift`` (moved 4-16 px), ``dilate`` / ``erode`` (by 2-4 px), ``swap`` (the proposal of
+    another frame of the clip, at least 3 frames away), ``blob`` (a spurious box added
+    elsewhere), ``cut`` (the part beyond a random line through the mask's centre removed).
+    Empty frames are left alone. Returns the new masks (float32) and the corruption per frame
+    (None = untouched). The error-map target is recomputed from the corrupted mask."""
+    from scipy import ndimage
+
+    m = np.asarray(mask) > 0.5
+    L, H, W = m.shape
+    out = m.copy()
+    kinds: list[str | None] = [None] * L
+    for t in range(L):
+        if p <= 0 or rng.random() >= p or not m[t].any():
+            continue
+        kind = CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))]
+        if kind == "swap" and L < 4:
+            kind = "shift"
+        if kind == "shift":
+            d = rng.integers(4, 17, 2) * rng.choice([-1, 1], 2)
+            f = np.zeros_like(m[t])
+            ys, xs = np.nonzero(m[t])
+            ys, xs = ys + d[0], xs + d[1]
+            ok = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+            f[ys[ok], xs[ok]] = True
+        elif kind in ("dilate", "erode"):
+            r = int(rng.integers(2, 5))
+            st = np.ones((2 * r + 1, 2 * r + 1), bool)
+            f = (ndimage.binary_dilation if kind == "dilate" else ndimage.binary_erosion)(m[t], st)
+        elif kind == "swap":
+            far = [u for u in range(L) if abs(u - t) >= 3]
+            f = m[int(rng.choice(far))].copy()
+        elif kind == "blob":
+            bh, bw = int(rng.integers(max(3, H // 16), max(4, H // 4))), int(rng.integers(max(3, W // 16), max(4, W // 4)))
+            for _ in range(10):                             # a box that adds pixels (not inside the mask)
+                f = m[t].copy()
+                y, x = int(rng.integers(0, H - bh + 1)), int(rng.integers(0, W - bw + 1))
+                f[y:y + bh, x:x + bw] = True
+                if f.sum() > m[t].sum():
+                    break
+        else:  # cut
+            ys, xs = np.nonzero(m[t])
+            a = rng.uniform(0, 2 * np.pi)
+            yy, xx = np.mgrid[:H, :W]
+            f = m[t] & ((yy - ys.mean()) * np.sin(a) + (xx - xs.mean()) * np.cos(a) < 0)
+        out[t], kinds[t] = f, kind
+    return out.astype(np.float32), kinds
+
+
 class SelectorClipDataset:
     """Samples ``(video, slot, clip)`` of a split; see the module docstring.
 
@@ -226,8 +344,10 @@ class SelectorClipDataset:
     """
 
     def __init__(self, split_dir: str | os.PathLike, clip_len: int = 30, seed: int = 0, flip: bool = True,
-                 time_shift: bool = True, max_frames: int = 100, names: Sequence[str] | None = None):
+                 time_shift: bool = True, max_frames: int = 100, names: Sequence[str] | None = None,
+                 corrupt_p: float = 0.0):
         self.split_dir = Path(split_dir)
+        self.corrupt_p = float(corrupt_p)
         self.names = list(names) if names is not None else list_refine_videos(self.split_dir)
         if not self.names:
             raise ArtifactError(f"{self.split_dir}: no video with render, proposals and features stores")
@@ -279,6 +399,8 @@ class SelectorClipDataset:
         off = int(rng.integers(self.max_frames - L + 1)) if self.time_shift else 0
         d = rv.read(range(s, s + L))
         mask = d["masks"][:, k]                                             # [L, H, W] 0/1
+        if self.corrupt_p > 0:                                              # drawn last: p = 0 keeps old samples
+            mask, _ = corrupt_masks(mask, rng, self.corrupt_p)
         target = error_onehot(mask > 0.5, d["targets"][:, k])               # [L, 3, H, W]
         rgb, tokens = d["rgb"], d["tokens"]
         if flipped:
@@ -368,6 +490,18 @@ def validate_selector(model: Selector, videos: Sequence[RefineVideo], device: An
 
 
 # --------------------------------------------------------------------------- training
+def training_rank_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, cfg: Mapping) -> torch.Tensor:
+    """:func:`pipeline.models.selector.rank_loss` of a training batch: scores
+    :func:`~pipeline.models.selector.frame_log_scores` of ``logits [B, L, 3, H, W]``, true IoU
+    from the one-hot ``target`` (``(A - FP) / (A + FN)``), frames with a proposal of at
+    least ``val_min_area`` pixels (smaller ones are never exemplars)."""
+    area = mask.float().sum(dim=(-3, -2, -1))                               # [B, L]
+    fp, fn = target[:, :, 0].sum(dim=(-2, -1)), target[:, :, 1].sum(dim=(-2, -1))
+    iou = (area - fp) / (area + fn).clamp_min(1.0)
+    valid = area >= max(1, int(cfg.get("val_min_area", 20)))
+    return rank_loss(frame_log_scores(logits, mask), iou, valid, float(cfg.get("rank_margin", 0.05)))
+
+
 def train_selector(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
                    progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
     """Train the selector as configured by ``cfg`` (see :data:`TRAIN_DEFAULTS`) into ``out_dir``.
@@ -405,7 +539,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
             val_videos = [RefineVideo(val_split, nm) for nm in vnames]
     mcfg = model_config_from(cfg, bb["token_dim"], bb)
     ds = SelectorClipDataset(train_split, cfg["clip_len"], cfg["seed"], cfg["flip"], cfg["time_shift"],
-                             mcfg.max_frames, names=train_names)
+                             mcfg.max_frames, names=train_names, corrupt_p=cfg["corrupt_p"])
 
     model = Selector(mcfg).to(dev)
     n_params = model.param_count()
@@ -413,9 +547,12 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda it: lr_factor(it, cfg["warmup_iters"], cfg["decay_every"], cfg["decay_factor"]))
     start, prev_seconds, last_val, resumed = 0, 0.0, None, False
+    init = None
     if resume and ckpt_path.exists():
         ck = load_train_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "a selector")
-        diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
+        # keys added to TRAIN_DEFAULTS after the checkpoint was written count at their defaults
+        saved = {**{k: TRAIN_DEFAULTS[k] for k in ADDED_KEYS}, **ck["config"]}
+        diff = config_diff(saved, cfg, RESUME_FREE_KEYS)
         if ck.get("model_config") != mcfg.to_dict():
             diff.append(f"model_config: {ck.get('model_config')} -> {mcfg.to_dict()} (features backbone changed?)")
         if diff:
@@ -424,6 +561,9 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
                               f"restore those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
         start, prev_seconds, last_val = restore_training(ck, model, opt, sched)
         resumed = True
+        init = ck.get("init")
+    elif cfg["init"]:
+        init = {**init_from_checkpoint(model, project_path(cfg["init"])), "path": cfg["init"]}
     keep = start if resumed else None
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
     vlog = CsvLog(log_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
@@ -440,7 +580,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
                            "scheduler": sched.state_dict(), "iteration": it, "rng": rng_state(), "config": cfg,
                            "model_config": mcfg.to_dict(), "train_seconds": seconds(), "last_val": last_val,
-                           "param_count": n_params, "device": str(dev), "backbone": bb,
+                           "param_count": n_params, "device": str(dev), "backbone": bb, "init": init,
                            "package_version": __version__}, ckpt_path)
 
     def run_val(it: int) -> dict:
@@ -452,7 +592,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
 
     it, stopped_by = start, "iterations"
     step = GuardedStep(model, opt, cfg["grad_clip"], "selector")
-    acc = {"loss": 0.0, "grad_norm": 0.0}
+    acc = {"loss": 0.0, "bce": 0.0, "rank": 0.0, "grad_norm": 0.0}
     n_acc = 0
     last_row: dict = {}
     pbar = Progress(progress, total_iters, start, "train selector")
@@ -463,19 +603,24 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
             with autocast(dev, cfg["amp"]):
                 logits = model(batch["rgb"].to(dev), batch["mask"].to(dev), batch["tokens"].to(dev),
                                time_offset=batch["time_offset"].to(dev))
-            loss = selector_loss(logits, batch["target"].to(dev), cfg["pos_weight"])
+            target = batch["target"].to(dev)
+            bce = selector_loss(logits, target, cfg["pos_weight"])
+            rank = training_rank_loss(logits, batch["mask"].to(dev), target, cfg) if cfg["rank_weight"] else None
+            loss = bce if rank is None else bce + cfg["rank_weight"] * rank
             gn = step(loss, it)
             lr_now = opt.param_groups[0]["lr"]
             sched.step()
             it += 1
             acc["loss"] += float(loss.detach())
+            acc["bce"] += float(bce.detach())
+            acc["rank"] += 0.0 if rank is None else float(rank.detach())
             acc["grad_norm"] += float(gn)
             n_acc += 1
             if it % cfg["log_every"] == 0 or it == total_iters:
-                last_row = {"iteration": it, "loss": acc["loss"] / n_acc, "grad_norm": acc["grad_norm"] / n_acc,
-                            "lr": lr_now, "seconds": seconds()}
+                last_row = {"iteration": it, **{k: v / n_acc for k, v in acc.items()}, "lr": lr_now,
+                            "seconds": seconds()}
                 tlog.write(last_row)
-                acc, n_acc = {"loss": 0.0, "grad_norm": 0.0}, 0
+                acc, n_acc = dict.fromkeys(acc, 0.0), 0
             pbar.step(loss=f"{float(loss.detach()):.4f}", lr=f"{lr_now:.2e}")
             if val_videos and it % cfg["val_every"] == 0:
                 last_val = run_val(it)
@@ -486,8 +631,8 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
                 stopped_by = "time_budget"
                 break
         if n_acc:
-            last_row = {"iteration": it, "loss": acc["loss"] / n_acc, "grad_norm": acc["grad_norm"] / n_acc,
-                        "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
+            last_row = {"iteration": it, **{k: v / n_acc for k, v in acc.items()}, "lr": opt.param_groups[0]["lr"],
+                        "seconds": seconds()}
             tlog.write(last_row)
         if val_videos and (last_val is None or int(last_val["iteration"]) != it):
             last_val = run_val(it)
@@ -511,8 +656,9 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "threads": torch.get_num_threads(), "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
         "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": step.skipped,
-        "clip_len": cfg["clip_len"], "batch_size": B, "pos_weight": cfg["pos_weight"],
-        "token_dim": mcfg.token_dim, "backbone": bb["name"], "backbone_sha256": bb["weights_sha256"],
+        "clip_len": cfg["clip_len"], "batch_size": B, "pos_weight": cfg["pos_weight"], "init": init,
+        "rank_weight": cfg["rank_weight"], "rank_margin": cfg["rank_margin"], "corrupt_p": cfg["corrupt_p"],
+        "mask_context": mcfg.mask_context, "token_dim": mcfg.token_dim, "backbone": bb["name"], "backbone_sha256": bb["weights_sha256"],
         "train_videos": len(train_names), "loss": last_row.get("loss"),
         "val_loss": lv.get("val_loss"), "val_AP_selector": lv.get("val_AP_selector"),
         "val_AP_selector_soft": lv.get("val_AP_selector_soft"),
@@ -543,9 +689,10 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
                "val_AP_selector": lv.get("val_AP_selector"), "val_AP_temporal": lv.get("val_AP_temporal"),
                "val_AP_random": lv.get("val_AP_random"), "val_iteration": lv.get("iteration"),
                "source_checkpoint": str(last_pt)}
-    train = {k: cfg.get(k) for k in ("preset", "clip_len", "batch_size", "lr", "pos_weight", "flip", "time_shift",
-                                     "seed", "train_split", "val_split")}
+    train = {k: cfg.get(k) for k in ("preset", "clip_len", "batch_size", "lr", "pos_weight", "rank_weight",
+                                     "rank_margin", "corrupt_p", "flip", "time_shift", "seed", "train_split", "val_split")}
     train["backbone"] = ck.get("backbone")
+    train["init"] = ck.get("init")
     doc = write_export(EXPORT_FORMAT, ck["model"], {"model_config": ck["model_config"], "train": train,
                        "summary": summary}, path, fp16=fp16, max_mb=max_mb, what="selector")
     return {"path": str(path), "encoding": doc["encoding"], "bytes": path.stat().st_size,
