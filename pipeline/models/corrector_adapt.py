@@ -57,7 +57,8 @@ from ..store import ArtifactError, FrameReader, open_artifact, write_json_atomic
 from .corrector import pool_masks
 from .corrector_train import collate_windows, forward_batch
 from .losses import bce_probs, merge_loss_weights
-from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, config_diff, load_train_checkpoint,
+from .training import (CsvLog, GuardedStep, Progress, RunningMeans,
+                       atomic_torch_save, config_diff, load_train_checkpoint,
                        lr_factor, restore_training, restored_torch_settings, rng_state, start_run, write_export)
 
 __all__ = ["ADAPT_DEFAULTS", "ADAPT_LOSS_WEIGHTS", "AdaptWindowDataset", "adapt_loss", "adapt_corrector",
@@ -329,7 +330,7 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
     total, B, budget = cfg["iterations"], cfg["batch_size"], cfg["time_budget_s"]
     step = GuardedStep(model, opt, cfg["grad_clip"], "corrector adaptation")
     pbar = Progress(progress, total, start, "adapt corrector")
-    it, stopped_by, first_loss, acc, n_acc = start, "iterations", None, {}, 0
+    it, stopped_by, first_loss, acc = start, "iterations", None, RunningMeans()
     model.train()
     try:
         while it < total:
@@ -343,14 +344,9 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
             vals = {k: float(v) for k, v in parts.items()}
             vals["grad_norm"] = float(gn)
             first_loss = vals["total"] if first_loss is None else first_loss
-            for k, v in vals.items():
-                acc[k] = acc.get(k, 0.0) + v
-            n_acc += 1
+            acc.add(vals)
             if it % cfg["log_every"] == 0 or it == total:
-                tlog.write({"iteration": it, "loss": acc["total"] / n_acc, "mask": acc["mask"] / n_acc,
-                            "recon": acc["recon"] / n_acc, "alpha": acc["alpha"] / n_acc, "lr": lr_now,
-                            "grad_norm": acc["grad_norm"] / n_acc, "seconds": seconds()})
-                acc, n_acc = {}, 0
+                tlog.write({"iteration": it, **acc.pop(), "lr": lr_now, "seconds": seconds()})
             pbar.step(loss=f"{vals['total']:.4f}")
             over = budget is not None and time.monotonic() - t_run >= float(budget)
             if it % cfg["ckpt_every"] == 0 and not over:

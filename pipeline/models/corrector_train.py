@@ -95,7 +95,8 @@ from ..store import ArtifactError, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos, proposal_masks, slot_targets
 from .corrector import Corrector, CorrectorConfig, pool_masks
 from .losses import bce_probs, boundary_band, boundary_bce, merge_loss_weights
-from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, autocast, config_diff, decode_state,
+from .training import (CsvLog, GuardedStep, Progress, RunningMeans,
+                       atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, start_run, weights_sha256, write_export)
 
@@ -568,11 +569,9 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         vlog.write({**r, "seconds": seconds()})
         return r
 
-    part_keys = ("mask", "boundary", "recon", "alpha", "grad_norm")
     it, stopped_by = start, "iterations"
     step = GuardedStep(model, opt, cfg["grad_clip"], "corrector")
-    acc: dict[str, float] = {}
-    n_acc = 0
+    acc = RunningMeans()
     last_row: dict = {}
     first_loss = None
     pbar = Progress(progress, total_iters, start, "train corrector")
@@ -590,14 +589,10 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
                 vals["grad_norm"] = float(gn)
                 if first_loss is None:
                     first_loss = vals["total"]
-                for k, v in vals.items():
-                    acc[k] = acc.get(k, 0.0) + v
-                n_acc += 1
+                acc.add(vals)
                 if it % cfg["log_every"] == 0 or it == total_iters:
-                    last_row = {"iteration": it, "loss": acc["total"] / n_acc,
-                                **{k: acc[k] / n_acc for k in part_keys}, "lr": lr_now, "seconds": seconds()}
+                    last_row = {"iteration": it, **acc.pop(), "lr": lr_now, "seconds": seconds()}
                     tlog.write(last_row)
-                    acc, n_acc = {}, 0
                 pbar.step(loss=f"{vals['total']:.4f}", lr=f"{lr_now:.2e}")
                 if val_ds is not None and it % cfg["val_every"] == 0:
                     last_val = run_val(it)
@@ -607,9 +602,8 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
                 if over and it < total_iters:
                     stopped_by = "time_budget"
                     break
-        if n_acc:
-            last_row = {"iteration": it, "loss": acc["total"] / n_acc, **{k: acc[k] / n_acc for k in part_keys},
-                        "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
+        if acc:
+            last_row = {"iteration": it, **acc.pop(), "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
             tlog.write(last_row)
         if val_ds is not None and (last_val is None or int(last_val["iteration"]) != it):
             last_val = run_val(it)

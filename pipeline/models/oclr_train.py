@@ -73,7 +73,8 @@ from ..config import project_path
 from ..store import ArtifactError, open_artifact, write_json_atomic
 from .losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from .oclr import OCLR, OCLRConfig
-from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, autocast, config_diff, decode_state,
+from .training import (CsvLog, GuardedStep, Progress, RunningMeans,
+                       atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, seed_everything, start_run, weights_sha256, write_export)
 
@@ -480,8 +481,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
 
     it, stopped_by = start, "iterations"
     step = GuardedStep(model, opt, cfg["grad_clip"], "OCLR")
-    acc: dict[str, float] = {}
-    n_acc = 0
+    acc = RunningMeans()
     last_row: dict = {}
     pbar = Progress(progress, total_iters, start, "train oclr")
     model.train()
@@ -498,15 +498,10 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
                 it += 1
                 vals = {k: float(v) for k, v in parts.items()}
                 vals["grad_norm"] = float(gn)
-                for k, v in vals.items():
-                    acc[k] = acc.get(k, 0.0) + v
-                n_acc += 1
+                acc.add(vals)
                 if it % cfg["log_every"] == 0 or it == total_iters:
-                    last_row = {"iteration": it, "loss": acc["total"] / n_acc,
-                                **{k: acc[k] / n_acc for k in ("amodal", "boundary", "modal", "order", "grad_norm")},
-                                "lr": lr_now, "seconds": seconds()}
+                    last_row = {"iteration": it, **acc.pop(), "lr": lr_now, "seconds": seconds()}
                     tlog.write(last_row)
-                    acc, n_acc = {}, 0
                 pbar.step(loss=f"{vals['total']:.4f}", lr=f"{lr_now:.2e}")
                 if val_ds is not None and it % cfg["val_every"] == 0:
                     last_val = run_val(it)
@@ -516,10 +511,8 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
                 if over and it < total_iters:
                     stopped_by = "time_budget"
                     break
-        if n_acc:  # flush a partial logging window
-            last_row = {"iteration": it, "loss": acc["total"] / n_acc,
-                        **{k: acc[k] / n_acc for k in ("amodal", "boundary", "modal", "order", "grad_norm")},
-                        "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
+        if acc:  # flush a partial logging window
+            last_row = {"iteration": it, **acc.pop(), "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
             tlog.write(last_row)
         if val_ds is not None and (last_val is None or int(last_val["iteration"]) != it):
             last_val = run_val(it)

@@ -93,7 +93,8 @@ from ..config import project_path
 from ..store import ArtifactError, open_artifact, sha256_file, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos
 from .selector import Selector, SelectorConfig, frame_log_scores, rank_loss, selector_loss
-from .training import (CsvLog, GuardedStep, Progress, atomic_torch_save, autocast, config_diff, decode_state,
+from .training import (CsvLog, GuardedStep, Progress, RunningMeans,
+                       atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, start_run, weights_sha256, write_export)
 
@@ -210,8 +211,9 @@ def init_from_checkpoint(model: Selector, path: str | os.PathLike) -> dict:
                          f"{CHECKPOINT_FORMAT!r})")
     own = model.state_dict()
     if set(state) != set(own):
-        raise ValueError(f"{path}: its tensors do not match this selector's (missing {sorted(set(own) - set(state))[:5]}"
-                         f", unexpected {sorted(set(state) - set(own))[:5]}); preset or model overrides differ")
+        missing, unexpected = sorted(set(own) - set(state))[:5], sorted(set(state) - set(own))[:5]
+        raise ValueError(f"{path}: its tensors do not match this selector's (missing {missing}"
+                         f", unexpected {unexpected}); preset or model overrides differ")
     expanded = []
     for k, v in state.items():
         v = v.float()
@@ -318,7 +320,8 @@ def corrupt_masks(mask: np.ndarray, rng: np.random.Generator, p: float) -> tuple
             far = [u for u in range(L) if abs(u - t) >= 3]
             f = m[int(rng.choice(far))].copy()
         elif kind == "blob":
-            bh, bw = int(rng.integers(max(3, H // 16), max(4, H // 4))), int(rng.integers(max(3, W // 16), max(4, W // 4)))
+            bh = int(rng.integers(max(3, H // 16), max(4, H // 4)))
+            bw = int(rng.integers(max(3, W // 16), max(4, W // 4)))
             for _ in range(10):                             # a box that adds pixels (not inside the mask)
                 f = m[t].copy()
                 y, x = int(rng.integers(0, H - bh + 1)), int(rng.integers(0, W - bw + 1))
@@ -592,8 +595,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
 
     it, stopped_by = start, "iterations"
     step = GuardedStep(model, opt, cfg["grad_clip"], "selector")
-    acc = {"loss": 0.0, "bce": 0.0, "rank": 0.0, "grad_norm": 0.0}
-    n_acc = 0
+    acc = RunningMeans()
     last_row: dict = {}
     pbar = Progress(progress, total_iters, start, "train selector")
     model.train()
@@ -611,16 +613,11 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
             lr_now = opt.param_groups[0]["lr"]
             sched.step()
             it += 1
-            acc["loss"] += float(loss.detach())
-            acc["bce"] += float(bce.detach())
-            acc["rank"] += 0.0 if rank is None else float(rank.detach())
-            acc["grad_norm"] += float(gn)
-            n_acc += 1
+            acc.add({"loss": loss.detach(), "bce": bce.detach(), "rank": 0.0 if rank is None else rank.detach(),
+                     "grad_norm": gn})
             if it % cfg["log_every"] == 0 or it == total_iters:
-                last_row = {"iteration": it, **{k: v / n_acc for k, v in acc.items()}, "lr": lr_now,
-                            "seconds": seconds()}
+                last_row = {"iteration": it, **acc.pop(), "lr": lr_now, "seconds": seconds()}
                 tlog.write(last_row)
-                acc, n_acc = dict.fromkeys(acc, 0.0), 0
             pbar.step(loss=f"{float(loss.detach()):.4f}", lr=f"{lr_now:.2e}")
             if val_videos and it % cfg["val_every"] == 0:
                 last_val = run_val(it)
@@ -630,9 +627,8 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
             if over and it < total_iters:
                 stopped_by = "time_budget"
                 break
-        if n_acc:
-            last_row = {"iteration": it, **{k: v / n_acc for k, v in acc.items()}, "lr": opt.param_groups[0]["lr"],
-                        "seconds": seconds()}
+        if acc:
+            last_row = {"iteration": it, **acc.pop(), "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
             tlog.write(last_row)
         if val_videos and (last_val is None or int(last_val["iteration"]) != it):
             last_val = run_val(it)
@@ -658,7 +654,8 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": step.skipped,
         "clip_len": cfg["clip_len"], "batch_size": B, "pos_weight": cfg["pos_weight"], "init": init,
         "rank_weight": cfg["rank_weight"], "rank_margin": cfg["rank_margin"], "corrupt_p": cfg["corrupt_p"],
-        "mask_context": mcfg.mask_context, "token_dim": mcfg.token_dim, "backbone": bb["name"], "backbone_sha256": bb["weights_sha256"],
+        "mask_context": mcfg.mask_context, "token_dim": mcfg.token_dim, "backbone": bb["name"],
+        "backbone_sha256": bb["weights_sha256"],
         "train_videos": len(train_names), "loss": last_row.get("loss"),
         "val_loss": lv.get("val_loss"), "val_AP_selector": lv.get("val_AP_selector"),
         "val_AP_selector_soft": lv.get("val_AP_selector_soft"),
@@ -690,7 +687,8 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
                "val_AP_random": lv.get("val_AP_random"), "val_iteration": lv.get("iteration"),
                "source_checkpoint": str(last_pt)}
     train = {k: cfg.get(k) for k in ("preset", "clip_len", "batch_size", "lr", "pos_weight", "rank_weight",
-                                     "rank_margin", "corrupt_p", "flip", "time_shift", "seed", "train_split", "val_split")}
+                                     "rank_margin", "corrupt_p", "flip", "time_shift", "seed", "train_split",
+                                     "val_split")}
     train["backbone"] = ck.get("backbone")
     train["init"] = ck.get("init")
     doc = write_export(EXPORT_FORMAT, ck["model"], {"model_config": ck["model_config"], "train": train,

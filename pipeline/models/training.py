@@ -151,6 +151,30 @@ class CsvLog:
 
 
 
+class RunningMeans:
+    """Means of the values logged since the last :meth:`pop` (one ``train_curve.csv`` row).
+    A ``total`` key is also reported as ``loss``."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, vals: Mapping[str, float]) -> None:
+        for k, v in vals.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.n += 1
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def pop(self) -> dict[str, float]:
+        means = {k: v / self.n for k, v in self.sums.items()}
+        if "total" in means:
+            means["loss"] = means["total"]
+        self.sums, self.n = {}, 0
+        return means
+
+
 def grad_norm(model: torch.nn.Module) -> torch.Tensor:
     gs = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
     return torch.stack(gs).norm() if gs else torch.tensor(0.0)
