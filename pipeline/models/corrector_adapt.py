@@ -57,7 +57,7 @@ from ..store import ArtifactError, FrameReader, open_artifact, write_json_atomic
 from .corrector import pool_masks
 from .corrector_train import collate_windows, forward_batch
 from .losses import bce_probs, merge_loss_weights
-from .training import (CsvLog, GuardedStep, Progress, RunningMeans,
+from .training import (CsvLog, TrainLoop,
                        atomic_torch_save, config_diff, load_train_checkpoint,
                        lr_factor, restore_training, restored_torch_settings, rng_state, start_run, write_export)
 
@@ -315,10 +315,10 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
     check_ds = ds.with_seed(cfg["seed"] + 10 ** 6)                     # fixed windows, apart from training's
     j_before = pseudo_label_j(model, check_ds, n_check, dev, cfg["amp"]) if n_check and not resumed else None
 
-    t_run = time.monotonic()
-
-    def seconds() -> float:
-        return prev_seconds + (time.monotonic() - t_run)
+    total, B, budget = cfg["iterations"], cfg["batch_size"], cfg["time_budget_s"]
+    loop = TrainLoop(model, opt, sched, cfg["grad_clip"], "corrector adaptation", tlog, cfg["log_every"], total,
+                     start, prev_seconds, budget, progress, "adapt corrector")
+    seconds = loop.seconds
 
     def save(it: int) -> None:
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -327,48 +327,38 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
                            "source_sha256": info["file_sha256"], "source": info, "proposal_inputs":
                            model.proposal_inputs, "package_version": __version__}, ckpt_path)
 
-    total, B, budget = cfg["iterations"], cfg["batch_size"], cfg["time_budget_s"]
-    step = GuardedStep(model, opt, cfg["grad_clip"], "corrector adaptation")
-    pbar = Progress(progress, total, start, "adapt corrector")
-    it, stopped_by, first_loss, acc = start, "iterations", None, RunningMeans()
+    stopped_by, first_loss = "iterations", None
     model.train()
     try:
-        while it < total:
-            batch = _collate([ds[it * B + j] for j in range(B)])
+        while loop.it < total:
+            batch = _collate([ds[loop.it * B + j] for j in range(B)])
             out = forward_batch(model, batch, dev, cfg["amp"])
             loss, parts = adapt_loss(out, batch["targets"], batch["weight"], batch["tokens"], cfg["loss_weights"])
-            gn = step(loss, it)
-            lr_now = opt.param_groups[0]["lr"]
-            sched.step()
-            it += 1
-            vals = {k: float(v) for k, v in parts.items()}
-            vals["grad_norm"] = float(gn)
+            vals = loop.step(loss, parts)
+            it = loop.it
             first_loss = vals["total"] if first_loss is None else first_loss
-            acc.add(vals)
-            if it % cfg["log_every"] == 0 or it == total:
-                tlog.write({"iteration": it, **acc.pop(), "lr": lr_now, "seconds": seconds()})
-            pbar.step(loss=f"{vals['total']:.4f}")
-            over = budget is not None and time.monotonic() - t_run >= float(budget)
+            over = loop.over_budget()
             if it % cfg["ckpt_every"] == 0 and not over:
                 save(it)
             if over and it < total:
                 stopped_by = "time_budget"
                 break
+        it = loop.it
         save(it)
     finally:
         tlog.close()
-        pbar.close()
+        loop.close()
     j_after = pseudo_label_j(model, check_ds, n_check, dev, cfg["amp"]) if n_check else None
     ran = it - start
     metrics = {"iterations": it, "iterations_target": total, "stopped_by": stopped_by, "resumed_from":
                start if resumed else None, "iterations_this_run": ran, "train_time_s": round(seconds(), 3),
                "wall_time_s": round(time.monotonic() - t_start, 3),
-               "iters_per_s": round(ran / max(time.monotonic() - t_run, 1e-9), 4) if ran else None,
+               "iters_per_s": round(ran / max(loop.run_seconds(), 1e-9), 4) if ran else None,
                "device": str(dev), "sequences": len(ds.seqs), "exemplar_pairs": len(ds), "first_loss": first_loss,
                "pseudo_label_J_before": j_before, "pseudo_label_J_after": j_after,
                "check_windows": n_check, "source_checkpoint": {"path": str(cfg["checkpoint"]),
                                                               "sha256": info["file_sha256"]},
-               "skipped_steps": step.skipped, "zero_proposals": cfg["zero_proposals"], "lr": cfg["lr"],
+               "skipped_steps": loop.guard.skipped, "zero_proposals": cfg["zero_proposals"], "lr": cfg["lr"],
                "pseudo_labels": cfg["pseudo_labels"],
                "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(Path(log_dir) / "metrics.json", metrics)

@@ -95,7 +95,7 @@ from ..store import ArtifactError, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos, proposal_masks, slot_targets
 from .corrector import Corrector, CorrectorConfig, pool_masks
 from .losses import bce_probs, boundary_band, boundary_bce, merge_loss_weights
-from .training import (CsvLog, GuardedStep, Progress, RunningMeans,
+from .training import (CsvLog, TrainLoop,
                        atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, start_run, weights_sha256, write_export)
@@ -551,10 +551,9 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
                         worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(cfg["seed"]),
                         persistent_workers=False, prefetch_factor=4 if nw > 0 else None)
     budget = cfg["time_budget_s"]
-    t_run = time.monotonic()
-
-    def seconds() -> float:
-        return prev_seconds + (time.monotonic() - t_run)
+    loop = TrainLoop(model, opt, sched, cfg["grad_clip"], "corrector", tlog, cfg["log_every"], total_iters, start,
+                     prev_seconds, budget, progress, "train corrector")
+    seconds = loop.seconds
 
     def save(it: int) -> None:
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -569,50 +568,36 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         vlog.write({**r, "seconds": seconds()})
         return r
 
-    it, stopped_by = start, "iterations"
-    step = GuardedStep(model, opt, cfg["grad_clip"], "corrector")
-    acc = RunningMeans()
-    last_row: dict = {}
-    first_loss = None
-    pbar = Progress(progress, total_iters, start, "train corrector")
+    stopped_by, first_loss = "iterations", None
     model.train()
     try:
-        if it < total_iters:
+        if loop.it < total_iters:
             for batch in loader:
                 out = forward_batch(model, batch, dev, cfg["amp"])
                 loss, parts = corrector_loss(out, batch["targets"], batch["tokens"], **loss_kw)
-                gn = step(loss, it)
-                lr_now = opt.param_groups[0]["lr"]
-                sched.step()
-                it += 1
-                vals = {k: float(v) for k, v in parts.items()}
-                vals["grad_norm"] = float(gn)
+                vals = loop.step(loss, parts)
+                it = loop.it
                 if first_loss is None:
                     first_loss = vals["total"]
-                acc.add(vals)
-                if it % cfg["log_every"] == 0 or it == total_iters:
-                    last_row = {"iteration": it, **acc.pop(), "lr": lr_now, "seconds": seconds()}
-                    tlog.write(last_row)
-                pbar.step(loss=f"{vals['total']:.4f}", lr=f"{lr_now:.2e}")
                 if val_ds is not None and it % cfg["val_every"] == 0:
                     last_val = run_val(it)
-                over = budget is not None and time.monotonic() - t_run >= float(budget)
+                over = loop.over_budget()
                 if it % cfg["ckpt_every"] == 0 and it < total_iters and not over:
                     save(it)
                 if over and it < total_iters:
                     stopped_by = "time_budget"
                     break
-        if acc:
-            last_row = {"iteration": it, **acc.pop(), "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
-            tlog.write(last_row)
+        loop.flush()
+        it = loop.it
         if val_ds is not None and (last_val is None or int(last_val["iteration"]) != it):
             last_val = run_val(it)
         save(it)
     finally:
         tlog.close()
         vlog.close()
-        pbar.close()
+        loop.close()
 
+    last_row = loop.last_row
     if not last_row:
         prev = read_csv(log_dir / "train_curve.csv")
         last_row = {k: float(v) for k, v in prev[-1].items()} if prev else {}
@@ -624,10 +609,10 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         "stopped_by": stopped_by if it < total_iters else "iterations", "time_budget_s": budget,
         "resumed_from": start if resumed else None, "iterations_this_run": ran,
         "wall_time_s": round(wall, 3), "train_time_s": round(seconds(), 3),
-        "iters_per_s": round(ran / max(time.monotonic() - t_run, 1e-9), 4) if ran else None,
+        "iters_per_s": round(ran / max(loop.run_seconds(), 1e-9), 4) if ran else None,
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
-        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": step.skipped,
+        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": loop.guard.skipped,
         "window": cfg["window"], "t": cfg["t"], "batch_size": B, "exemplar_weight": cfg["exemplar_weight"],
         "token_dim": C, "backbone": backbone,
         "first_loss": first_loss, "loss": last_row.get("loss"),

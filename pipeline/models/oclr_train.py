@@ -73,7 +73,7 @@ from ..config import project_path
 from ..store import ArtifactError, open_artifact, write_json_atomic
 from .losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from .oclr import OCLR, OCLRConfig
-from .training import (CsvLog, GuardedStep, Progress, RunningMeans,
+from .training import (CsvLog, TrainLoop,
                        atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, seed_everything, start_run, weights_sha256, write_export)
@@ -461,10 +461,9 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
                         generator=torch.Generator().manual_seed(cfg["seed"]),
                         persistent_workers=False, prefetch_factor=4 if int(cfg["num_workers"]) > 0 else None)
     budget = cfg["time_budget_s"]
-    t_run = time.monotonic()
-
-    def seconds() -> float:
-        return prev_seconds + (time.monotonic() - t_run)
+    loop = TrainLoop(model, opt, sched, cfg["grad_clip"], "OCLR", tlog, cfg["log_every"], total_iters, start,
+                     prev_seconds, budget, progress, "train oclr")
+    seconds = loop.seconds
 
     def save(it: int) -> None:
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -479,49 +478,36 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         vlog.write({**r, "seconds": seconds()})
         return r
 
-    it, stopped_by = start, "iterations"
-    step = GuardedStep(model, opt, cfg["grad_clip"], "OCLR")
-    acc = RunningMeans()
-    last_row: dict = {}
-    pbar = Progress(progress, total_iters, start, "train oclr")
+    stopped_by = "iterations"
     model.train()
     try:
-        if it < total_iters:
+        if loop.it < total_iters:
             for batch in loader:
                 flow = batch["flow"].to(dev, non_blocking=True)
                 with autocast(dev, cfg["amp"]):
                     out = model(flow)
                 loss, parts = oclr_loss(out, batch["amodal"], batch["modal"], batch["order"], **loss_kw)
-                gn = step(loss, it)
-                lr_now = opt.param_groups[0]["lr"]
-                sched.step()
-                it += 1
-                vals = {k: float(v) for k, v in parts.items()}
-                vals["grad_norm"] = float(gn)
-                acc.add(vals)
-                if it % cfg["log_every"] == 0 or it == total_iters:
-                    last_row = {"iteration": it, **acc.pop(), "lr": lr_now, "seconds": seconds()}
-                    tlog.write(last_row)
-                pbar.step(loss=f"{vals['total']:.4f}", lr=f"{lr_now:.2e}")
+                loop.step(loss, parts)
+                it = loop.it
                 if val_ds is not None and it % cfg["val_every"] == 0:
                     last_val = run_val(it)
-                over = budget is not None and time.monotonic() - t_run >= float(budget)
+                over = loop.over_budget()
                 if it % cfg["ckpt_every"] == 0 and it < total_iters and not over:
                     save(it)
                 if over and it < total_iters:
                     stopped_by = "time_budget"
                     break
-        if acc:  # flush a partial logging window
-            last_row = {"iteration": it, **acc.pop(), "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
-            tlog.write(last_row)
+        loop.flush()  # a partial logging window
+        it = loop.it
         if val_ds is not None and (last_val is None or int(last_val["iteration"]) != it):
             last_val = run_val(it)
         save(it)  # the final model, with its validation numbers and training time
     finally:
         tlog.close()
         vlog.close()
-        pbar.close()
+        loop.close()
 
+    last_row = loop.last_row
     if not last_row:
         prev = read_csv(log_dir / "train_curve.csv")
         last_row = {k: float(v) for k, v in prev[-1].items()} if prev else {}
@@ -532,10 +518,10 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         "stopped_by": stopped_by if it < total_iters else "iterations", "time_budget_s": budget,
         "resumed_from": start if resumed else None, "iterations_this_run": ran,
         "wall_time_s": round(wall, 3), "train_time_s": round(seconds(), 3),
-        "iters_per_s": round(ran / max(time.monotonic() - t_run, 1e-9), 4) if ran else None,
+        "iters_per_s": round(ran / max(loop.run_seconds(), 1e-9), 4) if ran else None,
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
-        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": step.skipped,
+        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": loop.guard.skipped,
         "clip_len": cfg["clip_len"], "size": cfg["size"], "batch_size": B, "flow_source": cfg["flow_source"],
         "loss": last_row.get("loss"), "loss_amodal": last_row.get("amodal"), "loss_boundary": last_row.get("boundary"),
         "loss_modal": last_row.get("modal"), "loss_order": last_row.get("order"),

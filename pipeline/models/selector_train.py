@@ -93,7 +93,7 @@ from ..config import project_path
 from ..store import ArtifactError, open_artifact, sha256_file, write_json_atomic
 from ..refine_data import RefineVideo, list_refine_videos
 from .selector import Selector, SelectorConfig, frame_log_scores, rank_loss, selector_loss
-from .training import (CsvLog, GuardedStep, Progress, RunningMeans,
+from .training import (CsvLog, TrainLoop,
                        atomic_torch_save, autocast, config_diff, decode_state,
                        load_train_checkpoint, lr_factor, read_csv, resolve_device, restore_training,
                        restored_torch_settings, rng_state, start_run, weights_sha256, write_export)
@@ -573,11 +573,10 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
 
     total_iters, B = cfg["iterations"], cfg["batch_size"]
     budget = cfg["time_budget_s"]
-    t_run = time.monotonic()
+    loop = TrainLoop(model, opt, sched, cfg["grad_clip"], "selector", tlog, cfg["log_every"], total_iters, start,
+                     prev_seconds, budget, progress, "train selector")
+    seconds = loop.seconds
     baselines: dict = {}
-
-    def seconds() -> float:
-        return prev_seconds + (time.monotonic() - t_run)
 
     def save(it: int) -> None:
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -593,15 +592,11 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         vlog.write({**r, "seconds": seconds()})
         return r
 
-    it, stopped_by = start, "iterations"
-    step = GuardedStep(model, opt, cfg["grad_clip"], "selector")
-    acc = RunningMeans()
-    last_row: dict = {}
-    pbar = Progress(progress, total_iters, start, "train selector")
+    stopped_by = "iterations"
     model.train()
     try:
-        while it < total_iters:
-            batch = collate([ds[it * B + b] for b in range(B)])
+        while loop.it < total_iters:
+            batch = collate([ds[loop.it * B + b] for b in range(B)])
             with autocast(dev, cfg["amp"]):
                 logits = model(batch["rgb"].to(dev), batch["mask"].to(dev), batch["tokens"].to(dev),
                                time_offset=batch["time_offset"].to(dev))
@@ -609,35 +604,28 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
             bce = selector_loss(logits, target, cfg["pos_weight"])
             rank = training_rank_loss(logits, batch["mask"].to(dev), target, cfg) if cfg["rank_weight"] else None
             loss = bce if rank is None else bce + cfg["rank_weight"] * rank
-            gn = step(loss, it)
-            lr_now = opt.param_groups[0]["lr"]
-            sched.step()
-            it += 1
-            acc.add({"loss": loss.detach(), "bce": bce.detach(), "rank": 0.0 if rank is None else rank.detach(),
-                     "grad_norm": gn})
-            if it % cfg["log_every"] == 0 or it == total_iters:
-                last_row = {"iteration": it, **acc.pop(), "lr": lr_now, "seconds": seconds()}
-                tlog.write(last_row)
-            pbar.step(loss=f"{float(loss.detach()):.4f}", lr=f"{lr_now:.2e}")
+            loop.step(loss, {"loss": loss.detach(), "bce": bce.detach(),
+                             "rank": 0.0 if rank is None else rank.detach()})
+            it = loop.it
             if val_videos and it % cfg["val_every"] == 0:
                 last_val = run_val(it)
-            over = budget is not None and time.monotonic() - t_run >= float(budget)
+            over = loop.over_budget()
             if it % cfg["ckpt_every"] == 0 and it < total_iters and not over:
                 save(it)
             if over and it < total_iters:
                 stopped_by = "time_budget"
                 break
-        if acc:
-            last_row = {"iteration": it, **acc.pop(), "lr": opt.param_groups[0]["lr"], "seconds": seconds()}
-            tlog.write(last_row)
+        loop.flush()
+        it = loop.it
         if val_videos and (last_val is None or int(last_val["iteration"]) != it):
             last_val = run_val(it)
         save(it)
     finally:
         tlog.close()
         vlog.close()
-        pbar.close()
+        loop.close()
 
+    last_row = loop.last_row
     if not last_row:
         prev = read_csv(log_dir / "train_curve.csv")
         last_row = {k: float(v) for k, v in prev[-1].items()} if prev else {}
@@ -648,10 +636,10 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         "stopped_by": stopped_by if it < total_iters else "iterations", "time_budget_s": budget,
         "resumed_from": start if resumed else None, "iterations_this_run": ran,
         "wall_time_s": round(time.monotonic() - t_start, 3), "train_time_s": round(seconds(), 3),
-        "iters_per_s": round(ran / max(time.monotonic() - t_run, 1e-9), 4) if ran else None,
+        "iters_per_s": round(ran / max(loop.run_seconds(), 1e-9), 4) if ran else None,
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "threads": torch.get_num_threads(), "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
-        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": step.skipped,
+        "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": loop.guard.skipped,
         "clip_len": cfg["clip_len"], "batch_size": B, "pos_weight": cfg["pos_weight"], "init": init,
         "rank_weight": cfg["rank_weight"], "rank_margin": cfg["rank_margin"], "corrupt_p": cfg["corrupt_p"],
         "mask_context": mcfg.mask_context, "token_dim": mcfg.token_dim, "backbone": bb["name"],

@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import random
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,7 +28,7 @@ __all__ = ["lr_factor", "resolve_device", "seed_everything", "rng_state", "set_r
            "atomic_torch_save", "read_csv", "rewrite_csv", "CsvLog", "grad_norm", "weights_sha256",
            "quantize_int8", "encode_state", "decode_state", "serialized_size", "config_diff", "write_export",
            "GuardedStep", "train_and_export", "restored_torch_settings", "start_run",
-           "model_device", "load_train_checkpoint", "restore_training", "Progress"]
+           "model_device", "load_train_checkpoint", "restore_training", "Progress", "RunningMeans", "TrainLoop"]
 
 
 def config_diff(saved: Mapping, current: Mapping, free_keys: frozenset = frozenset()) -> list[str]:
@@ -316,6 +317,64 @@ class GuardedStep:
                 raise FloatingPointError(f"{self.what} training: {self.patience} consecutive non-finite "
                                          f"losses/gradients at iteration {it + 1} (lower lr or disable amp)")
         return gn
+
+
+class TrainLoop:
+    """The per-iteration bookkeeping every training loop shares.
+
+    ``step(loss, logged)`` does the :class:`GuardedStep`, steps the scheduler, and adds
+    ``logged`` (plus ``grad_norm``) to the :class:`RunningMeans`. Every ``log_every`` iterations
+    and at ``total`` it writes a ``train_curve.csv`` row (``last_row``) to ``tlog``, with the lr
+    the step used, and it advances the progress bar. ``flush()`` writes a partial logging window.
+    ``it`` counts the iterations done (from ``start``). ``seconds()`` is the training time
+    including the ``prev_seconds`` before a resume; ``run_seconds()`` is this run's, and
+    ``over_budget()`` compares it with ``budget`` (None = no budget).
+    """
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, grad_clip: float | None,
+                 what: str, tlog: CsvLog, log_every: int, total: int, start: int = 0, prev_seconds: float = 0.0,
+                 budget: float | None = None, progress: bool = False, desc: str | None = None):
+        self.guard = GuardedStep(model, opt, grad_clip, what)
+        self.opt, self.sched, self.tlog = opt, sched, tlog
+        self.log_every, self.total, self.it = int(log_every), int(total), int(start)
+        self.prev_seconds, self.budget = float(prev_seconds), budget
+        self.means, self.last_row = RunningMeans(), {}
+        self.pbar = Progress(progress, self.total, self.it, desc or what)
+        self.t_run = time.monotonic()
+
+    def run_seconds(self) -> float:
+        return time.monotonic() - self.t_run
+
+    def seconds(self) -> float:
+        return self.prev_seconds + self.run_seconds()
+
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.run_seconds() >= float(self.budget)
+
+    def step(self, loss: torch.Tensor, logged: Mapping[str, Any]) -> dict[str, float]:
+        """One iteration; returns the logged values as floats (with ``grad_norm``)."""
+        gn = self.guard(loss, self.it)
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        self.it += 1
+        vals = {k: float(v) for k, v in logged.items()}
+        vals["grad_norm"] = float(gn)
+        self.means.add(vals)
+        if self.it % self.log_every == 0 or self.it == self.total:
+            self._write(lr)
+        self.pbar.step(loss=f"{vals.get('total', vals.get('loss')):.4f}", lr=f"{lr:.2e}")
+        return vals
+
+    def _write(self, lr: float) -> None:
+        self.last_row = {"iteration": self.it, **self.means.pop(), "lr": lr, "seconds": self.seconds()}
+        self.tlog.write(self.last_row)
+
+    def flush(self) -> None:
+        if self.means:
+            self._write(self.opt.param_groups[0]["lr"])
+
+    def close(self) -> None:
+        self.pbar.close()
 
 
 def train_and_export(train_fn, export_fn, cfg: Mapping[str, Any], root: Path, out_dir: str, log_dir: str,
