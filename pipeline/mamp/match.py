@@ -1,0 +1,133 @@
+"""Local spatio-temporal matching: windows, flow registration, TopK affinity, label transfer.
+
+Shapes: features ``[n, c, h, w]`` on a stride-``s`` grid, labels
+``[n, o, h, w]`` (soft, one channel per object, background included), flow
+``[n, 2, h, w]`` in grid cells (``u`` = x, ``v`` = y; a query location
+``(y, x)`` corresponds to ``(y + v, x + u)`` in the reference). A window of
+radius ``r`` holds ``(2 r + 1) ** 2`` locations.
+
+* :func:`local_windows` (training): every location's window of a map, by
+  ``F.unfold``.
+* :func:`register` (inference, MAMP's motion-aware step): warp reference
+  features and labels to the query frame with the query -> reference flow, so
+  that the same grid cell holds the best-corresponding reference content; the
+  warp also returns where the reference was seen at all.
+* :func:`topk_affinity` + :func:`transfer`: correlate the query with every
+  location in the windows of all references, keep the ``k`` best per query
+  location, softmax them, and carry the references' labels with those weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["local_windows", "window_valid", "register", "topk_affinity", "transfer", "flow_to_grid"]
+
+
+def local_windows(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """``[B, C, h, w]`` -> ``[B, C, (2r+1)^2, h, w]``: each location's window (zeros outside)."""
+    B, C, h, w = x.shape
+    k = 2 * radius + 1
+    cols = F.unfold(x, kernel_size=k, padding=radius)  # [B, C*k*k, h*w]
+    return cols.view(B, C, k * k, h, w)
+
+
+def window_valid(h: int, w: int, radius: int, device=None) -> torch.Tensor:
+    """``bool [(2r+1)^2, h, w]``: which window entries fall inside the ``h x w`` grid."""
+    ones = torch.ones(1, 1, h, w, device=device)
+    return local_windows(ones, radius)[0, 0] > 0.5
+
+
+def flow_to_grid(flow: torch.Tensor, stride: int) -> torch.Tensor:
+    """Pixel flow ``[n, 2, H, W]`` -> grid flow ``[n, 2, ceil(H/s), ceil(W/s)]``: sampled at the kernel
+    centres ``(s i, s j)`` (size-aware) and divided by ``s``."""
+    from .align import down
+
+    return down(flow, stride) / float(stride)
+
+
+def register(x: torch.Tensor, flow: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp reference maps ``x [n, C, h, w]`` to the query with grid flow ``[n, 2, h, w]``
+    (bilinear); returns ``(warped, seen [n, h, w] bool)``. ``flow`` None: no warp, all seen."""
+    n, _, h, w = x.shape
+    if flow is None:
+        return x, torch.ones(n, h, w, dtype=torch.bool, device=x.device)
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=torch.float32),
+                            torch.arange(w, device=x.device, dtype=torch.float32), indexing="ij")
+    gx = (xs + flow[:, 0].float()) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1].float()) * (2.0 / max(h - 1, 1)) - 1.0
+    grid = torch.stack([gx, gy], dim=-1)
+    ones = torch.ones(n, 1, h, w, device=x.device, dtype=torch.float32)
+    out = F.grid_sample(torch.cat([x.float(), ones], 1), grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=True)
+    seen = out[:, -1] > 0.999
+    return out[:, :-1].to(x.dtype), seen
+
+
+def topk_affinity(fq: torch.Tensor, fr: torch.Tensor, seen: torch.Tensor, radius: int, topk: int,
+                  temperature: float, similarity: str = "dot", row_chunk: int | None = 16
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affinity of query ``fq [c, h, w]`` to the windows of references ``fr [n, c, h, w]``.
+
+    Every query location ``(y, x)`` is compared with the ``(2r+1)^2`` locations around ``(y, x)``
+    in each reference (``seen [n, h, w]`` False = not a candidate); the ``topk`` best of the
+    ``n (2r+1)^2`` candidates are kept and softmax-normalised with ``temperature``
+    (``similarity`` 'dot': <q, r> / T; 'l2': -|q - r|^2 / T). Returns ``(weights [k, h*w],
+    index [k, h*w])``, the index into the flattened padded references
+    ``[n, h + 2r, w + 2r]`` (see :func:`transfer`). ``row_chunk``: query rows per matrix
+    product (memory ~ row_chunk x n x c x (2r+1) x (w+2r) floats; None = all rows at once)."""
+    n, c, h, w = fr.shape
+    k2 = 2 * radius + 1
+    hp, wp = h + 2 * radius, w + 2 * radius
+    q = fq.float()
+    r = fr.float()
+    neg = torch.finfo(torch.float32).min / 4
+    if similarity == "l2":  # -|q - r|^2 up to a per-query constant = <[2q, -1], [r, |r|^2]>
+        q = torch.cat([2.0 * q, -torch.ones_like(q[:1])], 0)
+        r = torch.cat([r, (r * r).sum(1, keepdim=True)], 1)
+    elif similarity != "dot":
+        raise ValueError(f"similarity must be 'dot' or 'l2', got {similarity!r}")
+    c = q.shape[0]
+    frp = F.pad(r, (radius, radius, radius, radius))          # [n, c, hp, wp]
+    qrows = q.permute(1, 2, 0)                                # [h, w, c]
+    scores = torch.empty(n, k2, k2, h, w, device=fr.device)
+    # band matmul: query row y against reference rows y..y+2r (all columns), then keep the
+    # diagonal band x..x+2r: dense BLAS instead of (2r+1)^2 elementwise passes
+    step = max(1, int(row_chunk or h))
+    for y0 in range(0, h, step):
+        y1 = min(h, y0 + step)
+        band = frp.unfold(2, k2, 1)[:, :, y0:y1]              # [n, c, hc, wp, k2]
+        band = band.permute(2, 0, 1, 4, 3).reshape(y1 - y0, n, c, k2 * wp)
+        m = torch.matmul(qrows[y0:y1, None], band)            # [hc, n, w, k2 * wp]
+        m = m.view(y1 - y0, n, w, k2, wp)
+        st = m.stride()
+        diag = m.as_strided((y1 - y0, n, w, k2, k2), (st[0], st[1], st[2] + st[4], st[3], st[4]))
+        scores[:, :, :, y0:y1] = diag.permute(1, 3, 4, 0, 2)  # [n, dy, dx, hc, w]
+    okp = F.pad(seen.float(), (radius, radius, radius, radius))[:, None]
+    ok = F.unfold(okp, kernel_size=k2).view(n, k2, k2, h, w) > 0.5
+    scores = torch.where(ok, scores, torch.full_like(scores, neg))
+    flat = scores.reshape(n * k2 * k2, h * w)
+    k = min(int(topk), flat.shape[0])
+    val, idx = flat.topk(k, dim=0)                           # [k, hw]
+    wts = torch.softmax(val / float(temperature), dim=0)
+    wts = torch.where(val > neg / 2, wts, torch.zeros_like(wts))
+    # candidate (ref, dy, dx) at query (y, x) -> padded reference location (y + dy, x + dx)
+    ref, off = idx // (k2 * k2), idx % (k2 * k2)
+    dy, dx = off // k2, off % k2
+    pos = torch.arange(h * w, device=fr.device)
+    y, x = pos // w, pos % w
+    index = ref * (hp * wp) + (y[None] + dy) * wp + (x[None] + dx)
+    return wts, index
+
+
+def transfer(labels: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, radius: int) -> torch.Tensor:
+    """Labels of the query: ``labels [n, o, h, w]`` (registered like the features) carried with
+    ``weights`` / ``index`` of :func:`topk_affinity` -> ``[o, h, w]`` (renormalised over labels)."""
+    n, o, h, w = labels.shape
+    lp = F.pad(labels.float(), (radius, radius, radius, radius))  # [n, o, hp, wp]
+    flat = lp.permute(1, 0, 2, 3).reshape(o, -1)                  # [o, n*hp*wp]
+    vals = flat[:, index.reshape(-1)].view(o, *index.shape)        # [o, k, hw]
+    out = (vals * weights[None]).sum(1)
+    out = out / out.sum(0, keepdim=True).clamp_min(1e-6)
+    return out.view(o, h, w)

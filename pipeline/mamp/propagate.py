@@ -1,0 +1,288 @@
+"""Motion-aware mask propagation (MAMP inference) with any feature backbone.
+
+A query frame's labels come from a memory bank of reference frames:
+
+* long-term references: frames whose masks are given (the first frame's ground truth for
+  semi-supervised VOS; each object's exemplar frames in the unsupervised ``propagate``
+  stage), plus, as in the paper, the ``long_term`` frames once predicted (paper: frame 5);
+* short-term references: the frames predicted ``short_term`` steps before (paper: 1, 3, 5).
+
+Each reference's features and labels are registered to the query by the optical flow
+query -> reference (:class:`FlowProvider`: adjacent flows chained for near references,
+a direct estimate for far ones; ``registration=False`` is the plain local window of MAST,
+the paper's ablation). Then every query location is matched against the
+``(2 radius + 1)^2`` registered locations around it in every reference; only the ``topk``
+best correlated locations carry labels (:mod:`pipeline.mamp.match`). Masks meet features
+through the size-aware alignment of :mod:`pipeline.mamp.align` (``align='naive'``: bilinear).
+
+Memory stays flat in the video length: only the memory-bank frames' features and labels,
+and a few adjacent flows, are held.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import align
+from .match import flow_to_grid, register, topk_affinity, transfer
+
+__all__ = ["PropagationConfig", "FeatureFn", "make_feature_fn", "FlowProvider", "propagate", "one_hot",
+           "propagate_sequence"]
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """The knobs of propagation (params.yaml ``mamp`` section documents each)."""
+
+    radius: int              # window radius on the feature grid (paper: 12 at inference)
+    topk: int                # correlated locations kept per query location (paper: 36)
+    temperature: float       # softmax temperature of the affinity
+    similarity: str          # 'dot' or 'l2'
+    long_term: tuple[int, ...] = ()   # frames (pass order index) kept once predicted (paper: (5,))
+    short_term: tuple[int, ...] = (1, 3, 5)
+    registration: bool = True
+    align: str = "size_aware"  # 'size_aware' | 'naive'
+
+    @classmethod
+    def from_params(cls, p: Mapping[str, Any], temperature: float) -> "PropagationConfig":
+        return cls(radius=int(p["radius"]), topk=int(p["topk"]), temperature=float(temperature),
+                   similarity=str(p.get("similarity", "dot")), long_term=tuple(int(v) for v in p["long_term"]),
+                   short_term=tuple(int(v) for v in p["short_term"]), registration=bool(p["registration"]),
+                   align=str(p["align"]))
+
+
+# --------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------
+
+@dataclass
+class FeatureFn:
+    """``fn(uint8 [n, H, W, 3] on device, H and W multiples of stride) -> [n, c, H/s, W/s]``."""
+
+    name: str
+    stride: int
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    similarity: str
+    describe: dict = field(default_factory=dict)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.fn(frames).float()
+
+
+def make_feature_fn(backbone: str, device: Any = "cpu", checkpoint: str | None = None,
+                    amp: bool = True, allow_download: bool = False) -> FeatureFn:
+    """Features for propagation: ``mamp`` (the project's checkpoint at ``checkpoint``),
+    ``lab`` (raw Lab pixels, 4x4 averaged: the floor), or a :mod:`pipeline.features` backbone
+    (``mobilenetv2_imagenet``, ``dino_vits16``, ``dino_vits8``)."""
+    from ..models.training import resolve_device
+
+    dev = resolve_device(device)
+    use_amp = bool(amp) and dev.type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp)
+
+    if backbone == "mamp":
+        from .model import encode_frames, load_mamp
+
+        if not checkpoint:
+            raise ValueError("backbone 'mamp' needs mamp.checkpoint")
+        enc, header = load_mamp(checkpoint, dev)
+
+        def fn(x):
+            with autocast():
+                return encode_frames(enc, x)
+
+        desc = {"name": "mamp", "self_supervised": True, "substitute": False, "stride": 4,
+                "dim": enc.dim, "weights_path": str(checkpoint), "weights_sha256": header["weights_sha256"],
+                "pretraining": "MAMP Lab reconstruction on unlabeled video (no labels)",
+                "summary": header.get("summary")}
+        return FeatureFn("mamp", 4, fn, "dot", desc)
+    if backbone == "lab":
+        from .lab import lab_normalize, rgb_to_lab
+
+        def fn(x):
+            lab = lab_normalize(rgb_to_lab(x.permute(0, 3, 1, 2).float() / 255.0))
+            return F.avg_pool2d(lab, 5, stride=4, padding=2, count_include_pad=False)
+
+        return FeatureFn("lab", 4, fn, "l2", {"name": "lab", "self_supervised": True, "substitute": False,
+                                              "stride": 4, "dim": 3, "pretraining": "none (raw Lab pixels)"})
+    from ..features import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+
+    bb = build_backbone(backbone, device=dev, allow_download=allow_download)
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1) * 255.0
+
+    def fn(x):
+        with autocast():
+            return bb((x.permute(0, 3, 1, 2).float() - mean) / std)
+
+    return FeatureFn(backbone, bb.stride, fn, "dot", bb.describe())
+
+
+# --------------------------------------------------------------------------
+# Flow between any two frames
+# --------------------------------------------------------------------------
+
+class FlowProvider:
+    """Grid flow query -> reference for any pair of frames of one video.
+
+    ``adjacent(t) -> float32 [4, H, W]`` gives ``[u_fwd, v_fwd, u_bwd, v_bwd]`` of frame ``t``
+    in working-resolution pixels (the flow stage's layout), or is None; ``estimate(a, b)``
+    -> ``[2, H, W]`` computes the flow a -> b directly (e.g. DIS on the frames), or is None.
+    References within ``max_chain`` frames are reached by chaining adjacent flows (from
+    ``adjacent``, else estimated pairwise and cached); farther ones by ``estimate``; when
+    neither is available, or ``far`` is 'none', the flow is None (no registration)."""
+
+    def __init__(self, stride: int, adjacent: Callable[[int], np.ndarray] | None = None,
+                 estimate: Callable[[int, int], np.ndarray] | None = None, max_chain: int = 5,
+                 device: Any = "cpu", cache: int = 16, far: str = "direct"):
+        self.stride, self.adjacent_fn, self.estimate_fn = int(stride), adjacent, estimate
+        self.max_chain, self.device, self.far = int(max_chain), device, far
+        if far not in ("direct", "none"):
+            raise ValueError(f"far must be 'direct' or 'none', got {far!r}")
+        self._step: OrderedDict = OrderedDict()  # (t, +-1) -> grid flow [2, h, w]
+        self._cache = int(cache)
+
+    def _grid(self, f: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(np.ascontiguousarray(f), dtype=torch.float32, device=self.device)
+        return flow_to_grid(align.pad_to(t[None], self.stride), self.stride)[0]
+
+    def step(self, t: int, d: int) -> torch.Tensor | None:
+        """Grid flow t -> t + d, d in {-1, +1}."""
+        key = (t, d)
+        if key in self._step:
+            self._step.move_to_end(key)
+            return self._step[key]
+        g = None
+        if self.adjacent_fn is not None:
+            f = self.adjacent_fn(t)
+            g = self._grid(f[0:2] if d > 0 else f[2:4])
+        elif self.estimate_fn is not None:
+            g = self._grid(self.estimate_fn(t, t + d))
+        if g is not None:
+            self._step[key] = g
+            while len(self._step) > self._cache:
+                self._step.popitem(last=False)
+        return g
+
+    def __call__(self, q: int, r: int) -> torch.Tensor | None:
+        """Grid flow ``[2, h, w]`` from query ``q`` to reference ``r`` (None: not available)."""
+        if q == r:
+            return None
+        n = abs(r - q)
+        if n > self.max_chain:
+            if self.far == "none" or self.estimate_fn is None:
+                return None
+            return self._grid(self.estimate_fn(q, r))
+        d = 1 if r > q else -1
+        total = None
+        for i in range(n):
+            s = self.step(q + i * d, d)
+            if s is None:
+                return None
+            total = s.clone() if total is None else total + register(s[None], total[None])[0][0]
+        return total
+
+
+# --------------------------------------------------------------------------
+# Propagation
+# --------------------------------------------------------------------------
+
+def one_hot(labels: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
+    """Integer labels ``[H, W]`` (0..n-1) -> float ``[n, H, W]``."""
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return F.one_hot(lab.clamp(0, n - 1), n).permute(2, 0, 1).float()
+
+
+def _to_grid(probs: torch.Tensor, stride: int, how: str) -> torch.Tensor:
+    return align.down(probs, stride) if how == "size_aware" else align.naive_down(probs[None], stride)[0]
+
+
+def _to_pixels(probs: torch.Tensor, stride: int, size: tuple[int, int], how: str) -> torch.Tensor:
+    return align.up(probs[None], stride, size)[0] if how == "size_aware" else \
+        align.naive_up(probs[None], stride, size)[0]
+
+
+def propagate(order: Sequence[int], read_frame: Callable[[int], np.ndarray], given: Mapping[int, torch.Tensor],
+              features: FeatureFn, flows: FlowProvider | None, cfg: PropagationConfig,
+              device: Any = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
+    """Propagate labels along ``order`` (frame indices, e.g. ``range(1, T)``).
+
+    ``read_frame(t) -> uint8 [H, W, 3]``; ``given``: frame -> soft labels ``[o, H, W]`` (object
+    channels incl. background) for the long-term references (every one is in memory from the
+    start; a given frame met in ``order`` yields its given labels). Yields ``(t, probs [o, H, W])``
+    at the input resolution for every frame of ``order``."""
+    s = features.stride
+    mem_feat: dict[int, torch.Tensor] = {}
+    mem_lab: dict[int, torch.Tensor] = {}
+    size = None
+
+    def feat(t: int) -> torch.Tensor:
+        nonlocal size
+        img = torch.as_tensor(read_frame(t), device=device)
+        size = tuple(img.shape[:2])
+        return features(align.pad_to(img.permute(2, 0, 1), s).permute(1, 2, 0)[None])[0]
+
+    for t, lab in given.items():
+        mem_feat[t] = feat(t)
+        mem_lab[t] = _to_grid(lab.to(device).float(), s, cfg.align)
+    keep_long = set(given)
+    done: list[int] = []
+    for pos, t in enumerate(order):
+        if t in given:
+            probs = given[t].to(device).float()
+            done.append(t)
+            yield t, probs
+            continue
+        fq = feat(t)
+        refs = sorted(keep_long) + [done[-k] for k in cfg.short_term if k <= len(done)]
+        refs = list(dict.fromkeys(r for r in refs if r in mem_feat and r != t))
+        if not refs:
+            raise ValueError(f"frame {t}: no reference frame in memory (give at least one labelled frame)")
+        fr, lr, seen = [], [], []
+        for r in refs:
+            fl = flows(t, r) if (cfg.registration and flows is not None) else None
+            f_w, ok = register(torch.cat([mem_feat[r], mem_lab[r]], 0)[None], None if fl is None else fl[None])
+            fr.append(f_w[0, :mem_feat[r].shape[0]])
+            lr.append(f_w[0, mem_feat[r].shape[0]:])
+            seen.append(ok[0])
+        wts, idx = topk_affinity(fq, torch.stack(fr), torch.stack(seen), cfg.radius, cfg.topk, cfg.temperature,
+                                 cfg.similarity)
+        grid_probs = transfer(torch.stack(lr), wts, idx, cfg.radius)
+        probs = _to_pixels(grid_probs, s, size, cfg.align)
+        done.append(t)
+        mem_feat[t], mem_lab[t] = fq, grid_probs
+        if pos in cfg.long_term:
+            keep_long.add(t)
+        # forget what no later query can use: short-term frames beyond the largest offset
+        horizon = set(done[-max(cfg.short_term, default=0):]) if cfg.short_term else set()
+        for r in [r for r in mem_feat if r not in keep_long and r not in horizon]:
+            del mem_feat[r], mem_lab[r]
+        yield t, probs
+
+
+def propagate_sequence(T: int, read_frame: Callable[[int], np.ndarray], given: Mapping[int, torch.Tensor],
+                       features: FeatureFn, flows: FlowProvider | None, cfg: PropagationConfig,
+                       device: Any = "cpu", both_ways: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    """Labels for every frame ``0..T-1`` from the ``given`` frames: a forward pass over the whole
+    video, and (``both_ways``) a backward pass, averaged per frame. Forward-only when the only
+    given frame is the first. Yields ``(t, probs [o, H, W])`` in frame order (the backward
+    pass's results are kept on the CPU as uint8 until the forward pass reaches them)."""
+    if not both_ways or (list(given) == [0]):
+        yield from propagate(range(T), read_frame, given, features, flows, cfg, device)
+        return
+    back: dict[int, torch.Tensor] = {}
+    for t, p in propagate(range(T - 1, -1, -1), read_frame, given, features, flows, cfg, device):
+        back[t] = (p.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    for t, p in propagate(range(T), read_frame, given, features, flows, cfg, device):
+        b = back.pop(t).to(p.device).float() / 255.0
+        yield t, 0.5 * (p + b)
