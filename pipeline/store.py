@@ -124,6 +124,10 @@ class ArrayWriter:
     def __setitem__(self, key, value) -> None:
         self._arr[key] = np.asarray(value, dtype=self.spec.dtype)
 
+    def __getitem__(self, key) -> np.ndarray:
+        """What was written so far (read back from the staging array)."""
+        return self._arr[key]
+
     def __len__(self) -> int:
         return self.spec.shape[0]
 

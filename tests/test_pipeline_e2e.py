@@ -43,7 +43,7 @@ def project(tmp_path_factory):
     params["dataset"] = {"name": "demo", "root": "data/demo/raw", "layout": "davis",
                          "resolution": "480p", "sparse_gt": False}
     params["sequences"], params["protocol"] = ["demo-01", "demo-02"], "multi"
-    params["eval"]["methods"] = ["motion_baseline", "proposals", "corrector", "crf"]
+    params["eval"]["methods"] = ["motion_baseline", "proposals", "corrector", "propagate_gt", "propagate", "crf"]
     params["export"]["methods"] = ["motion_baseline", "crf"]
     params["selection_eval"]["figures"] = 1
     params["adapt"].update({"iterations": 3, "check_windows": 1, "log_every": 1})
@@ -130,6 +130,26 @@ def test_refinement_stages_run_and_name_the_backbone(project):
     assert sel["lineage"]["features"]["backbone"]["name"] == "mobilenetv2_imagenet"
 
 
+def test_propagation_stages_run_on_the_committed_mamp_checkpoint(project):
+    """propagate_gt (first-frame ground truth) and propagate (exemplars) write mask stores that the
+    evaluator reads, at the propagation size, naming the self-supervised MAMP backbone."""
+    proj, _, _ = project
+    from pipeline.store import open_artifact
+
+    gt = open_artifact(proj / "data/demo/propagate_gt/demo-01.zarr", "propagate_gt")
+    assert gt["labels"].shape == (6, 72, 128) and gt.attrs["backbone"]["name"] == "mamp"
+    assert gt.attrs["self_supervised"] is True and gt.attrs["backbone"]["substitute"] is False
+    frames = open_artifact(proj / "data/demo/frames/demo-01.zarr", "frames")
+    assert (gt["labels"][0] > 0).sum() > 0 and gt["probs"].shape[1] == frames.attrs["num_objects"]
+    pr = open_artifact(proj / "data/demo/propagate/demo-01.zarr", "propagate")
+    assert pr["probs"].shape == (6, 3, 72, 128) and pr["labels"].dtype == "uint8"
+    for method in ("propagate_gt", "propagate"):
+        summary = json.loads((proj / f"results/demo/{method}/summary.json").read_text())
+        assert 0.0 <= summary["J_mean"] <= 1.0
+    # propagation from the first frame's ground truth finds the objects well above chance
+    assert json.loads((proj / "results/demo/propagate_gt/summary.json").read_text())["J_mean"] > 0.3
+
+
 ADAPT_STAGES = ("adapt_corrector", "adapted@", "evaluate@adapted-", "metrics@adapted", "export@adapted-")
 
 
@@ -140,7 +160,8 @@ def _exp_run(proj, env, assignment):
 
 @pytest.mark.parametrize("assignment,first,allowed", [
     ("corrector.t=15", "exemplars@", ("exemplars@", "corrector@", "crf@", "evaluate@corrector-", "evaluate@crf-",
-                                      "metrics@corrector", "metrics@crf", "export@crf-") + ADAPT_STAGES),
+                                      "metrics@corrector", "metrics@crf", "export@crf-", "propagate@",
+                                      "evaluate@propagate-", "metrics@propagate") + ADAPT_STAGES),
     ("corrector.window=5", "corrector@", ("corrector@", "crf@", "evaluate@corrector-", "evaluate@crf-",
                                           "metrics@corrector", "metrics@crf", "export@crf-") + ADAPT_STAGES),
 ])

@@ -34,7 +34,7 @@ from . import align
 from .match import flow_to_grid, register, topk_affinity, transfer
 
 __all__ = ["PropagationConfig", "FeatureFn", "make_feature_fn", "FlowProvider", "propagate", "one_hot",
-           "propagate_sequence"]
+           "propagate_sequence", "FeatureCache"]
 
 
 @dataclass(frozen=True)
@@ -212,15 +212,55 @@ def _to_pixels(probs: torch.Tensor, stride: int, size: tuple[int, int], how: str
         align.naive_up(probs[None], stride, size)[0]
 
 
+class FeatureCache:
+    """Features of each frame computed once and kept on disk (a float16 memmap in a temporary
+    folder), so several propagation passes over a video cost one backbone pass and memory stays
+    flat in the video length. Call it like a ``feature_of(t)`` function; ``close()`` deletes it."""
+
+    def __init__(self, features: FeatureFn, read_frame: Callable[[int], np.ndarray], T: int, device: Any = "cpu"):
+        import tempfile
+
+        self.features, self.read_frame, self.T, self.device = features, read_frame, int(T), device
+        self._dir = tempfile.mkdtemp(prefix="mamp-features-")
+        self._mm: np.memmap | None = None
+        self._done = np.zeros(self.T, bool)
+
+    def __call__(self, t: int) -> torch.Tensor:
+        if self._mm is not None and self._done[t]:
+            return torch.from_numpy(np.asarray(self._mm[t], dtype=np.float32)).to(self.device)
+        f = _features_of(self.features, self.read_frame(t), self.device)
+        if self._mm is None:
+            import os
+
+            self._mm = np.lib.format.open_memmap(os.path.join(self._dir, "features.npy"), mode="w+",
+                                                 dtype=np.float16, shape=(self.T, *f.shape))
+        self._mm[t] = f.cpu().numpy().astype(np.float16)
+        self._done[t] = True
+        return torch.from_numpy(np.asarray(self._mm[t], dtype=np.float32)).to(self.device)
+
+    def close(self) -> None:
+        import shutil
+
+        self._mm = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _features_of(features: FeatureFn, img: np.ndarray, device: Any) -> torch.Tensor:
+    x = torch.as_tensor(img, device=device)
+    return features(align.pad_to(x.permute(2, 0, 1), features.stride).permute(1, 2, 0)[None])[0]
+
+
 def propagate(order: Sequence[int], read_frame: Callable[[int], np.ndarray], given: Mapping[int, torch.Tensor],
               features: FeatureFn, flows: FlowProvider | None, cfg: PropagationConfig,
-              device: Any = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
+              device: Any = "cpu", feature_of: Callable[[int], torch.Tensor] | None = None
+              ) -> Iterator[tuple[int, torch.Tensor]]:
     """Propagate labels along ``order`` (frame indices, e.g. ``range(1, T)``).
 
     ``read_frame(t) -> uint8 [H, W, 3]``; ``given``: frame -> soft labels ``[o, H, W]`` (object
     channels incl. background) for the long-term references (every one is in memory from the
     start; a given frame met in ``order`` yields its given labels). Yields ``(t, probs [o, H, W])``
-    at the input resolution for every frame of ``order``."""
+    at the input resolution for every frame of ``order``. ``feature_of(t)``: features of frame t
+    (e.g. a :class:`FeatureCache`); default: ``features`` applied to ``read_frame(t)``."""
     s = features.stride
     mem_feat: dict[int, torch.Tensor] = {}
     mem_lab: dict[int, torch.Tensor] = {}
@@ -228,9 +268,9 @@ def propagate(order: Sequence[int], read_frame: Callable[[int], np.ndarray], giv
 
     def feat(t: int) -> torch.Tensor:
         nonlocal size
-        img = torch.as_tensor(read_frame(t), device=device)
-        size = tuple(img.shape[:2])
-        return features(align.pad_to(img.permute(2, 0, 1), s).permute(1, 2, 0)[None])[0]
+        if size is None:
+            size = tuple(read_frame(t).shape[:2])
+        return feature_of(t) if feature_of is not None else _features_of(features, read_frame(t), device)
 
     for t, lab in given.items():
         mem_feat[t] = feat(t)
@@ -272,17 +312,19 @@ def propagate(order: Sequence[int], read_frame: Callable[[int], np.ndarray], giv
 
 def propagate_sequence(T: int, read_frame: Callable[[int], np.ndarray], given: Mapping[int, torch.Tensor],
                        features: FeatureFn, flows: FlowProvider | None, cfg: PropagationConfig,
-                       device: Any = "cpu", both_ways: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+                       device: Any = "cpu", both_ways: bool = True,
+                       feature_of: Callable[[int], torch.Tensor] | None = None
+                       ) -> Iterator[tuple[int, torch.Tensor]]:
     """Labels for every frame ``0..T-1`` from the ``given`` frames: a forward pass over the whole
     video, and (``both_ways``) a backward pass, averaged per frame. Forward-only when the only
     given frame is the first. Yields ``(t, probs [o, H, W])`` in frame order (the backward
     pass's results are kept on the CPU as uint8 until the forward pass reaches them)."""
     if not both_ways or (list(given) == [0]):
-        yield from propagate(range(T), read_frame, given, features, flows, cfg, device)
+        yield from propagate(range(T), read_frame, given, features, flows, cfg, device, feature_of)
         return
     back: dict[int, torch.Tensor] = {}
-    for t, p in propagate(range(T - 1, -1, -1), read_frame, given, features, flows, cfg, device):
+    for t, p in propagate(range(T - 1, -1, -1), read_frame, given, features, flows, cfg, device, feature_of):
         back[t] = (p.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    for t, p in propagate(range(T), read_frame, given, features, flows, cfg, device):
+    for t, p in propagate(range(T), read_frame, given, features, flows, cfg, device, feature_of):
         b = back.pop(t).to(p.device).float() / 255.0
         yield t, 0.5 * (p + b)
