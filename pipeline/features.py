@@ -120,6 +120,12 @@ BACKBONES: dict[str, dict[str, Any]] = {
         "url": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/"
                "dino_deitsmall8_pretrain.pth",
     },
+    "mamp": {
+        "kind": "mamp", "arch": "MAMP modified ResNet-18, stride 4 (pipeline/mamp/model.py)",
+        "dim": 256, "stride": 4, "self_supervised": True, "substitute": False,
+        "pretraining": "MAMP Lab-colour reconstruction on unlabeled video, trained by this project (no labels)",
+        "cache_files": (), "default_file": "checkpoints/mamp.pt",
+    },
     "mobilenetv2_imagenet": {
         "kind": "mobilenet", "arch": "torchvision.models.mobilenet_v2 (features[:18])",
         "dim": 32 + 96 + 320, "stride": 8, "self_supervised": False, "substitute": True,
@@ -257,6 +263,14 @@ def resolve_backbone_weights(name: str, weights: str | os.PathLike | None = None
     naming every place tried, or :class:`BackboneChecksumError`.
     """
     spec = _spec(name)
+    if spec["kind"] == "mamp":  # the project's own checkpoint: a file, never a download
+        from .config import project_path
+
+        p = project_path(weights if weights is not None and str(weights).strip() else spec["default_file"])
+        if not p.is_file():
+            raise BackboneUnavailableError(f"backbone mamp: checkpoint {p} not found (train it with `dvc repro "
+                                           f"training/dvc.yaml:train_mamp` or set features.weights)")
+        return p, "project checkpoint"
     if weights is not None and str(weights).strip():
         p = Path(weights).expanduser()
         if p.is_file():
@@ -629,6 +643,10 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, device: 
     digest = _verify(path)
     info = {"weights_path": str(path), "weights_sha256": digest, "source": source,
             "weights_verified": KNOWN_SHA256.get(path.name) == digest}
+    if spec["kind"] == "mamp":
+        from .mamp.backbone import MampBackbone
+
+        return MampBackbone.from_checkpoint(path, info).to(resolve_device(device))
     state = _load_file(path)
     if spec["kind"] == "vit":
         bb: Backbone = _vit_backbone(name, state, info)

@@ -219,3 +219,32 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         load_mamp(trunc)
     with pytest.raises(MampCheckpointError):
         make_feature_fn("mamp", checkpoint=str(tmp_path / "nope.pt"))
+
+
+# ---- the committed checkpoint as a features backbone -----------------------------
+
+def test_committed_checkpoint_is_a_self_supervised_features_backbone():
+    from pipeline.features import build_backbone
+
+    bb = build_backbone("mamp")
+    x = torch.randn(2, 3, 64, 90)
+    tok = bb(x)
+    assert tok.shape == (2, 256, 16, 23) == (2, bb.dim, *bb.grid(64, 90))
+    d = bb.describe()
+    assert d["self_supervised"] is True and d["substitute"] is False and len(d["weights_sha256"]) == 64
+    assert d["training"]["iterations"] > 0
+    # same tokens as the plain encoder on the equivalent uint8 frames
+    from pipeline.features import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.mamp.model import encode_frames
+
+    rgb = (torch.rand(1, 64, 92, 3) * 255).round()
+    xn = (rgb.permute(0, 3, 1, 2) / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / \
+        torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    assert torch.allclose(bb(xn), encode_frames(bb.encoder, rgb.to(torch.uint8)), atol=1e-3)
+
+
+def test_missing_mamp_backbone_weights_is_an_error(tmp_path):
+    from pipeline.features import BackboneUnavailableError, build_backbone
+
+    with pytest.raises(BackboneUnavailableError, match="not found"):
+        build_backbone("mamp", weights=tmp_path / "none.pt")

@@ -53,6 +53,12 @@ VARIANTS = {  # name -> (backbone, overrides of the mamp params)
 }
 
 
+UNSUP_VARIANTS = {  # unsupervised `propagate` (exemplars as references)
+    "propagate": ("mamp", {}),
+    "propagate_noreg": ("mamp", {"registration": False}),
+}
+
+
 def read_video(d: Path) -> list[np.ndarray]:
     files = sorted(p for p in d.iterdir() if p.suffix in (".webp", ".jpg", ".png"))
     return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in files]
@@ -80,21 +86,26 @@ def dis_flows(frames: list[np.ndarray], pairs: list[tuple[int, int]], workers: i
 _FEATS: dict = {}
 
 
+def _setup(variant: tuple, mp: dict, checkpoint: str | None, threads: int):
+    """(device, params, propagation config, backbone) of a variant in a worker (backbones kept loaded)."""
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone, over = variant
+    p = {**mp, **over}
+    cfg = PropagationConfig.from_params(p, temperature=float(mp["temperature"][backbone]))
+    if backbone not in _FEATS:
+        _FEATS[backbone] = make_feature_fn(backbone, dev, checkpoint=checkpoint, amp=bool(mp["amp"]))
+    return dev, p, cfg, _FEATS[backbone]
+
+
 def job(name: str, seq: str, frames_dir: str, masks_dir: str, mp: dict, checkpoint: str | None,
         max_frames: int | None, threads: int) -> dict:
     """One (variant, sequence): DIS flows, propagation from frame 0's ground truth, J / F at 480p.
     Runs in a worker process that keeps each variant's backbone loaded."""
     from pipeline.metrics import evaluate_sequence
 
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone, over = VARIANTS[name]
-    p = {**mp, **over}
-    cfg = PropagationConfig.from_params(p, temperature=float(mp["temperature"][backbone]))
-    if backbone not in _FEATS:
-        _FEATS[backbone] = make_feature_fn(backbone, dev, checkpoint=checkpoint, amp=bool(mp["amp"]))
-    feats = _FEATS[backbone]
+    dev, p, cfg, feats = _setup(VARIANTS[name], mp, checkpoint, threads)
     frames = read_video(Path(frames_dir) / seq)[:max_frames]
     gt = read_masks(Path(masks_dir) / f"{seq}.npz")[:max_frames]
     T, (h, w) = len(frames), frames[0].shape[:2]
@@ -136,6 +147,61 @@ def job(name: str, seq: str, frames_dir: str, masks_dir: str, mp: dict, checkpoi
             "row": row, "backbone": feats.describe, "config": cfg.__dict__}
 
 
+def job_unsup(name: str, seq: str, frames_dir: str, masks_dir: str, unsup_dir: str, mp: dict,
+              checkpoint: str | None, threads: int) -> dict:
+    """Unsupervised ``propagate`` of one sequence: each proposal slot's exemplar frames (proposal
+    masks) propagated forward and backward, averaged; J / F of the label map (single-object
+    protocol, as the pipeline's evaluate); probabilities returned at the proposals' size, uint8."""
+    from pipeline.metrics import evaluate_sequence
+
+    dev, p, cfg, feats = _setup(UNSUP_VARIANTS[name], mp, checkpoint, threads)
+    frames = read_video(Path(frames_dir) / seq)
+    gt = read_masks(Path(masks_dir) / f"{seq}.npz")
+    z = np.load(Path(unsup_dir) / f"{seq}.npz")
+    lab_p, ex = z["labels"], z["exemplars"]
+    T, (h, w) = len(frames), frames[0].shape[:2]
+    K = ex.shape[0]
+    refs = {k: sorted(int(f) for f in ex[k] if f >= 0) for k in range(K)}
+    t0 = time.perf_counter()
+    flows = {}
+    if cfg.registration:
+        pairs = {(t, t + d) for t in range(T) for d in (-1, 1) if 0 <= t + d < T}
+        if p.get("far_flow", "direct") == "direct":
+            pairs |= {(t, f) for k in range(K) for f in refs[k] for t in range(T) if abs(t - f) > int(mp["max_chain"])}
+        flows = dis_flows(frames, sorted(pairs), threads)
+    t_flow = time.perf_counter() - t0
+
+    def estimate(a, b):
+        if (a, b) not in flows:
+            flows.update(dis_flows(frames, [(a, b)], 1))
+        return flows[(a, b)]
+
+    hp, wp = lab_p.shape[1:]
+    probs = np.zeros((T, K, hp, wp), np.uint8)
+    small = np.zeros((T, K, h, w), np.float32)
+    t0 = time.perf_counter()
+    for k in range(K):
+        if not refs[k]:
+            small[:, k] = np.stack([cv2.resize((lab_p[t] == k + 1).astype(np.float32), (w, h),
+                                               interpolation=cv2.INTER_NEAREST) for t in range(T)])
+            continue
+        given = {f: one_hot(cv2.resize((lab_p[f] == k + 1).astype(np.uint8), (w, h),
+                                       interpolation=cv2.INTER_NEAREST), 2) for f in refs[k]}
+        fp = FlowProvider(feats.stride, estimate=estimate, max_chain=int(mp["max_chain"]), device=dev,
+                          far=p.get("far_flow", "direct"))
+        for t, pr in propagate_sequence(T, lambda i: frames[i], given, feats, fp, cfg, dev):
+            small[t, k] = pr[1].float().cpu().numpy()
+    t_prop = time.perf_counter() - t0
+    thr = float(mp["threshold"])
+    labels = np.where(small.max(1) > thr, small.argmax(1) + 1, 0).astype(np.uint8)
+    for t in range(T):
+        for k in range(K):
+            probs[t, k] = np.round(cv2.resize(small[t, k], (wp, hp), interpolation=cv2.INTER_AREA) * 255)
+    row = evaluate_sequence(labels, gt.astype(np.uint8), protocol="single", sequence=seq).row()
+    return {"variant": name, "sequence": seq, "T": T, "t_prop": t_prop, "t_flow": t_flow, "peak_mib": None,
+            "row": row, "backbone": feats.describe, "config": cfg.__dict__, "probs": probs}
+
+
 def summarize_variant(name: str, jobs: list[dict]) -> dict:
     from pipeline.metrics import summarize_rows
 
@@ -149,6 +215,54 @@ def summarize_variant(name: str, jobs: list[dict]) -> dict:
             "peak_gpu_mib_by_length": sorted((j["T"], j["peak_mib"]) for j in jobs), "rows": rows}
 
 
+def run_jobs(procs: int, variants: list[str], calls: list[tuple]) -> dict[str, list]:
+    """Run ``fn(*args)`` for every ``(fn, *args)`` in spawned worker processes; results by variant."""
+    import multiprocessing as mp
+
+    done: dict[str, list] = {v: [] for v in variants}
+    with ProcessPoolExecutor(procs, mp_context=mp.get_context("spawn")) as pool:
+        for f in [pool.submit(*c) for c in calls]:
+            r = f.result()
+            done[r["variant"]].append(r)
+            print(f"  {r['variant']} {r['sequence']}: J {r['row']['J_mean']:.3f} ({r['T']} frames, "
+                  f"{r['t_prop'] / r['T'] * 1000:.0f} ms/frame)", flush=True)
+    return done
+
+
+def run_unsup(a, seqs, params, ckpt, out: Path, machine: str) -> None:
+    """Unsupervised variants: J per variant, and the probabilities (uint8, proposals' size) packed
+    into npz files of at most ~14 MB each (``probs_<variant>_<i>.npz``, one array per sequence)."""
+    import io
+    variants = a.variants.split(",")
+    done = run_jobs(a.procs, variants, [(job_unsup, v, s_, a.frames, a.masks, a.unsup, params["mamp"], ckpt,
+                                         max(1, a.workers // a.procs)) for v in variants for s_ in seqs])
+    results = []
+    for v in variants:
+        group, size, part = {}, 0, 0
+        for r in done[v]:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, p=r.pop("probs"))
+            if size + buf.tell() > 14e6 and group:
+                (out / f"probs_{v}_{part}.npz").write_bytes(_pack(group))
+                group, size, part = {}, 0, part + 1
+            group[r["sequence"]] = buf.getvalue()
+            size += buf.tell()
+        if group:
+            (out / f"probs_{v}_{part}.npz").write_bytes(_pack(group))
+        results.append(summarize_variant(v, done[v]))
+        print(f"{v}: J {results[-1]['J']:.3f} F {results[-1]['F']:.3f} J&F {results[-1]['JF']:.3f}", flush=True)
+    (out / "propagate_unsup.json").write_text(json.dumps(
+        {"machine": machine, "sequences": seqs, "results": results}, indent=2, default=str))
+
+
+def _pack(group: dict) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.frombuffer(v, np.uint8) for k, v in group.items()})
+    return buf.getvalue()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="MAMP GPU recipe (train + label propagation)")
     ap.add_argument("--frames", required=True)
@@ -159,6 +273,8 @@ def main() -> None:
     ap.add_argument("--sequences", nargs="*", default=None)
     ap.add_argument("--variants", default="mamp,mamp_noreg,mobilenetv2_imagenet,lab")
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    ap.add_argument("--unsup", default=None, help="folder of <seq>.npz (proposal labels, exemplar frames): "
+                    "run the unsupervised propagate variants instead")
     ap.add_argument("--procs", type=int, default=8, help="evaluation worker processes")
     ap.add_argument("--train-dir", default="/tmp/mamp_train")
     ap.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each video (smoke)")
@@ -192,19 +308,13 @@ def main() -> None:
         shutil.copy(Path(a.train_dir) / "metrics.json", out / "train_metrics.json")
         ckpt = str(out / "mamp.pt")
     seqs = a.sequences or sorted(p.name for p in Path(a.frames).iterdir() if p.is_dir())
+    if a.unsup:
+        run_unsup(a, seqs, params, ckpt, out, machine)
+        return
     variants = a.variants.split(",")
-    import multiprocessing as mp
-
     t0 = time.perf_counter()
-    done: dict[str, list] = {v: [] for v in variants}
-    with ProcessPoolExecutor(a.procs, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(job, v, s_, a.frames, a.masks, params["mamp"], ckpt, a.max_frames,
-                            max(1, a.workers // a.procs)) for v in variants for s_ in seqs]
-        for f in futs:
-            r = f.result()
-            done[r["variant"]].append(r)
-            print(f"  {r['variant']} {r['sequence']}: J {r['row']['J_mean']:.3f} ({r['T']} frames, "
-                  f"{r['t_prop'] / r['T'] * 1000:.0f} ms/frame)", flush=True)
+    done = run_jobs(a.procs, variants, [(job, v, s_, a.frames, a.masks, params["mamp"], ckpt, a.max_frames,
+                                         max(1, a.workers // a.procs)) for v in variants for s_ in seqs])
     results = [summarize_variant(v, done[v]) for v in variants]
     for r in results:
         print(f"{r['variant']}: J {r['J']:.3f} F {r['F']:.3f} J&F {r['JF']:.3f}", flush=True)

@@ -108,3 +108,4 @@ def load_mamp(path: str | os.PathLike, device: Any = "cpu") -> tuple[MampEncoder
     enc.load_state_dict(decode_state(doc["state"]), strict=True)
     header = {k: v for k, v in doc.items() if k != "state"}
     return enc.to(resolve_device(device)).eval(), header
+
