@@ -26,7 +26,7 @@ app.add_typer(ckpt_app, name="checkpoints")
 
 # model -> (params section whose `export` names the trained file, published name)
 PUBLISHABLE = {"oclr": ("oclr", "oclr_cpu.pt"), "selector": ("train_selector", "selector_cpu.pt"),
-               "corrector": ("train_corrector", "corrector_cpu.pt")}
+               "corrector": ("train_corrector", "corrector_cpu.pt"), "mamp": ("train_mamp", "mamp.pt")}
 
 
 def _fail(msg: str) -> None:

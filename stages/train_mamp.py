@@ -2,7 +2,8 @@
 
 Outputs: ``data/mamp/train/`` (``last.pt``, ``export.json``; persisted by DVC so a rerun resumes),
 ``results/mamp/`` (``train_curve.csv``: DVC plots; ``metrics.json``: DVC metrics) and the exported
-checkpoint (``train_mamp.export``, default ``checkpoints/mamp.pt``). Reads only ``train_mamp``.
+checkpoint (``train_mamp.export``, default ``data/mamp/mamp.pt``; ``motionseg checkpoints publish mamp``
+copies it into ``checkpoints/``). Reads only ``train_mamp``.
 The published checkpoint was made by this code on a GPU (``bench/gpu/mamp_gpu.py``, sidecar
 ``checkpoints/mamp.json``); on a CPU the same stage runs, slowly, within ``time_budget_s``.
 """

@@ -156,7 +156,8 @@ def job_unsup(name: str, seq: str, frames_dir: str, masks_dir: str, unsup_dir: s
 
     dev, p, cfg, feats = _setup(UNSUP_VARIANTS[name], mp, checkpoint, threads)
     frames = read_video(Path(frames_dir) / seq)
-    gt = read_masks(Path(masks_dir) / f"{seq}.npz")
+    mask_file = Path(masks_dir) / f"{seq}.npz" if masks_dir else None
+    gt = read_masks(mask_file) if mask_file is not None and mask_file.exists() else None
     z = np.load(Path(unsup_dir) / f"{seq}.npz")
     lab_p, ex = z["labels"], z["exemplars"]
     T, (h, w) = len(frames), frames[0].shape[:2]
@@ -197,7 +198,9 @@ def job_unsup(name: str, seq: str, frames_dir: str, masks_dir: str, unsup_dir: s
     for t in range(T):
         for k in range(K):
             probs[t, k] = np.round(cv2.resize(small[t, k], (wp, hp), interpolation=cv2.INTER_AREA) * 255)
-    row = evaluate_sequence(labels, gt.astype(np.uint8), protocol="single", sequence=seq).row()
+    nan = float("nan")  # no ground truth here: evaluated later by the project's evaluate stage
+    row = evaluate_sequence(labels, gt.astype(np.uint8), protocol="single", sequence=seq).row() \
+        if gt is not None else {"sequence": seq, "n_objects": 1, "J_mean": nan, "F_mean": nan, "JF_mean": nan}
     return {"variant": name, "sequence": seq, "T": T, "t_prop": t_prop, "t_flow": t_flow, "peak_mib": None,
             "row": row, "backbone": feats.describe, "config": cfg.__dict__, "probs": probs}
 
@@ -266,7 +269,7 @@ def _pack(group: dict) -> bytes:
 def main() -> None:
     ap = argparse.ArgumentParser(description="MAMP GPU recipe (train + label propagation)")
     ap.add_argument("--frames", required=True)
-    ap.add_argument("--masks", required=True)
+    ap.add_argument("--masks", default=None, help="<seq>.npz ground-truth masks (required without --unsup)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--train-seconds", type=float, default=300)
     ap.add_argument("--checkpoint", default=None, help="skip training, use this MAMP checkpoint")
