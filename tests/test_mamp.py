@@ -221,6 +221,17 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         make_feature_fn("mamp", checkpoint=str(tmp_path / "nope.pt"))
 
 
+def test_corrupted_weights_are_refused(tmp_path):
+    from pathlib import Path
+
+    doc = torch.load(Path(__file__).resolve().parents[1] / "checkpoints/mamp.pt", weights_only=True)
+    name = next(iter(doc["state"]))
+    doc["state"][name] = doc["state"][name] + 1  # flipped values, intact container
+    torch.save(doc, tmp_path / "flipped.pt")
+    with pytest.raises(MampCheckpointError, match="checksum"):
+        load_mamp(tmp_path / "flipped.pt")
+
+
 # ---- the committed checkpoint as a features backbone -----------------------------
 
 def test_committed_checkpoint_is_a_self_supervised_features_backbone():

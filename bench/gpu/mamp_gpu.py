@@ -16,6 +16,9 @@ One command on a GPU machine (what a lent H200 ran; everything also runs on CPU,
 
     python bench/gpu/mamp_gpu.py --frames .gpu/b/davis240 --masks .gpu/a/davis_masks \
         --out $OUT --train-seconds 300
+
+The GPU image has no zarr: carry the wheels of zarr, numcodecs, donfig and google-crc32c (the
+store helpers write the metrics and checksums; the MobileNetV2 backbone imports the store module).
 """
 
 from __future__ import annotations

@@ -211,12 +211,12 @@ def _propagate_slots(v: _Video, K: int, refs: dict, labels_p, probs_w, feats: Fe
                      p: Mapping, dev, cache: FeatureCache) -> None:
     """Each slot separately (binary propagation, forward + backward); the probabilities go straight
     to the store, so memory does not grow with K."""
+    flows = v.flows(feats, p, dev)
     for k in range(K):
         if not refs[k]:
             for t in range(v.T):
                 probs_w[t, k] = v.mask(np.asarray(labels_p[t]) == k + 1).astype(np.float16)
             continue
         given = {f: one_hot(v.mask(np.asarray(labels_p[f]) == k + 1), 2) for f in refs[k]}
-        for t, pr in propagate_sequence(v.T, v.frame, given, feats, v.flows(feats, p, dev), cfg, dev,
-                                        feature_of=cache):
+        for t, pr in propagate_sequence(v.T, v.frame, given, feats, flows, cfg, dev, feature_of=cache):
             probs_w[t, k] = pr[1].float().cpu().numpy().astype(np.float16)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ..models.training import decode_state, resolve_device
+from ..models.training import decode_state, resolve_device, weights_sha256
 from .lab import lab_normalize, rgb_to_lab
 
 __all__ = ["MampEncoder", "EXPORT_FORMAT", "STRIDE", "load_mamp", "MampCheckpointError", "encode_frames"]
@@ -104,6 +104,8 @@ def load_mamp(path: str | os.PathLike, device: Any = "cpu") -> tuple[MampEncoder
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise MampCheckpointError(f"{path}: not a MAMP checkpoint (format {found!r}, expected "
                                   f"{EXPORT_FORMAT!r})")
+    if weights_sha256(doc["state"]) != doc.get("weights_sha256"):
+        raise MampCheckpointError(f"{path}: weights checksum mismatch (corrupted file)")
     enc = MampEncoder(tuple(doc["model_config"]["widths"]))
     enc.load_state_dict(decode_state(doc["state"]), strict=True)
     header = {k: v for k, v in doc.items() if k != "state"}

@@ -21,7 +21,6 @@ and a few adjacent flows, are held.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -150,6 +149,7 @@ class FlowProvider:
         if far not in ("direct", "none"):
             raise ValueError(f"far must be 'direct' or 'none', got {far!r}")
         self._step: OrderedDict = OrderedDict()  # (t, +-1) -> grid flow [2, h, w]
+        self._chain: tuple = (None, [])
         self._cache = int(cache)
 
     def _grid(self, f: np.ndarray) -> torch.Tensor:
@@ -184,13 +184,15 @@ class FlowProvider:
                 return None
             return self._grid(self.estimate_fn(q, r))
         d = 1 if r > q else -1
-        total = None
-        for i in range(n):
-            s = self.step(q + i * d, d)
+        if self._chain[0] != (q, d):  # composed flows q -> q + i d, i = 1.., shared by this query's references
+            self._chain = ((q, d), [])
+        chain = self._chain[1]
+        while len(chain) < n:
+            s = self.step(q + len(chain) * d, d)
             if s is None:
                 return None
-            total = s.clone() if total is None else total + register(s[None], total[None])[0][0]
-        return total
+            chain.append(s.clone() if not chain else chain[-1] + register(s[None], chain[-1][None])[0][0])
+        return chain[n - 1]
 
 
 # --------------------------------------------------------------------------

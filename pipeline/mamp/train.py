@@ -295,24 +295,17 @@ def _train(cfg: dict, out_dir, resume: bool, progress: bool, log_dir, videos) ->
          "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
          "param_count": n_params, "videos": len(videos), "frames": n_frames,
          "last": loop.last_row}
-    _write_json(log_dir / "metrics.json", m)
+    from ..store import write_json_atomic
+
+    write_json_atomic(log_dir / "metrics.json", m)
     return m
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write without importing the Zarr store module (GPU machines lack zarr)."""
-    import json
-
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16: bool = True,
                       max_mb: float | None = 25.0, machine: str | None = None) -> dict:
     """The small inference checkpoint of ``last_pt`` (fp16) at ``path``; returns its summary
     (encoding, bytes, sha256 of the weights and of the file, iterations, hours, data, machine)."""
-    import hashlib
+    from ..store import sha256_file
 
     last_pt, path = Path(last_pt), Path(path)
     if not last_pt.exists():
@@ -328,6 +321,5 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
                                      "seed")}
     doc = write_export(EXPORT_FORMAT, ck["model"], {"model_config": ck["model_config"], "train": train,
                        "summary": summary}, path, fp16=fp16, max_mb=max_mb, what="MAMP")
-    h = hashlib.sha256(path.read_bytes()).hexdigest()
     return {"path": str(path), "encoding": doc["encoding"], "bytes": path.stat().st_size,
-            "weights_sha256": doc["weights_sha256"], "file_sha256": h, **summary}
+            "weights_sha256": doc["weights_sha256"], "file_sha256": sha256_file(path), **summary}
