@@ -1,6 +1,6 @@
 """Corrector inference: seconds per frame on CPU (random weights; timing only).
 
-Runs `pipeline.correct.correct_sequence` over a random sequence at 128 x 224 with
+Runs `pipeline.corrector.infer.correct_sequence` over a random sequence at 128 x 224 with
 K = 3 objects, t = 10 exemplars per object (30 distinct exemplar frames) and
 16 x 28 x 448 tokens (the MobileNetV2 substitute's grid), for the `cpu` and
 `paper` presets, each in a fresh process (peak RSS per preset). Reports wall and
@@ -22,8 +22,8 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
-from pipeline.correct import correct_sequence
-from pipeline.models.corrector import Corrector, CorrectorConfig
+from pipeline.corrector.infer import correct_sequence
+from pipeline.corrector.model import Corrector, CorrectorConfig
 preset, T, threads, C, hh, ww = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), 16, 28
 torch.set_num_threads(threads)
 torch.manual_seed(0)

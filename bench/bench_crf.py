@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pipeline.core.store import open_artifact
 from pipeline.crf import (
     CRFConfig,
     dense_crf,
@@ -36,7 +37,6 @@ from pipeline.crf import (
     refine_sequence,
     upsample_probs,
 )
-from pipeline.store import open_artifact
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "crf.json")
 

@@ -32,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import features as FT  # noqa: E402
-from pipeline.store import open_artifact  # noqa: E402
+from pipeline import features as FT
+from pipeline.core.store import open_artifact
 
 
 def _sync(dev: torch.device) -> None:

@@ -34,7 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import flow as F  # noqa: E402
+from pipeline import flow as F
+from pipeline.weights import raft as W  # noqa: E402  # noqa: E402
 
 DAVIS = ROOT.parent / "shared" / "datasets" / "davis2016-train"
 WORK = (128, 224)
@@ -277,7 +278,7 @@ def main(argv=None):
     for m in a.methods:
         try:
             ests[m] = F.build_flow_estimator(m, iters=20, device="cpu", allow_download=False)
-        except F.WeightsNotFoundError as e:
+        except W.WeightsNotFoundError as e:
             print(f"skipping {m}: {str(e).splitlines()[0]}")
     result = {"machine": machine_info(a.threads),
               "estimators": {k: v.describe() for k, v in ests.items()},

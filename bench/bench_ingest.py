@@ -20,8 +20,8 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from pipeline.config import DatasetConfig
-from pipeline.io import ingest_sequence
+from pipeline.core.config import DatasetConfig
+from pipeline.core.io import ingest_sequence
 root, seq, out = sys.argv[1], sys.argv[2], sys.argv[3]
 ds = DatasetConfig(name="bench", root=root)
 t0 = time.perf_counter()
@@ -40,8 +40,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out/ingest.json")
     a = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pipeline.config import DatasetConfig, list_sequences
-    from pipeline.io import discover
+    from pipeline.core.config import DatasetConfig, list_sequences
+    from pipeline.core.io import discover
 
     ds = DatasetConfig(name="bench", root=a.root)
     seqs = a.sequences.split(",") if a.sequences else list_sequences(ds)

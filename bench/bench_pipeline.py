@@ -1,8 +1,9 @@
 """Whole-pipeline cost by stage: wall seconds per frame and peak memory of every inference stage.
 
-Runs the stage entry points one after the other, each in a fresh process (as DVC does), on one
-sequence, inside a scratch project root (a copy of params.yaml with absolute paths, links to
-stages/, checkpoints/), so the project's own data/ is never touched. Peak memory = each child's
+Runs the stages one after the other, each in a fresh process (as DVC does: ``python -m
+pipeline.stages STAGE bench``), on a one-sequence dataset ``bench`` (the chosen sequence of the
+dataset, linked) inside a scratch project root (params.yaml, checkpoints/), so the project's own
+data/ is never touched. Peak memory = each child's
 maximum resident set size (GNU ``time -f %M``), which includes torch's own ~0.5 GB.
 
     python bench/bench_pipeline.py --sequence bear --flow dis --out bench/out/pipeline_bear.json
@@ -30,7 +31,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["frames", "flow", "proposals", "features", "selector", "exemplars", "corrector", "adapt_corrector",
           "adapted", "crf"]
-COMMANDS = {"adapt_corrector": ["stages/adapt_corrector.py"], "adapted": ["stages/corrector.py", "{seq}", "--adapted"]}
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
@@ -57,43 +57,45 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON file for the figures")
     args = ap.parse_args(argv)
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
     sys.path.insert(0, str(ROOT))
-    from pipeline.config import KNOWN_DATASETS
+    from pipeline.core.config import DatasetConfig
+    from pipeline.stages.base import load_dataset_params
 
-    if args.dataset in KNOWN_DATASETS:
-        spec = dict(KNOWN_DATASETS[args.dataset])
-        protocol = spec.pop("protocol", params.get("protocol"))
-        params["dataset"] = spec
-        params["protocol"] = protocol
-    root_path = Path(params["dataset"]["root"])
-    params["dataset"]["root"] = str(root_path if root_path.is_absolute() else (ROOT / root_path).resolve())
-    params["sequences"] = [args.sequence]
-    params["flow"]["method"] = args.flow
-    params["crf"]["max_side"] = args.crf_max_side
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    src = load_dataset_params(args.dataset, ROOT)["dataset"]
+    ds = DatasetConfig.from_params({"dataset": src})
+    overrides = {"flow": {"method": args.flow}, "crf": {"max_side": args.crf_max_side}}
     if args.adapt_iterations is not None:
-        params["adapt"]["iterations"] = args.adapt_iterations
-    for sect in ("proposals", "selector", "corrector"):
+        overrides["adapt"] = {"iterations": args.adapt_iterations}
+    for sect in ("proposals", "selector", "corrector", "mamp"):
         params[sect]["checkpoint"] = str(ROOT / params[sect]["checkpoint"])
-
+    protocol = src.get("protocol", "multi")
     results: dict = {"dataset": args.dataset, "sequence": args.sequence, "flow": args.flow,
                      "crf_max_side": args.crf_max_side, "threads": args.threads,
                      "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}, "stages": {}}
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         tmp = Path(tmp)
         (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        for d in ("stages", "checkpoints", "pipeline"):
-            os.symlink(ROOT / d, tmp / d)
+        os.symlink(ROOT / "checkpoints", tmp / "checkpoints")
+        raw = tmp / "raw" / "JPEGImages" / "480p"
+        raw.mkdir(parents=True)
+        os.symlink(ds.image_dir() / args.sequence, raw / args.sequence)
+        if (ds.image_dir("Annotations") / args.sequence).is_dir():
+            (tmp / "raw" / "Annotations" / "480p").mkdir(parents=True)
+            os.symlink(ds.image_dir("Annotations") / args.sequence, tmp / "raw" / "Annotations" / "480p" / args.sequence)
+        (tmp / "datasets" / "bench").mkdir(parents=True)
+        (tmp / "datasets" / "bench" / "dataset.yaml").write_text(yaml.safe_dump(
+            {"dataset": {"name": "bench", "root": "raw", "layout": "davis", "resolution": "480p",
+                         "sparse_gt": ds.sparse_gt, "protocol": protocol}, **overrides}))
         env = {**os.environ, "MOTIONSEG_ROOT": str(tmp), "OMP_NUM_THREADS": str(args.threads),
                "PYTHONPATH": str(ROOT)}
         T = None
         for stage in STAGES:
-            cmd = [c.format(seq=args.sequence) for c in COMMANDS.get(stage, [f"stages/{stage}.py", "{seq}"])]
-            wall, peak = run([sys.executable, *cmd], tmp, env)
+            wall, peak = run([sys.executable, "-m", "pipeline.stages", stage, "bench"], tmp, env)
             if T is None:
                 import zarr
 
-                T = zarr.open_group(str(tmp / "data" / params["dataset"]["name"] / "frames" /
+                T = zarr.open_group(str(tmp / "data" / "bench" / "frames" /
                                         f"{args.sequence}.zarr"), mode="r")["rgb"].shape[0]
             results["stages"][stage] = {"wall_s": round(wall, 2), "s_per_frame": round(wall / T, 4),
                                         "peak_rss_mb": round(peak)}

@@ -29,13 +29,14 @@ def child(a) -> None:
     import torch
     import yaml
 
+    from pipeline.features import build_backbone
     from pipeline.mamp.infer import build, dis_estimator
     from pipeline.mamp.propagate import FlowProvider, one_hot, propagate_sequence
 
     torch.set_num_threads(a.threads)
     mp = yaml.safe_load((ROOT / "params.yaml").read_text())["mamp"]
     mp.update(backbone=a.backbone, device="cpu")
-    feats, cfg, dev = build(mp, ROOT)
+    feats, cfg, dev = build(mp, ROOT, build_backbone=build_backbone)
     root = Path(a.davis)
     files = sorted((root / "JPEGImages/480p" / a.sequence).glob("*.jpg"))[:a.length]
     H = int(mp["height"])

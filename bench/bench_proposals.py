@@ -2,7 +2,7 @@
 
 Builds a long flow sequence by concatenating real DAVIS flow stores (if a
 `data/<ds>/flow/` folder exists) or smooth random flow, runs
-`pipeline.proposals.predict_sequence` in a fresh process per length, and
+`pipeline.oclr.infer.predict_sequence` in a fresh process per length, and
 reports wall / CPU seconds per frame and peak RSS.
 
     python bench/bench_proposals.py --checkpoint checkpoints/oclr_cpu.pt --lengths 100 300
@@ -19,9 +19,9 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time, glob
 import numpy as np, torch
-from pipeline.models.oclr_train import load_oclr
-from pipeline.proposals import predict_sequence
-from pipeline.store import open_artifact
+from pipeline.oclr.train import load_oclr
+from pipeline.oclr.infer import predict_sequence
+from pipeline.core.store import open_artifact
 ckpt, T, flow_dir, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 torch.set_num_threads(threads)
 stores = sorted(glob.glob(flow_dir + "/*.zarr")) if flow_dir != "-" else []

@@ -2,7 +2,7 @@
 
 Random weights (timing only), 128 x 224 frames, K = 3 non-empty proposal slots,
 tokens 448 x 16 x 28 (the MobileNetV2 substitute's grid; pooled to 8 x 14 in the
-model). Runs :func:`pipeline.selector.iter_error_maps` (chunks of at most 100
+model). Runs :func:`pipeline.selector.infer.iter_error_maps` (chunks of at most 100
 frames, as the selector stage does) in a fresh process per (preset, length) so peak
 RSS is per run, and writes ``bench/out/selector.json``.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
-from pipeline.models.selector import Selector, SelectorConfig
+from pipeline.selector.model import Selector, SelectorConfig
 from pipeline.selector import iter_error_maps
 preset, T, threads, C, gh, gw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 448, 16, 28
 mask_context = int(sys.argv[4])

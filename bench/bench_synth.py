@@ -26,7 +26,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.synth import SourceBank, SynthConfig, check_video, contact_sheet, render_video
+from pipeline.synth import (
+    SourceBank,
+    SynthConfig,
+    check_video,
+    video_sheet,
+    render_video,
+)
 
 DAVIS = Path("/work/shared/datasets/davis2016-train")
 PHOTO_TOL = 4.0           # same per-video threshold as tests/test_synth.py (procedural)
@@ -221,7 +227,7 @@ def main() -> None:
             st = v["meta"]["stationary"]
             # show a still frame of a stationary object (its flow vanishes there)
             frames = (0, st["start"], 20) if st and st["start"] not in (0, 20) else (0, 10, 20)
-            sheets.append(contact_sheet(v, frames=frames))
+            sheets.append(video_sheet(v, frames=frames))
         w = max(s.shape[1] for s in sheets)
         sheets = [np.pad(s, ((0, 6), (0, w - s.shape[1]), (0, 0)), constant_values=255) for s in sheets]
         args.sheet.parent.mkdir(parents=True, exist_ok=True)

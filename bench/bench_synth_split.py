@@ -28,9 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.synth.dataset import (build_split, list_split, make_source_bank, synth_config,
-                                    write_flow_store, write_synth_video)
 from pipeline.synth import render_video
+from pipeline.synth.dataset import (
+    build_split,
+    list_split,
+    make_source_bank,
+    synth_config,
+    write_flow_store,
+    write_synth_video,
+)
 
 DAVIS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "davis2016-train"
 

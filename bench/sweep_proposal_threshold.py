@@ -34,12 +34,12 @@ import typer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pipeline.config import load_params, project_path, project_root, section  # noqa: E402
-from pipeline.models.oclr import compose_modal  # noqa: E402
-from pipeline.models.oclr_train import SynthClipDataset, load_oclr, modal_labels, validate  # noqa: E402
-from pipeline.selection import best_slot, match_objects  # noqa: E402
-from pipeline.selection_eval import gt_objects  # noqa: E402
-from pipeline.store import open_artifact  # noqa: E402
+from pipeline.core.config import load_params, project_path, project_root, section
+from pipeline.core.store import open_artifact
+from pipeline.exemplars.evaluate import gt_objects
+from pipeline.exemplars.scoring import best_slot, match_objects
+from pipeline.oclr.model import compose_modal, load_oclr, modal_labels
+from pipeline.oclr.train import SynthClipDataset, validate
 
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5]
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -324,7 +324,7 @@ def refine_sequence(frames_full: Any, probs: Any, cfg: CRFConfig | None = None, 
 class ModalFromAmodal:
     """Per-frame modal probabilities ``[K, h, w]`` from a proposals-style store's ``amodal``
     ``[T, K, h, w]`` and ``order`` ``[T, K]`` (depth score, higher = nearer the front), by
-    front-to-back composition (OCLR eq. 2, :func:`pipeline.models.oclr.compose_modal`).
+    front-to-back composition (OCLR eq. 2, :func:`pipeline.oclr.model.compose_modal`).
 
     ``view[t]`` reads and composes frame ``t`` only. Without ``order`` the amodal
     probabilities are returned as they are. The proposals stage blends modal masks of
@@ -350,7 +350,7 @@ class ModalFromAmodal:
             return a
         import torch
 
-        from .models.oclr import compose_modal
+        from pipeline.oclr.model import compose_modal
 
         o = np.asarray(self.order[t], dtype=np.float32)
         return compose_modal(torch.from_numpy(a), torch.from_numpy(o), kind="score").numpy()

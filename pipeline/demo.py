@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .export import davis_palette
+from pipeline.core.draw import davis_palette
 
 
 @dataclass(frozen=True)

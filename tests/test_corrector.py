@@ -1,5 +1,5 @@
-"""Mask corrector: model (pipeline.models.corrector), training (corrector_train), inference
-(pipeline.correct) on tiny synthetic stores."""
+"""Mask corrector: model (pipeline.corrector.model), training (corrector_train), inference
+(pipeline.corrector.infer) on tiny synthetic stores."""
 
 from __future__ import annotations
 
@@ -11,11 +11,28 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.correct import correct_sequence, exemplar_weights, label_map, window_starts, write_corrected
-from pipeline.models.corrector import Corrector, CorrectorConfig, slot_attention_weights
-from pipeline.models.corrector_train import (CorrectorClipDataset, collate_windows, corrector_loss,
-                                             export_checkpoint, load_corrector, oracle_exemplars, train_corrector)
-from pipeline.store import ArtifactError, ArtifactWriter, open_artifact
+from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
+from pipeline.corrector.infer import (
+    correct_sequence,
+    label_map,
+    window_starts,
+    write_corrected,
+)
+from pipeline.corrector.model import (
+    Corrector,
+    CorrectorConfig,
+    load_corrector,
+    slot_attention_weights,
+)
+from pipeline.corrector.train import (
+    CorrectorClipDataset,
+    collate_windows,
+    corrector_loss,
+    export_checkpoint,
+    oracle_exemplars,
+    train_corrector,
+)
+from pipeline.exemplars.scoring import exemplar_weights
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

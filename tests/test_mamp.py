@@ -13,11 +13,21 @@ from pipeline.mamp import align
 from pipeline.mamp.lab import lab_to_rgb, rgb_to_lab
 from pipeline.mamp.match import local_windows, register, topk_affinity, transfer
 from pipeline.mamp.model import MampCheckpointError, MampEncoder, load_mamp
-from pipeline.mamp.propagate import FlowProvider, PropagationConfig, make_feature_fn, one_hot, propagate
-from pipeline.mamp.train import (CONFIG_KEYS, export_checkpoint, reconstruction_loss, sample_batch,
-                                 train_mamp)
-from pipeline.metrics import iou
-
+from pipeline.mamp.propagate import (
+    FlowProvider,
+    PropagationConfig,
+    make_feature_fn,
+    one_hot,
+    propagate,
+)
+from pipeline.mamp.train import (
+    CONFIG_KEYS,
+    export_checkpoint,
+    reconstruction_loss,
+    sample_batch,
+    train_mamp,
+)
+from pipeline.metrics.measures import iou
 
 # ---- Lab ---------------------------------------------------------------------
 
@@ -211,7 +221,7 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         load_mamp(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     torch.save({"format": "something-else"}, bad)
-    with pytest.raises(MampCheckpointError, match="not a MAMP checkpoint"):
+    with pytest.raises(MampCheckpointError, match="not an exported MAMP checkpoint"):
         load_mamp(bad)
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes(b"PK\x03\x04garbage")
@@ -255,7 +265,19 @@ def test_committed_checkpoint_is_a_self_supervised_features_backbone():
 
 
 def test_missing_mamp_backbone_weights_is_an_error(tmp_path):
-    from pipeline.features import BackboneUnavailableError, build_backbone
+    from pipeline.features import build_backbone
+    from pipeline.weights.backbones import BackboneUnavailableError
 
     with pytest.raises(BackboneUnavailableError, match="not found"):
         build_backbone("mamp", weights=tmp_path / "none.pt")
+
+
+def test_topk_column_blocks_do_not_change_the_result():
+    """Blocking the band products by query columns is an evaluation order only: same weights, same index."""
+    torch.manual_seed(1)
+    fq, fr = torch.randn(16, 9, 23), torch.randn(3, 16, 9, 23)
+    seen = torch.rand(3, 9, 23) > 0.2
+    ref = topk_affinity(fq, fr, seen, radius=3, topk=7, temperature=0.5, col_block=None, row_chunk=None)
+    for cb, rc in ((1, 2), (5, 4), (8, None), (64, 3)):
+        w, idx = topk_affinity(fq, fr, seen, radius=3, topk=7, temperature=0.5, col_block=cb, row_chunk=rc)
+        assert torch.allclose(w, ref[0], atol=1e-6) and torch.equal(idx, ref[1])

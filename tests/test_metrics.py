@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline import metrics as M
+from pipeline.metrics import results as MR
 
 
 def rect(shape, y0, y1, x0, x1):
@@ -373,7 +374,7 @@ def test_summary_object_level_vs_sequence_level():
     # rows read back from JSON (NaN -> null) summarise identically; a sequence
     # without objects is left out of the sequence-level mean
     empty = M.evaluate_sequence(np.zeros((1, 5, 5), np.uint8), np.zeros((1, 5, 5), np.uint8), sequence="c")
-    back = json.loads(json.dumps(M._jsonable(M.summary_dict([a, b, empty]))))
+    back = json.loads(json.dumps(MR._jsonable(M.summary_dict([a, b, empty]))))
     s2 = M.summarize_rows(back["sequences"], back["objects"])
     assert s2["JF_mean"] == pytest.approx(2 / 3) and s2["JF_mean_sequence_level"] == pytest.approx(0.75)
     assert s2["n_sequences"] == 3 and s2["n_frames_evaluated"] == 5

@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models import (OCLR, OCLRConfig, boundary_band, boundary_bce, compose_modal, hungarian_match,
-                             make_flow_input, oclr_loss, order_to_ranks)
+from pipeline.oclr.losses import boundary_band, boundary_bce, hungarian_match, oclr_loss
+from pipeline.oclr.model import (
+    OCLR,
+    OCLRConfig,
+    compose_modal,
+    make_flow_input,
+    order_to_ranks,
+)
 from pipeline.synth import SynthConfig, render_video
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

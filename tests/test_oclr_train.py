@@ -1,4 +1,4 @@
-"""Training of OCLR on a tiny synthetic split (pipeline.models.oclr_train)."""
+"""Training of OCLR on a tiny synthetic split (pipeline.oclr.train)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,20 @@ import pytest
 import torch
 
 import pipeline.synth.dataset as D
-from pipeline.models import OCLR
-from pipeline.models.oclr_train import (RESUME_FREE_KEYS, ResumeError, TRAIN_CURVE_COLUMNS, VAL_CURVE_COLUMNS, SynthClipDataset,
-                                        collate_clips, export_checkpoint, load_oclr, lr_factor, matched_j,
-                                        modal_labels, train_oclr)
-from pipeline.store import ArtifactWriter, open_artifact
+from pipeline.core.store import ArtifactWriter, open_artifact
+from pipeline.oclr.model import OCLR, load_oclr, modal_labels
+from pipeline.oclr.train import (
+    RESUME_FREE_KEYS,
+    TRAIN_CURVE_COLUMNS,
+    VAL_CURVE_COLUMNS,
+    ResumeError,
+    SynthClipDataset,
+    collate_clips,
+    export_checkpoint,
+    lr_factor,
+    matched_j,
+    train_oclr,
+)
 
 T, H, W = 8, 32, 48
 
@@ -81,7 +90,7 @@ def test_dataset_clips_resize_flip_and_determinism(data):
                          size=(16, 32))[5]
     assert r["flow"].shape == (4, 4, 16, 32) and r["amodal"].shape[-2:] == (16, 32)
     const = torch.ones(1, 4, H, W)  # a constant field of 1 px: u scales by 32/48, v by 16/32
-    from pipeline.models.oclr_train import _resize_clip
+    from pipeline.oclr.train import _resize_clip
 
     rf, _ = _resize_clip(const.clone(), [], (16, 32))
     assert torch.allclose(rf[0, 0], torch.full((16, 32), 32 / 48)) and torch.allclose(rf[0, 1], torch.full((16, 32), 0.5))
@@ -105,7 +114,7 @@ def test_dataset_clips_resize_flip_and_determinism(data):
 
 def test_missing_flow_stores_error(data, tmp_path):
     shutil.copytree(data / "train" / "render", tmp_path / "train" / "render")
-    from pipeline.store import ArtifactError
+    from pipeline.core.store import ArtifactError
 
     with pytest.raises(ArtifactError, match="synth_flow"):
         SynthClipDataset(tmp_path / "train" / "render", clip_len=4)
@@ -205,8 +214,8 @@ def test_determinism_and_time_budget(data, tmp_path):
 
 
 def test_paper_preset_export_fits_25mb(tmp_path):
-    from pipeline.models import OCLRConfig
-    from pipeline.models.oclr_train import CHECKPOINT_FORMAT, normalize_train_config
+    from pipeline.oclr.model import OCLRConfig
+    from pipeline.oclr.train import CHECKPOINT_FORMAT, normalize_train_config
 
     cfg = OCLRConfig.paper()
     torch.manual_seed(0)
@@ -224,7 +233,7 @@ def test_paper_preset_export_fits_25mb(tmp_path):
 
 
 def test_missing_checkpoint_message(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"dvc repro train_oclr") as e:
+    with pytest.raises(FileNotFoundError, match=r"dvc repro training/dvc.yaml:train_oclr") as e:
         load_oclr(tmp_path / "nope" / "oclr_cpu.pt")
     assert str(tmp_path / "nope" / "oclr_cpu.pt") in str(e.value)
     with pytest.raises(FileNotFoundError, match="train_oclr"):
@@ -238,11 +247,10 @@ def test_stage_trains_and_exports(data, tmp_path):
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
     cfg = tiny_cfg(data, iterations=3, val_every=3, ckpt_every=2, export="checkpoints/oclr_cpu.pt")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"oclr": cfg}))
     env = {**os.environ, "MOTIONSEG_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(root / "stages" / "train_oclr.py")]
+    cmd = [sys.executable, "-m", "pipeline.stages.train_oclr"]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out, logs = tmp_path / "data" / "oclr" / "train", tmp_path / "results" / "oclr"

@@ -1,22 +1,33 @@
-"""Windowed, identity-consistent OCLR inference (pipeline.proposals, stages/proposals.py)."""
+"""Windowed, identity-consistent OCLR inference (pipeline.oclr.infer, pipeline/stages/proposals.py)."""
 
 from __future__ import annotations
 
-import itertools
 import os
+import itertools
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _stages import run_stage_on
 import torch
 import yaml
 
-from pipeline.models import OCLR, OCLRConfig
-from pipeline.models.oclr_train import CHECKPOINT_FORMAT, export_checkpoint, normalize_train_config
-from pipeline.proposals import match_layers, predict_arrays, predict_sequence, soft_iou_matrix, window_spans
-from pipeline.store import ArtifactWriter, open_artifact
+from pipeline.core.store import ArtifactWriter, open_artifact
+from pipeline.oclr.infer import (
+    match_layers,
+    predict_arrays,
+    predict_sequence,
+    soft_iou_matrix,
+    window_spans,
+)
+from pipeline.oclr.model import OCLR, OCLRConfig
+from pipeline.oclr.train import (
+    CHECKPOINT_FORMAT,
+    export_checkpoint,
+    normalize_train_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 24, 40
@@ -218,12 +229,10 @@ def test_stage_writes_the_store(tmp_path):
             np.random.default_rng(1).normal(0, 2, (T, 4, 32, 56)).astype(np.float32)
         wr.attrs["frame_names"] = [f"f{t:03d}" for t in range(T)]
     params = {"dataset": {"name": "toy"}, "proposals": {"checkpoint": "checkpoints/oclr.pt", "window": None,
-                                                         "overlap": 2, "device": "cpu", "threshold": 0.3}}
+                                                         "overlap": 2, "device": "cpu", "threshold": 0.3,
+                                                         "infer_size": None, "batch": 1}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "MOTIONSEG_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(ROOT / "stages" / "proposals.py"), "seq-a"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    run_stage_on("proposals", tmp_path, "seq-a")
     art = open_artifact(tmp_path / "data" / "toy" / "proposals" / "seq-a.zarr", stage="proposals")
     assert art.require("amodal", dtype="float16", dims=("frame", "object", "y", "x")).shape == (T, 3, 32, 56)
     assert art.require("labels", dtype="uint8", dims=("frame", "y", "x")).shape == (T, 32, 56)
@@ -238,7 +247,11 @@ def test_stage_writes_the_store(tmp_path):
     # a missing checkpoint is one clear line naming the path and the fix
     params["proposals"]["checkpoint"] = "checkpoints/missing.pt"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    r = subprocess.run([sys.executable, str(ROOT / "stages" / "proposals.py"), "seq-a"], cwd=tmp_path, env=env,
+    (tmp_path / "datasets" / "toy").mkdir(parents=True)
+    (tmp_path / "datasets" / "toy" / "dataset.yaml").write_text(yaml.safe_dump({"dataset": {"name": "toy"}}))
+    (tmp_path / "data" / "toy" / "frames" / "seq-a.zarr").mkdir(parents=True)     # the dataset's sequence list
+    env = {**os.environ, "MOTIONSEG_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "pipeline.stages", "proposals", "toy"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "missing.pt" in r.stderr and "dvc repro train_oclr" in r.stderr
+    assert r.returncode == 1 and "missing.pt" in r.stderr and "dvc repro training/dvc.yaml:train_oclr" in r.stderr
     assert "Traceback" not in r.stderr

@@ -4,26 +4,49 @@ chunked inference and the selector / exemplars / selection_eval stages (tiny fak
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _stages import run_stage_on
 import torch
 import torch.nn.functional as F
 
-from pipeline import selection as S
-from pipeline.models.selector import (FrameExclusiveAttention, Selector, SelectorConfig, frame_log_scores,
-                                      own_frame_mask, rank_loss, selector_loss)
-from pipeline.models.selector_train import (RESUME_FREE_KEYS, TRAIN_CURVE_COLUMNS, VAL_CURVE_COLUMNS, ResumeError,
-                                            CORRUPTIONS, SelectorClipDataset, corrupt_masks, export_checkpoint,
-                                            init_from_checkpoint, load_selector, train_selector)
-from pipeline.models.training import weights_sha256
-from pipeline.selector import chunk_spans, iter_error_maps, object_logits, predict_error_maps, write_exemplars, \
-    write_selector
-from pipeline.store import ArtifactError, ArtifactWriter, lineage, open_artifact
-from pipeline.refine_data import normalize_rgb
+from pipeline.core.checkpoint import weights_sha256
+from pipeline.core.store import ArtifactError, ArtifactWriter, lineage, open_artifact
+from pipeline.exemplars import scoring as S
+from pipeline.exemplars.scoring import write_exemplars
+from pipeline.selector.infer import (
+    chunk_spans,
+    iter_error_maps,
+    object_logits,
+    predict_error_maps,
+    write_selector,
+)
+from pipeline.selector.model import (
+    FrameExclusiveAttention,
+    Selector,
+    SelectorConfig,
+    frame_log_scores,
+    load_selector,
+    own_frame_mask,
+    rank_loss,
+    selector_loss,
+)
+from pipeline.selector.train import (
+    CORRUPTIONS,
+    RESUME_FREE_KEYS,
+    TRAIN_CURVE_COLUMNS,
+    VAL_CURVE_COLUMNS,
+    ResumeError,
+    SelectorClipDataset,
+    corrupt_masks,
+    export_checkpoint,
+    init_from_checkpoint,
+    train_selector,
+)
+from pipeline.synth.refine_data import normalize_rgb
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -566,14 +589,6 @@ def write_dataset(root: Path, seq: str, T: int, backbone: dict = BACKBONE) -> No
         wr.attrs["backbone"] = backbone
 
 
-def _load_stage(name: str):
-    path = Path(__file__).resolve().parents[1] / "stages" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_stage_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_selector_exemplars_and_selection_eval_stages(tmp_path, monkeypatch, split):
     torch.manual_seed(0)
     # a tiny checkpoint trained for 2 iterations on the fake split
@@ -588,10 +603,9 @@ def test_selector_exemplars_and_selection_eval_stages(tmp_path, monkeypatch, spl
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))
-    sel_stage, ex_stage, ev_stage = (_load_stage(n) for n in ("selector", "exemplars", "selection_eval"))
     for seq in ("s1", "s2"):
-        sel_stage.main(seq)
-        ex_stage.main(seq)
+        run_stage_on("selector", tmp_path, seq)
+        run_stage_on("exemplars", tmp_path, seq)
     d = tmp_path / "data" / "fake"
     sel = open_artifact(d / "selector" / "s1.zarr", stage="selector")
     assert sel["error"].shape == (24, K, 3, H, W) and sel["error"].dtype == np.float16
@@ -603,7 +617,7 @@ def test_selector_exemplars_and_selection_eval_stages(tmp_path, monkeypatch, spl
     assert ex["frames"].shape == (K, 5) and ex["ranking"].shape == (K, 24) and ex.attrs["t"] == 5
     fr, _, rk = S.rank_exemplars(np.asarray(sel["score"][...]), 5)
     assert np.array_equal(ex["frames"][...], fr) and np.array_equal(ex["ranking"][...], rk)
-    ev_stage.main()
+    run_stage_on("selection_eval", tmp_path)
     out = tmp_path / "results" / "fake" / "selection"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_objects"] == 4 and summary["n_sequences"] == 2 and summary["n_objects_ap"] == 4
@@ -614,9 +628,9 @@ def test_selector_exemplars_and_selection_eval_stages(tmp_path, monkeypatch, spl
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["sequence"] for r in rows} == {"s1", "s2"}
     # single-object protocol: one object per sequence
-    params["protocol"] = "single"
+    params["dataset"]["protocol"] = "single"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    ev_stage.main()
+    run_stage_on("selection_eval", tmp_path)
     assert json.loads((out / "summary.json").read_text())["n_objects"] == 2
     assert "backbone" in lineage(sel)["features"]
 
@@ -632,7 +646,11 @@ def test_selector_exemplars_and_selection_eval_stages(tmp_path, monkeypatch, spl
 
 
 def test_selection_eval_objects_protocols_and_unmatched():
-    from pipeline.selection_eval import evaluate_sequence_selection, gt_objects, summarize_selection
+    from pipeline.exemplars.evaluate import (
+        evaluate_sequence_selection,
+        gt_objects,
+        summarize_selection,
+    )
 
     T = 20
     gt = np.zeros((T, 8, 16), np.uint8)

@@ -7,8 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.synth import (TPS, SourceBank, SynthConfig, check_video, composition_check, contact_sheet,
-                            draw_num_objects, flow_to_color, render_video, stationary_check, warp_error)
+from pipeline.synth import (
+    TPS,
+    SourceBank,
+    SynthConfig,
+    check_video,
+    composition_check,
+    video_sheet,
+    draw_num_objects,
+    flow_to_color,
+    render_video,
+    stationary_check,
+    warp_error,
+)
 from pipeline.synth.geometry import apply_h, pixel_grid
 from pipeline.synth.motion import draw_object_motion, object_tps
 from pipeline.synth.shapes import random_polygon
@@ -275,7 +286,7 @@ def test_with_davis_folder(davis_bank):
 # ----------------------------------------------------------------------------- visualisation
 def test_contact_sheet_and_colour_wheel(procedural_videos):
     v = procedural_videos[0]
-    img = contact_sheet(v, frames=(0, 3, 6))
+    img = video_sheet(v, frames=(0, 3, 6))
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     assert img.shape[1] >= 4 * v["rgb"].shape[2]
     assert img.shape[0] >= 3 * v["rgb"].shape[1]

@@ -42,8 +42,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.mamp.propagate import (FlowProvider, PropagationConfig, make_feature_fn, one_hot,  # noqa: E402
-                                     propagate_sequence)
+from pipeline.features import build_backbone
+from pipeline.mamp.propagate import (  # noqa: E402
+    FlowProvider,
+    PropagationConfig,
+    make_feature_fn,
+    one_hot,
+    propagate_sequence,
+)
 
 VARIANTS = {  # name -> (backbone, overrides of the mamp params)
     "mamp": ("mamp", {}),
@@ -98,7 +104,8 @@ def _setup(variant: tuple, mp: dict, checkpoint: str | None, threads: int):
     p = {**mp, **over}
     cfg = PropagationConfig.from_params(p, temperature=float(mp["temperature"][backbone]))
     if backbone not in _FEATS:
-        _FEATS[backbone] = make_feature_fn(backbone, dev, checkpoint=checkpoint, amp=bool(mp["amp"]))
+        _FEATS[backbone] = make_feature_fn(backbone, dev, checkpoint=checkpoint, amp=bool(mp["amp"]),
+                                           build_backbone=build_backbone)
     return dev, p, cfg, _FEATS[backbone]
 
 
@@ -209,7 +216,7 @@ def job_unsup(name: str, seq: str, frames_dir: str, masks_dir: str, unsup_dir: s
 
 
 def summarize_variant(name: str, jobs: list[dict]) -> dict:
-    from pipeline.metrics import summarize_rows
+    from pipeline.metrics.results import summarize_rows
 
     rows = [j["row"] for j in jobs]
     summ = summarize_rows(rows, rows)

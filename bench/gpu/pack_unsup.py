@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--stage", default="propagate")
     a = ap.parse_args()
-    from pipeline.store import ArtifactWriter, open_artifact
+    from pipeline.core.store import ArtifactWriter, open_artifact
 
     data = Path(a.proj) / "data" / a.dataset
     if a.mode == "pack":

@@ -25,9 +25,16 @@ import cv2
 import numpy as np
 import torch
 
-from ..models.training import resolve_device
-from .propagate import (FeatureCache, FeatureFn, FlowProvider, PropagationConfig, make_feature_fn, one_hot,
-                        propagate_sequence)
+from pipeline.core.device import resolve_device
+from pipeline.mamp.propagate import (
+    FeatureCache,
+    FeatureFn,
+    FlowProvider,
+    PropagationConfig,
+    make_feature_fn,
+    one_hot,
+    propagate_sequence,
+)
 
 __all__ = ["PARAM_KEYS", "build", "write_propagate_gt", "write_propagate", "dis_estimator"]
 
@@ -44,8 +51,10 @@ def check_params(p: Mapping[str, Any]) -> dict:
     return dict(p)
 
 
-def build(p: Mapping[str, Any], root: Path | None = None) -> tuple[FeatureFn, PropagationConfig, torch.device]:
-    """Backbone, propagation config and device from the ``mamp`` params section."""
+def build(p: Mapping[str, Any], root: Path | None = None, build_backbone: Any = None
+          ) -> tuple[FeatureFn, PropagationConfig, torch.device]:
+    """Backbone, propagation config and device from the ``mamp`` params section. ``build_backbone``
+    (:func:`pipeline.features.build_backbone`) is needed for the :mod:`pipeline.features` backbones."""
     p = check_params(p)
     dev = resolve_device(p["device"])
     name = str(p["backbone"])
@@ -55,7 +64,7 @@ def build(p: Mapping[str, Any], root: Path | None = None) -> tuple[FeatureFn, Pr
     ckpt = p["checkpoint"]
     if ckpt and root is not None and not Path(ckpt).is_absolute():
         ckpt = str(root / ckpt)
-    feats = make_feature_fn(name, dev, checkpoint=ckpt, amp=bool(p["amp"]))
+    feats = make_feature_fn(name, dev, checkpoint=ckpt, amp=bool(p["amp"]), build_backbone=build_backbone)
     cfg = PropagationConfig.from_params({**p, "similarity": feats.similarity}, float(temps[name]))
     return feats, cfg, dev
 
@@ -82,7 +91,7 @@ class _Video:
         self.W = max(1, round(W0 * self.H / H0))
         self.flow = flow_art.require("flow", ndim=4) if flow_art is not None else None
         if self.flow is not None and self.flow.shape[0] != self.T:
-            from ..store import ArtifactError
+            from pipeline.core.store import ArtifactError
 
             raise ArtifactError(f"{flow_art.path}: {self.flow.shape[0]} frames, the frames store has {self.T}")
         self._last: tuple[int, np.ndarray] | None = None
@@ -96,7 +105,7 @@ class _Video:
         return self._last[1]
 
     def adjacent(self, t: int) -> np.ndarray:
-        from ..flow import resize_flow
+        from pipeline.flow import resize_flow
 
         f = np.asarray(self.flow[t], dtype=np.float32)
         return resize_flow(f.reshape(2, 2, *f.shape[-2:]), (self.H, self.W)).reshape(4, self.H, self.W)
@@ -111,7 +120,7 @@ class _Video:
 
 
 def _writer(out, stage: str, p: Mapping, feats: FeatureFn, inputs: dict):
-    from ..store import ArtifactWriter
+    from pipeline.core.store import ArtifactWriter
 
     return ArtifactWriter(out, stage=stage, params={"mamp": dict(p)}, inputs=inputs)
 
@@ -138,16 +147,16 @@ def _labels(obj: np.ndarray, threshold: float) -> np.ndarray:
 
 def write_propagate_gt(frames_store: str | os.PathLike, flow_store: str | os.PathLike | None,
                        out: str | os.PathLike, params: Mapping[str, Any], root: Path | None = None,
-                       sequence: str = "") -> dict:
+                       sequence: str = "", built: tuple | None = None) -> dict:
     """Stage ``propagate_gt`` for one sequence (see the module docstring)."""
-    from ..store import ArtifactError, open_artifact
+    from pipeline.core.store import ArtifactError, open_artifact
 
     frames = open_artifact(frames_store, stage="frames")
     if not frames.attrs.get("has_gt") or "gt" not in frames:
         raise ArtifactError(f"{frames.path}: no ground truth: propagate_gt needs the first frame's masks")
     flow = open_artifact(flow_store, stage="flow") if flow_store is not None else None
     p = check_params(params)
-    feats, cfg, dev = build(p, root)
+    feats, cfg, dev = built or build(p, root)
     v = _Video(frames, flow, int(p["height"]))
     gt0 = np.asarray(frames["gt"][0])
     gt0 = np.where(gt0 == 255, 0, gt0)
@@ -171,9 +180,9 @@ def write_propagate_gt(frames_store: str | os.PathLike, flow_store: str | os.Pat
 def write_propagate(frames_store: str | os.PathLike, flow_store: str | os.PathLike | None,
                     proposals_store: str | os.PathLike, exemplars_store: str | os.PathLike,
                     out: str | os.PathLike, params: Mapping[str, Any], root: Path | None = None,
-                    sequence: str = "") -> dict:
+                    sequence: str = "", built: tuple | None = None) -> dict:
     """Stage ``propagate`` for one sequence (see the module docstring)."""
-    from ..store import ArtifactError, open_artifact
+    from pipeline.core.store import ArtifactError, open_artifact
 
     frames = open_artifact(frames_store, stage="frames")
     flow = open_artifact(flow_store, stage="flow") if flow_store is not None else None
@@ -182,7 +191,7 @@ def write_propagate(frames_store: str | os.PathLike, flow_store: str | os.PathLi
     labels_p = props.require("labels", dtype="uint8", ndim=3)
     ex_frames = np.asarray(exm.require("frames", ndim=2)[...])
     p = check_params(params)
-    feats, cfg, dev = build(p, root)
+    feats, cfg, dev = built or build(p, root)
     v = _Video(frames, flow, int(p["height"]))
     if labels_p.shape[0] != v.T:
         raise ArtifactError(f"{props.path}: {labels_p.shape[0]} frames, the frames store has {v.T}")

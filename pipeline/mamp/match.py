@@ -42,7 +42,7 @@ def window_valid(h: int, w: int, radius: int, device=None) -> torch.Tensor:
 def flow_to_grid(flow: torch.Tensor, stride: int) -> torch.Tensor:
     """Pixel flow ``[n, 2, H, W]`` -> grid flow ``[n, 2, ceil(H/s), ceil(W/s)]``: sampled at the kernel
     centres ``(s i, s j)`` (size-aware) and divided by ``s``."""
-    from .align import down
+    from pipeline.mamp.align import down
 
     return down(flow, stride) / float(stride)
 
@@ -66,8 +66,8 @@ def register(x: torch.Tensor, flow: torch.Tensor | None) -> tuple[torch.Tensor, 
 
 
 def topk_affinity(fq: torch.Tensor, fr: torch.Tensor, seen: torch.Tensor, radius: int, topk: int,
-                  temperature: float, similarity: str = "dot", row_chunk: int | None = 16
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  temperature: float, similarity: str = "dot", row_chunk: int | None = 16,
+                  col_block: int | None = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Affinity of query ``fq [c, h, w]`` to the windows of references ``fr [n, c, h, w]``.
 
     Every query location ``(y, x)`` is compared with the ``(2r+1)^2`` locations around ``(y, x)``
@@ -76,7 +76,8 @@ def topk_affinity(fq: torch.Tensor, fr: torch.Tensor, seen: torch.Tensor, radius
     (``similarity`` 'dot': <q, r> / T; 'l2': -|q - r|^2 / T). Returns ``(weights [k, h*w],
     index [k, h*w])``, the index into the flattened padded references
     ``[n, h + 2r, w + 2r]`` (see :func:`transfer`). ``row_chunk``: query rows per matrix
-    product (memory ~ row_chunk x n x c x (2r+1) x (w+2r) floats; None = all rows at once)."""
+    product (memory ~ row_chunk x n x c x (2r+1) x (w+2r) floats; None = all rows at once);
+    ``col_block``: query columns per product (None = all columns: fewer, larger, more wasteful products)."""
     n, c, h, w = fr.shape
     k2 = 2 * radius + 1
     hp, wp = h + 2 * radius, w + 2 * radius
@@ -92,18 +93,23 @@ def topk_affinity(fq: torch.Tensor, fr: torch.Tensor, seen: torch.Tensor, radius
     frp = F.pad(r, (radius, radius, radius, radius))          # [n, c, hp, wp]
     qrows = q.permute(1, 2, 0)                                # [h, w, c]
     scores = torch.empty(n, k2, k2, h, w, device=fr.device)
-    # band matmul: query row y against reference rows y..y+2r (all columns), then keep the
-    # diagonal band x..x+2r: dense BLAS instead of (2r+1)^2 elementwise passes
+    # band matmul: a block of query rows and columns against the reference rows y..y+2r and columns
+    # x..x+2r+block (dense BLAS instead of (2r+1)^2 elementwise passes), then keep the diagonal band;
+    # column blocks keep the wasted products at (block + 2r) / (2r + 1) instead of (w + 2r) / (2r + 1)
     step = max(1, int(row_chunk or h))
+    cb = max(1, int(col_block or w))
     for y0 in range(0, h, step):
         y1 = min(h, y0 + step)
-        band = frp.unfold(2, k2, 1)[:, :, y0:y1]              # [n, c, hc, wp, k2]
-        band = band.permute(2, 0, 1, 4, 3).reshape(y1 - y0, n, c, k2 * wp)
-        m = torch.matmul(qrows[y0:y1, None], band)            # [hc, n, w, k2 * wp]
-        m = m.view(y1 - y0, n, w, k2, wp)
-        st = m.stride()
-        diag = m.as_strided((y1 - y0, n, w, k2, k2), (st[0], st[1], st[2] + st[4], st[3], st[4]))
-        scores[:, :, :, y0:y1] = diag.permute(1, 3, 4, 0, 2)  # [n, dy, dx, hc, w]
+        rows = frp.unfold(2, k2, 1)[:, :, y0:y1].permute(2, 0, 1, 4, 3)   # [hc, n, c, k2, wp]
+        for x0 in range(0, w, cb):
+            x1 = min(w, x0 + cb)
+            cw = x1 - x0 + 2 * radius
+            band = rows[..., x0:x0 + cw].reshape(y1 - y0, n, c, k2 * cw)
+            m = torch.matmul(qrows[y0:y1, None, x0:x1], band)            # [hc, n, bw, k2 * cw]
+            m = m.view(y1 - y0, n, x1 - x0, k2, cw)
+            st = m.stride()
+            diag = m.as_strided((y1 - y0, n, x1 - x0, k2, k2), (st[0], st[1], st[2] + st[4], st[3], st[4]))
+            scores[:, :, :, y0:y1, x0:x1] = diag.permute(1, 3, 4, 0, 2)  # [n, dy, dx, hc, bw]
     okp = F.pad(seen.float(), (radius, radius, radius, radius))[:, None]
     ok = F.unfold(okp, kernel_size=k2).view(n, k2, k2, h, w) > 0.5
     scores = torch.where(ok, scores, torch.full_like(scores, neg))

@@ -28,15 +28,15 @@ random weights at inference.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ..models.training import decode_state, resolve_device, weights_sha256
-from .lab import lab_normalize, rgb_to_lab
+from pipeline.core.checkpoint import decode_state, read_export
+from pipeline.core.device import resolve_device
+from pipeline.mamp.lab import lab_normalize, rgb_to_lab
 
 __all__ = ["MampEncoder", "EXPORT_FORMAT", "STRIDE", "load_mamp", "MampCheckpointError", "encode_frames"]
 
@@ -91,21 +91,8 @@ def load_mamp(path: str | os.PathLike, device: Any = "cpu") -> tuple[MampEncoder
 
     Raises :class:`MampCheckpointError` (one line, naming the file) when the file is missing
     or is not a MAMP checkpoint; a truncated or corrupted file is reported the same way."""
-    path = Path(path)
-    if not path.is_file():
-        raise MampCheckpointError(f"MAMP checkpoint not found: {path} (train one with "
-                                  f"`dvc repro training/dvc.yaml:train_mamp`, or set mamp.checkpoint)")
-    try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated / corrupted file
-        raise MampCheckpointError(f"{path}: not a readable MAMP checkpoint ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise MampCheckpointError(f"{path}: not a MAMP checkpoint (format {found!r}, expected "
-                                  f"{EXPORT_FORMAT!r})")
-    if weights_sha256(doc["state"]) != doc.get("weights_sha256"):
-        raise MampCheckpointError(f"{path}: weights checksum mismatch (corrupted file)")
+    doc = read_export(path, EXPORT_FORMAT, "MAMP", "train one with `dvc repro training/dvc.yaml:train_mamp`, "
+                      "or set mamp.checkpoint", error=MampCheckpointError, missing=MampCheckpointError)
     enc = MampEncoder(tuple(doc["model_config"]["widths"]))
     enc.load_state_dict(decode_state(doc["state"]), strict=True)
     header = {k: v for k, v in doc.items() if k != "state"}

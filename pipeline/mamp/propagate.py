@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import align
-from .match import flow_to_grid, register, topk_affinity, transfer
+from pipeline.mamp import align
+from pipeline.mamp.match import flow_to_grid, register, topk_affinity, transfer
 
 __all__ = ["PropagationConfig", "FeatureFn", "make_feature_fn", "FlowProvider", "propagate", "one_hot",
            "propagate_sequence", "FeatureCache"]
@@ -77,11 +77,12 @@ class FeatureFn:
 
 
 def make_feature_fn(backbone: str, device: Any = "cpu", checkpoint: str | None = None,
-                    amp: bool = True, allow_download: bool = False) -> FeatureFn:
+                    amp: bool = True, allow_download: bool = False, build_backbone: Any = None) -> FeatureFn:
     """Features for propagation: ``mamp`` (the project's checkpoint at ``checkpoint``),
     ``lab`` (raw Lab pixels, 4x4 averaged: the floor), or a :mod:`pipeline.features` backbone
-    (``mobilenetv2_imagenet``, ``dino_vits16``, ``dino_vits8``)."""
-    from ..models.training import resolve_device
+    (``mobilenetv2_imagenet``, ``dino_vits16``, ``dino_vits8``; pass ``build_backbone``, this
+    component does not import the features component)."""
+    from pipeline.core.device import resolve_device
 
     dev = resolve_device(device)
     use_amp = bool(amp) and dev.type == "cuda"
@@ -90,7 +91,7 @@ def make_feature_fn(backbone: str, device: Any = "cpu", checkpoint: str | None =
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp)
 
     if backbone == "mamp":
-        from .model import encode_frames, load_mamp
+        from pipeline.mamp.model import encode_frames, load_mamp
 
         if not checkpoint:
             raise ValueError("backbone 'mamp' needs mamp.checkpoint")
@@ -106,7 +107,7 @@ def make_feature_fn(backbone: str, device: Any = "cpu", checkpoint: str | None =
                 "summary": header.get("summary")}
         return FeatureFn("mamp", 4, fn, "dot", desc)
     if backbone == "lab":
-        from .lab import lab_normalize, rgb_to_lab
+        from pipeline.mamp.lab import lab_normalize, rgb_to_lab
 
         def fn(x):
             lab = lab_normalize(rgb_to_lab(x.permute(0, 3, 1, 2).float() / 255.0))
@@ -114,8 +115,10 @@ def make_feature_fn(backbone: str, device: Any = "cpu", checkpoint: str | None =
 
         return FeatureFn("lab", 4, fn, "l2", {"name": "lab", "self_supervised": True, "substitute": False,
                                               "stride": 4, "dim": 3, "pretraining": "none (raw Lab pixels)"})
-    from ..features import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+    from pipeline.core.io import IMAGENET_MEAN, IMAGENET_STD
 
+    if build_backbone is None:
+        raise ValueError(f"backbone {backbone!r}: pass build_backbone=pipeline.features.build_backbone")
     bb = build_backbone(backbone, device=dev, allow_download=allow_download)
     mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1) * 255.0

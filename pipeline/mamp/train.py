@@ -41,13 +41,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.training import (CsvLog, TrainLoop, atomic_torch_save, autocast, config_diff,
-                               load_train_checkpoint, lr_factor, restore_training, restored_torch_settings,
-                               rng_state, start_run, write_export)
-from . import align
-from .lab import lab_normalize, rgb_to_lab
-from .match import local_windows, window_valid
-from .model import EXPORT_FORMAT, STRIDE, MampEncoder
+from pipeline.core.checkpoint import (
+    atomic_torch_save,
+    load_train_checkpoint,
+    write_export,
+)
+from pipeline.core.device import autocast, restored_torch_settings, rng_state
+from pipeline.mamp import align
+from pipeline.mamp.lab import lab_normalize, rgb_to_lab
+from pipeline.mamp.match import local_windows, window_valid
+from pipeline.mamp.model import EXPORT_FORMAT, STRIDE, MampEncoder
+from pipeline.train.scaffold import (
+    CsvLog,
+    TrainLoop,
+    config_diff,
+    lr_factor,
+    restore_training,
+    start_run,
+)
 
 __all__ = ["CONFIG_KEYS", "CHECKPOINT_FORMAT", "load_videos", "sample_batch", "reconstruction_loss",
            "train_mamp", "export_checkpoint", "ResumeError"]
@@ -295,7 +306,7 @@ def _train(cfg: dict, out_dir, resume: bool, progress: bool, log_dir, videos) ->
          "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
          "param_count": n_params, "videos": len(videos), "frames": n_frames,
          "last": loop.last_row}
-    from ..store import write_json_atomic
+    from pipeline.core.store import write_json_atomic
 
     write_json_atomic(log_dir / "metrics.json", m)
     return m
@@ -305,7 +316,7 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
                       max_mb: float | None = 25.0, machine: str | None = None) -> dict:
     """The small inference checkpoint of ``last_pt`` (fp16) at ``path``; returns its summary
     (encoding, bytes, sha256 of the weights and of the file, iterations, hours, data, machine)."""
-    from ..store import sha256_file
+    from pipeline.core.store import sha256_file
 
     last_pt, path = Path(last_pt), Path(path)
     if not last_pt.exists():

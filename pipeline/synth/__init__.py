@@ -23,18 +23,33 @@ objects::
     meta        dict    seed, index, drawn options, sources, homographies, ...
 """
 
-from .checks import check_video, composition_check, layer_map, stationary_check, warp_error
-from .config import SynthConfig
-from .dataset import (build_split, build_split_flow, list_split, make_source_bank, read_synth_video,
-                      split_contact_sheet, split_render_seed, synth_config, write_flow_store,
-                      write_synth_video)
-from .geometry import TPS, apply_h
-from .render import draw_num_objects, render_video
-from .sources import SourceBank
-from .textures import procedural_texture
-from .viz import contact_sheet, flow_to_color, label_image
+from pipeline.synth.checks import (
+                      check_video,
+                      composition_check,
+                      layer_map,
+                      stationary_check,
+                      warp_error,
+)
+from pipeline.synth.config import SynthConfig
+from pipeline.synth.dataset import (
+                      build_split,
+                      build_split_flow,
+                      list_split,
+                      make_source_bank,
+                      read_synth_video,
+                      split_contact_sheet,
+                      split_render_seed,
+                      synth_config,
+                      write_flow_store,
+                      write_synth_video,
+)
+from pipeline.synth.geometry import TPS, apply_h
+from pipeline.synth.render import draw_num_objects, render_video
+from pipeline.synth.sources import SourceBank
+from pipeline.synth.textures import procedural_texture
+from pipeline.synth.viz import flow_to_color, label_image, video_sheet
 
-__all__ = ["SynthConfig", "SourceBank", "render_video", "draw_num_objects", "contact_sheet", "flow_to_color",
+__all__ = ["SynthConfig", "SourceBank", "render_video", "draw_num_objects", "video_sheet", "flow_to_color",
            "label_image", "check_video", "warp_error", "composition_check", "stationary_check", "layer_map",
            "procedural_texture", "TPS", "apply_h",
            # dataset stages (pipeline/synth/dataset.py)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .geometry import apply_h, pixel_grid
+from pipeline.synth.geometry import apply_h, pixel_grid
 
 
 def layer_map(video: dict) -> np.ndarray:

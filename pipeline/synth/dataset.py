@@ -57,18 +57,20 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..runtime import atomic_dir
-from ..store import (ArtifactError, ArtifactWriter, FrameReader, open_artifact,
-                     write_json_atomic)
-from .config import SynthConfig
-from .render import render_video
-from .sources import SourceBank
+from pipeline.core.runtime import atomic_dir
+from pipeline.core.store import (
+    ArtifactError,
+    ArtifactWriter,
+    FrameReader,
+    open_artifact,
+    write_json_atomic,
+)
+from pipeline.synth.config import SynthConfig
+from pipeline.synth.render import render_video
+from pipeline.synth.sources import SourceBank
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RENDER_STAGE", "FLOW_STAGE", "FLOW_CHANNELS", "video_name", "split_render_seed",
-           "synth_config", "make_source_bank", "write_synth_video", "build_split", "list_split",
-           "read_synth_video", "split_contact_sheet", "write_flow_store", "build_split_flow"]
 
 RENDER_STAGE = "synth"
 FLOW_STAGE = "flow"  # same kind of artifact as the real-data flow stage (drop-in for its readers)
@@ -314,10 +316,10 @@ def read_synth_video(store: str | os.PathLike, frames: Sequence[int] | None = No
 def split_contact_sheet(split_dir: str | os.PathLike, count: int = 3,
                         frames: Sequence[int] | None = None) -> np.ndarray:
     """uint8 RGB contact sheet of the first ``count`` videos of a split, stacked
-    vertically (:func:`pipeline.synth.contact_sheet` per video, flow coloured
+    vertically (:func:`pipeline.synth.video_sheet` per video, flow coloured
     with :func:`pipeline.export.flow_to_color`, one scale per video)."""
-    from ..export import flow_to_color
-    from .viz import contact_sheet
+    from pipeline.core.draw import flow_to_color
+    from pipeline.synth.viz import video_sheet
 
     sheets = []
     for store in list_split(split_dir)[:count]:
@@ -327,7 +329,7 @@ def split_contact_sheet(split_dir: str | os.PathLike, count: int = 3,
         v = read_synth_video(store)
         mags = np.sqrt((v["flow_fwd"][pick] ** 2).sum(1))
         m = max(float(np.percentile(mags, 99)), 1e-3)
-        sheets.append(contact_sheet(v, pick, lambda f, m=m: flow_to_color(f, max_mag=m)))
+        sheets.append(video_sheet(v, pick, lambda f, m=m: flow_to_color(f, max_mag=m)))
         del v
     if not sheets:
         raise ArtifactError(f"{split_dir}: split has no videos")
@@ -353,7 +355,7 @@ def write_flow_store(render: str | os.PathLike, out: str | os.PathLike, estimato
     t -> t-gap), computed at the video's own size (``infer_size`` = None,
     ``work_size`` = the video size). Provenance inputs: ``{"render": render}``.
     """
-    from ..flow import sequence_flow
+    from pipeline.flow import sequence_flow
 
     src_art = open_artifact(render, stage=RENDER_STAGE)
     src = src_art.require("rgb", dtype="uint8", ndim=4)
@@ -387,7 +389,7 @@ def build_split_flow(render_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """
     from tqdm.auto import tqdm
 
-    from ..flow import build_flow_estimator
+    from pipeline.flow import build_flow_estimator
 
     fp = dict(flow_params)
     stores = list_split(render_dir)

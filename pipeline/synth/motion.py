@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import TPS, apply_h, perspective, similarity, translation
+from pipeline.synth.geometry import TPS, apply_h, perspective, similarity, translation
 
 
 # ----------------------------------------------------------------------------- objects

@@ -7,14 +7,39 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import SynthConfig
-from .geometry import FAR, TPS, apply_h, pixel_grid, translation, similarity
-from .motion import (ObjectMotion, draw_camera_motion, draw_object_motion, camera_trajectory, fit_camera,
-                     glue_to_camera, map_points, max_point_speed, min_tps_jacobian, object_trajectory)
-from .shapes import (PAD, Sprite, bar_vertices, box_probe, grid_handles, polygon_sprite, rasterize_polygon,
-                     silhouette_canvas)
-from .sources import SourceBank
-from .textures import color_jitter
+from pipeline.synth.config import SynthConfig
+from pipeline.synth.geometry import (
+    FAR,
+    TPS,
+    apply_h,
+    pixel_grid,
+    similarity,
+    translation,
+)
+from pipeline.synth.motion import (
+    ObjectMotion,
+    camera_trajectory,
+    draw_camera_motion,
+    draw_object_motion,
+    fit_camera,
+    glue_to_camera,
+    map_points,
+    max_point_speed,
+    min_tps_jacobian,
+    object_trajectory,
+)
+from pipeline.synth.shapes import (
+    PAD,
+    Sprite,
+    bar_vertices,
+    box_probe,
+    grid_handles,
+    polygon_sprite,
+    rasterize_polygon,
+    silhouette_canvas,
+)
+from pipeline.synth.sources import SourceBank
+from pipeline.synth.textures import color_jitter
 
 
 def _prepare_texture(rng: np.random.Generator, tex: np.ndarray, cfg: SynthConfig) -> np.ndarray:

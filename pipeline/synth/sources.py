@@ -20,8 +20,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from .textures import procedural_texture
-
+from pipeline.synth.textures import procedural_texture
 
 MASK_STACK_DOWN = 8
 

@@ -1,4 +1,5 @@
-"""Flow colour wheel and contact sheets of synthetic videos."""
+"""Debug sheets of synthetic videos (RGB, ground-truth flow, modal labels, amodal outlines);
+the flow colour wheel is :func:`pipeline.core.draw.flow_to_color`."""
 
 from __future__ import annotations
 
@@ -7,24 +8,11 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from pipeline.core.draw import flow_to_color
+
 PALETTE = np.array([[40, 40, 40], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.uint8)
 OCCLUDER_COLOR = np.array([200, 200, 200], np.uint8)
-
-
-def flow_to_color(flow: np.ndarray, max_mag: float | None = None) -> np.ndarray:
-    """Colour-wheel rendering of a flow field [2, H, W]: hue = direction,
-    saturation = magnitude / max_mag (white = no motion). uint8 [H, W, 3] RGB."""
-    u, v = flow[0].astype(np.float32), flow[1].astype(np.float32)
-    mag = np.sqrt(u * u + v * v)
-    if max_mag is None:
-        max_mag = float(np.percentile(mag, 99)) if mag.size else 1.0
-    max_mag = max(max_mag, 1e-3)
-    hue = (np.degrees(np.arctan2(-v, -u)) + 180.0) % 360.0
-    sat = np.clip(mag / max_mag, 0, 1)
-    hsv = np.stack([hue, sat, np.ones_like(sat)], -1).astype(np.float32)
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def label_image(labels: np.ndarray, occluder: np.ndarray | None = None) -> np.ndarray:
@@ -51,7 +39,7 @@ def _caption(img: np.ndarray, text: str) -> np.ndarray:
     return np.concatenate([bar, img], 0)
 
 
-def contact_sheet(video: dict, frames: Sequence[int] = (0, 10, 20),
+def video_sheet(video: dict, frames: Sequence[int] = (0, 10, 20),
                   flow_to_color: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """uint8 RGB image: one row per frame with RGB, GT forward flow (colour
     wheel), modal labels (occluder in light grey) and amodal outlines on RGB."""

@@ -1,0 +1,28 @@
+"""Stage features: backbone tokens of each sequence's frames (the appearance features)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.core.store import open_artifact
+from pipeline.features import build_backbone, write_features
+from pipeline.stages.base import Ctx, Stage
+
+
+def _setup(ctx: Ctx):
+    fp = ctx.section("features")
+    return build_backbone(fp["backbone"], weights=fp.get("weights"), device=fp.get("device", "auto"),
+                          allow_download=bool(fp.get("allow_download", True)))
+
+
+def _run(bb, ctx: Ctx, seq: str, out: Path) -> str:
+    fp = ctx.section("features")
+    frames = open_artifact(ctx.store("frames", seq), stage="frames")
+    frames.require("rgb", dtype="uint8", ndim=4)
+    write_features(out, frames, bb, batch_size=int(fp.get("batch_size", 16)), params={"features": fp},
+                   amp=fp.get("amp", True))
+    tag = " (substitute for DINO)" if bb.describe()["substitute"] else ""
+    return f"features: {seq} ({bb.name}{tag}, C={bb.dim}) -> {out}"
+
+
+STAGE = Stage("features", params=("features",), inputs=("frames",), setup=_setup, run=_run, gpu=True)

@@ -1,0 +1,40 @@
+"""Stage flow: forward and backward optical flow of each sequence at the working size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.core.store import ArtifactWriter, FrameReader, open_artifact
+from pipeline.flow import build_flow_estimator, sequence_flow
+from pipeline.stages.base import Ctx, Stage
+
+
+def _setup(ctx: Ctx):
+    fp = ctx.section("flow")
+    return build_flow_estimator(fp["method"], weights=fp.get("weights") or fp.get("checkpoint"),
+                                iters=int(fp["iters"]), device=fp["device"])
+
+
+def _run(est, ctx: Ctx, seq: str, out: Path) -> str:
+    fp = ctx.section("flow")
+    frames = open_artifact(ctx.store("frames", seq), stage="frames")
+    src = frames["rgb_full"] if "rgb_full" in frames else frames["rgb"]
+    h, w = frames.attrs["work_size"]
+    infer = tuple(fp["infer_size"]) if fp.get("infer_size") else None
+    T = src.shape[0]
+    with ArtifactWriter(out, stage="flow", params={"flow": fp}, inputs={"frames": frames.path}) as wr:
+        flow = wr.create("flow", (T, 4, h, w), "float32", ("frame", "channel", "y", "x"),
+                         attrs={"channels": ["u_fwd", "v_fwd", "u_bwd", "v_bwd"],
+                                "units": "pixels at the working resolution",
+                                "forward": f"t -> t+{fp['gap']}", "backward": f"t -> t-{fp['gap']}",
+                                "sequence_ends": "missing direction = negated opposite flow"})
+        for t, f in sequence_flow(est, FrameReader(src), gap=int(fp["gap"]), infer_size=infer,
+                                  work_size=(h, w), batch_size=int(fp["batch_size"])):
+            flow[t] = f
+        wr.attrs.update({"sequence": seq, "estimator": est.describe(), "gap": int(fp["gap"]), "work_size": [h, w],
+                         "infer_size": list(infer) if infer else list(src.shape[1:3]),
+                         "frame_names": frames.attrs["frame_names"]})
+    return f"flow: {seq} ({fp['method']}) -> {out}"
+
+
+STAGE = Stage("flow", params=("flow",), inputs=("frames",), setup=_setup, run=_run, gpu=True)

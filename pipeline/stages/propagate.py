@@ -1,0 +1,42 @@
+"""Stages propagate_gt and propagate: motion-aware mask propagation (MAMP) of each sequence.
+
+``propagate_gt`` propagates the first frame's ground-truth mask through the video (semi-supervised
+VOS, how the field judges video features); ``propagate`` propagates each object's exemplar frames
+(the selector's choice) forward and backward and fuses them per frame (unsupervised refinement).
+Both read ``frames`` and ``flow``; ``propagate`` also ``proposals`` and ``exemplars``. Params:
+``mamp``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.features import build_backbone
+from pipeline.mamp.infer import build, write_propagate, write_propagate_gt
+from pipeline.stages.base import Ctx, Stage
+
+
+def _setup(ctx: Ctx):
+    return build(ctx.section("mamp"), ctx.root, build_backbone=build_backbone)
+
+
+def _run_gt(built, ctx: Ctx, seq: str, out: Path) -> str:
+    mp = ctx.section("mamp")
+    run = write_propagate_gt(ctx.store("frames", seq), ctx.store("flow", seq), out, mp, root=ctx.root, sequence=seq,
+                             built=built)
+    return (f"propagate_gt: {seq} ({run['T']} frames, {run['K']} objects at {run['size']}, "
+            f"backbone {mp['backbone']}) -> {out}")
+
+
+def _run(built, ctx: Ctx, seq: str, out: Path) -> str:
+    run = write_propagate(ctx.store("frames", seq), ctx.store("flow", seq), ctx.store("proposals", seq),
+                          ctx.store("exemplars", seq), out, ctx.section("mamp"), root=ctx.root, sequence=seq,
+                          built=built)
+    fb = f", proposals kept for slots {run['fallback']} (no exemplars)" if run["fallback"] else ""
+    return f"propagate: {seq} ({run['T']} frames, {run['K']} slots at {run['size']}{fb}) -> {out}"
+
+
+GT_STAGE = Stage("propagate_gt", params=("mamp",), inputs=("frames", "flow"), files=("mamp.checkpoint",),
+                 setup=_setup, run=_run_gt, gpu=True)
+STAGE = Stage("propagate", params=("mamp",), inputs=("frames", "flow", "proposals", "exemplars"),
+              files=("mamp.checkpoint",), setup=_setup, run=_run, gpu=True)

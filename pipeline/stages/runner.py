@@ -1,0 +1,283 @@
+"""Run a stage over a dataset: list its sequences, skip the fresh ones, map the rest on an executor.
+
+Freshness: every per-sequence output has a fingerprint (sha256 of the params the stage reads, the
+content checksums of its inputs for that sequence, the checkpoints it loads and the source of the
+code it runs), kept in ``<out>/.done/<sequence>.json`` and written only after the output itself was
+committed atomically. A rerun (after a kill, a crash, a params change) redoes exactly the sequences
+whose output is missing or whose fingerprint differs, and removes outputs of sequences that are no
+longer in the dataset, so the output folder always holds exactly the dataset's sequences.
+
+Executors (``executor.kind`` in params.yaml): ``inprocess`` (default; ``setup`` once, sequences in
+turn), ``process`` (a local pool of ``executor.workers`` processes, ``setup`` once per process) and
+``ray`` (an existing cluster through ``RAY_ADDRESS`` or a local one of ``executor.workers`` CPUs:
+one actor per worker holds the model, sequences are its tasks). Outputs do not depend on the
+executor (each sequence is computed the same way in any of them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipeline.core.store import sha256_file, write_json_atomic
+from pipeline.stages.base import Ctx, Stage, get_key
+
+EXECUTORS = ("inprocess", "process", "ray")
+LEDGER = ".done"
+
+
+# --------------------------------------------------------------------------- fingerprints
+def _store_checksum(path: Path) -> str:
+    """content_sha256 of a Zarr store, the sha256 of a file, or of a folder's files."""
+    zj = path / "zarr.json"
+    if zj.exists():
+        doc = json.loads(zj.read_text())
+        sha = (doc.get("attributes") or {}).get("content_sha256")
+        if sha:
+            return sha
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(f"{p.relative_to(path)}:{sha256_file(p)};".encode())
+        return h.hexdigest()
+    raise FileNotFoundError(f"{path}: missing input (run the upstream stage first)")
+
+
+def code_files(stage_name: str) -> list[Path]:
+    """Source files of the code a stage runs (its import closure inside the package)."""
+    from pipeline.stages.deps import stage_code_files
+
+    return stage_code_files(stage_name)
+
+
+_CODE_MEMO: dict[str, str] = {}
+
+
+def code_checksum(stage: Stage) -> str:
+    if stage.name not in _CODE_MEMO:
+        h = hashlib.sha256()
+        root = Path(__file__).resolve().parents[2]
+        for p in code_files(stage.name):
+            h.update(f"{p.relative_to(root)}:{sha256_file(p)};".encode())
+        _CODE_MEMO[stage.name] = h.hexdigest()
+    return _CODE_MEMO[stage.name]
+
+
+def stage_params(stage: Stage, ctx: Ctx) -> dict:
+    return {k: get_key(ctx.params, k) for k in stage.params}
+
+
+def fingerprint(stage: Stage, ctx: Ctx, sequence: str, source: Any = None) -> str:
+    doc = {"stage": stage.name, "variant": ctx.variant, "params": stage_params(stage, ctx),
+           "inputs": {d: _store_checksum(ctx.data / d / f"{sequence}.zarr") for d in stage.input_dirs(ctx)},
+           "files": {str(p.name): _store_checksum(p) for p in stage.file_paths(ctx)},
+           "source": source, "code": code_checksum(stage)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- sequences
+def dataset_sequences(ctx: Ctx) -> list[str]:
+    """The dataset's sequences: those the frames stage ingested."""
+    d = ctx.data / "frames"
+    seqs = sorted(p.name[:-5] for p in d.glob("*.zarr")) if d.is_dir() else []
+    if not seqs:
+        raise FileNotFoundError(f"{d}: no frames stores (run the frames stage of dataset {ctx.dataset!r} first)")
+    return seqs
+
+
+def _clean_leftovers(out_dir: Path) -> None:
+    """Staging folders of writers killed before they could clean up (``.<name>.tmp-*``)."""
+    if out_dir.is_dir():
+        for p in out_dir.glob(".*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in out_dir.glob(".*.old-*"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _done(out_dir: Path, seq: str) -> Path:
+    return out_dir / LEDGER / f"{seq}.json"
+
+
+def is_fresh(out_dir: Path, out: Path, seq: str, fp: str) -> bool:
+    led = _done(out_dir, seq)
+    if not (out.exists() and led.exists()):
+        return False
+    try:
+        return json.loads(led.read_text()).get("fingerprint") == fp
+    except (OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- workers
+_STATE: dict[str, Any] = {}
+
+
+def _worker_init(stage_name: str, ctx: Ctx, threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from pipeline.stages import get_stage
+
+    st = get_stage(stage_name)
+    _STATE["stage"], _STATE["ctx"] = st, ctx
+    _STATE["state"] = st.setup(ctx) if st.setup else None
+
+
+def _worker_run(seq: str) -> tuple[str, str, float]:
+    st, ctx = _STATE["stage"], _STATE["ctx"]
+    t0 = time.perf_counter()
+    out = st.out_dir(ctx) / f"{seq}{st.suffix}"
+    msg = st.run(_STATE["state"], ctx, seq, out)
+    return seq, msg, time.perf_counter() - t0
+
+
+class _RayWorker:
+    def __init__(self, stage_name: str, ctx: Ctx, threads: int | None):
+        _worker_init(stage_name, ctx, threads)
+
+    def run(self, seq: str) -> tuple[str, str, float]:
+        return _worker_run(seq)
+
+
+def _map(stage: Stage, ctx: Ctx, todo: list[str], kind: str, workers: int) -> Iterable[tuple[str, str, float]]:
+    if kind == "inprocess" or not todo:
+        _worker_init(stage.name, ctx, None)
+        for seq in todo:
+            yield _worker_run(seq)
+        return
+    n = max(1, min(workers, len(todo)))
+    threads = max(1, (os.cpu_count() or 1) // n)
+    if kind == "process":
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(stage.name, ctx, threads)) as pool:
+            yield from pool.map(_worker_run, todo)
+        return
+    if kind == "ray":
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError:
+            raise ImportError("executor.kind: ray needs Ray: pip install 'motionseg[ray]'") from None
+        started = not ray.is_initialized()
+        if started:
+            addr = os.environ.get("RAY_ADDRESS")
+            ray.init(address=addr or None, num_cpus=None if addr else n, include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR",
+                     runtime_env={"env_vars": {"MOTIONSEG_ROOT": str(ctx.root)}})
+        try:
+            gpus = 1 if stage.gpu and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            actor = ray.remote(num_cpus=1, num_gpus=gpus)(_RayWorker)
+            actors = [actor.remote(stage.name, ctx, threads) for _ in range(n)]
+            yield from ActorPool(actors).map_unordered(lambda a, s: a.run.remote(s), todo)
+        finally:
+            if started:
+                ray.shutdown()
+        return
+    raise KeyError(f"executor.kind: unknown executor {kind!r} ({' | '.join(EXECUTORS)})")
+
+
+# --------------------------------------------------------------------------- the stage
+def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None = None,
+        sequences: list[str] | None = None) -> dict:
+    """Run ``stage`` on ``ctx.dataset``; returns timings and counts (printed by the CLI)."""
+    ex = dict(ctx.params.get("executor") or {})
+    kind = executor or str(ex.get("kind", "inprocess"))
+    workers = int(workers or ex.get("workers") or 2)
+    t0 = time.perf_counter()
+    if stage.whole is not None:     # one job over the dataset: one fingerprint over all its sequences
+        out = stage.out_dir(ctx) if stage.out else None
+        # the ledger sits in the output folder (it travels with it through dvc checkout), else beside
+        led = out / f"{LEDGER}.json" if out is not None else ctx.data / LEDGER / f"{stage.name}.json"
+        seqs = dataset_sequences(ctx) if stage.inputs else []
+        fp = hashlib.sha256(json.dumps([fingerprint(stage, ctx, q) for q in seqs] or
+                                       [fingerprint(stage, ctx, "", None)]).encode()).hexdigest()
+        if led.exists() and (out is None or out.exists()) and json.loads(led.read_text()).get("fingerprint") == fp:
+            print(f"{stage.name}: up to date", flush=True)
+            return {"stage": stage.name, "ran": 0, "skipped": 1, "wall_s": time.perf_counter() - t0}
+        led.unlink(missing_ok=True)
+        print(stage.whole(ctx), flush=True)
+        write_json_atomic(led, {"stage": stage.name, "fingerprint": fp})
+        return {"stage": stage.name, "ran": 1, "skipped": 0, "wall_s": time.perf_counter() - t0}
+    missing = [f for f in stage.file_paths(ctx) if not f.exists()]
+    if missing:            # the loader's own message says how to make it
+        if stage.setup is not None:
+            stage.setup(ctx)
+        raise FileNotFoundError(f"{missing[0]}: missing (named by params of stage {stage.name})")
+    out_dir = stage.out_dir(ctx)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(out_dir)
+    seqs = sequences if sequences is not None else (
+        stage.sequences(ctx) if stage.sequences else dataset_sequences(ctx))
+    fps = {s: fingerprint(stage, ctx, s, stage.source(ctx, s) if stage.source else None) for s in seqs}
+    todo = [s for s in seqs if not is_fresh(out_dir, out_dir / f"{s}{stage.suffix}", s, fps[s])]
+    for s in todo:
+        _done(out_dir, s).unlink(missing_ok=True)
+    if len(todo) < len(seqs):
+        print(f"{stage.name}: {len(seqs) - len(todo)} of {len(seqs)} sequences up to date", flush=True)
+    busy = 0.0
+    t_map = time.perf_counter()
+    for seq, msg, dt in _map(stage, ctx, todo, kind if len(todo) > 1 else "inprocess", workers):
+        write_json_atomic(_done(out_dir, seq), {"sequence": seq, "fingerprint": fps[seq]})
+        busy += dt
+        print(msg, flush=True)
+    map_s = time.perf_counter() - t_map
+    if sequences is None:   # outputs of sequences no longer in the dataset
+        keep = {f"{s}{stage.suffix}" for s in seqs}
+        for p in list(out_dir.iterdir()):
+            if p.name not in keep and not p.name.startswith("."):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for p in list((out_dir / LEDGER).glob("*.json")) if (out_dir / LEDGER).is_dir() else []:
+            if p.stem not in set(seqs):
+                p.unlink()
+    if stage.finalize is not None:
+        print(stage.finalize(ctx, seqs), flush=True)
+    wall = time.perf_counter() - t0
+    return {"stage": stage.name, "dataset": ctx.dataset, "executor": kind, "ran": len(todo),
+            "skipped": len(seqs) - len(todo), "wall_s": wall, "map_s": map_s, "busy_s": busy}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.stages STAGE DATASET [VARIANT] [--executor K] [--workers N]``."""
+    import argparse
+
+    from pipeline.core.runtime import report_errors
+    from pipeline.stages import get_stage
+    from pipeline.stages.base import load_dataset_params
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.stages", description=main.__doc__)
+    ap.add_argument("stage")
+    ap.add_argument("dataset")
+    ap.add_argument("variant", nargs="?")
+    ap.add_argument("--executor", choices=EXECUTORS)
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--timings", type=Path, help="also write the run's timings (JSON) here")
+    a = ap.parse_args(argv)
+
+    def go() -> None:
+        from pipeline.core.config import project_root
+
+        stage = get_stage(a.stage)
+        if stage.variants and not a.variant:
+            raise KeyError(f"stage {a.stage} needs a variant (one of params {stage.variants})")
+        ctx = Ctx(a.dataset, load_dataset_params(a.dataset), project_root(), a.variant)
+        info = run(stage, ctx, a.executor, a.workers)
+        if a.timings:
+            write_json_atomic(a.timings, info)
+
+    return report_errors(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Dataset-level stages: fingerprints, skipping fresh sequences, executors giving the same bytes,
+a stage killed half-way and rerun, per-dataset params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.core.store import open_artifact
+from pipeline.stages import get_stage
+from pipeline.stages.base import Ctx, load_dataset_params
+from pipeline.stages.runner import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _make_project(tmp: Path, n_seq: int = 3, T: int = 5, size=(72, 96), overrides: dict | None = None) -> Path:
+    """A project folder with params.yaml, one dataset ``tiny`` of moving squares (DAVIS layout)."""
+    root = tmp / "proj"
+    (root / "datasets" / "tiny").mkdir(parents=True)
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    rng = np.random.default_rng(0)
+    H, W = size
+    for s in range(n_seq):
+        img_dir = root / "raw" / "JPEGImages" / "480p" / f"seq{s}"
+        ann_dir = root / "raw" / "Annotations" / "480p" / f"seq{s}"
+        img_dir.mkdir(parents=True)
+        ann_dir.mkdir(parents=True)
+        bg = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+        for t in range(T):
+            img = np.roll(bg, t, axis=1).copy()
+            m = np.zeros((H, W), np.uint8)
+            y, x = 10 + 2 * t, 20 + 3 * t + 5 * s
+            m[y:y + 20, x:x + 24] = 255
+            img[m > 0] = (200, 40, 40)
+            cv2.imwrite(str(img_dir / f"{t:05d}.jpg"), img[..., ::-1])
+            cv2.imwrite(str(ann_dir / f"{t:05d}.png"), m)
+    doc = {"dataset": {"name": "tiny", "root": "raw", "layout": "davis", "resolution": "480p",
+                       "sparse_gt": False, "protocol": "multi"},
+           "frames": {"size": [48, 64], "store_full": False}, "flow": {"method": "dis"}, **(overrides or {})}
+    (root / "datasets" / "tiny" / "dataset.yaml").write_text(yaml.safe_dump(doc))
+    return root
+
+
+def _ctx(root: Path, variant: str | None = None) -> Ctx:
+    return Ctx("tiny", load_dataset_params("tiny", root), root, variant)
+
+
+def _sha(root: Path, stage: str) -> dict:
+    d = root / "data" / "tiny" / stage
+    return {p.name: open_artifact(p).attrs["content_sha256"] for p in sorted(d.glob("*.zarr"))}
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    root = _make_project(tmp_path)
+    monkeypatch.setenv("MOTIONSEG_ROOT", str(root))
+    return root
+
+
+def test_dataset_params_override_and_unknown_keys_fail(project):
+    p = load_dataset_params("tiny", project)
+    assert p["flow"]["method"] == "dis" and p["frames"]["size"] == [48, 64]
+    base = yaml.safe_load((project / "params.yaml").read_text())
+    assert p["flow"]["iters"] == base["flow"]["iters"]        # not overridden: from params.yaml
+    f = project / "datasets" / "tiny" / "dataset.yaml"
+    doc = yaml.safe_load(f.read_text())
+    doc["flow"]["methd"] = "raft_small"
+    f.write_text(yaml.safe_dump(doc))
+    with pytest.raises(KeyError, match="unknown key 'flow.methd'"):
+        load_dataset_params("tiny", project)
+
+
+def test_rerun_skips_fresh_sequences_and_a_param_change_redoes_them(project):
+    ctx = _ctx(project)
+    a = run(get_stage("frames"), ctx)
+    b = run(get_stage("flow"), ctx)
+    assert (a["ran"], b["ran"]) == (3, 3)
+    first = _sha(project, "flow")
+    again = run(get_stage("flow"), ctx)
+    assert (again["ran"], again["skipped"]) == (0, 3)
+    assert _sha(project, "flow") == first
+    # a key flow reads changes: every sequence again; a key it does not read: nothing
+    ctx.params["motion_baseline"]["num_objects"] = 2
+    assert run(get_stage("flow"), ctx)["ran"] == 0
+    ctx.params["flow"]["gap"] = 2
+    assert run(get_stage("flow"), ctx)["ran"] == 3
+    # an upstream store that changes content redoes its sequence only
+    ctx.params["flow"]["gap"] = 1
+    run(get_stage("flow"), ctx)
+    shutil.rmtree(project / "data" / "tiny" / "frames" / "seq1.zarr")
+    assert run(get_stage("frames"), ctx)["ran"] == 1
+    assert run(get_stage("flow"), ctx)["ran"] == 0          # same bytes as before: still fresh
+    assert _sha(project, "flow") == first
+
+
+def test_sequences_that_left_the_dataset_are_removed(project):
+    ctx = _ctx(project)
+    run(get_stage("frames"), ctx)
+    shutil.rmtree(project / "raw" / "JPEGImages" / "480p" / "seq2")
+    shutil.rmtree(project / "raw" / "Annotations" / "480p" / "seq2")
+    run(get_stage("frames"), ctx)
+    assert sorted(p.name for p in (project / "data" / "tiny" / "frames").glob("*.zarr")) == ["seq0.zarr", "seq1.zarr"]
+    assert sorted(p.name for p in (project / "data" / "tiny" / "frames" / ".done").iterdir()) == \
+        ["seq0.json", "seq1.json"]
+
+
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_executors_write_the_same_bytes_as_in_process(project, tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray")
+    ctx = _ctx(project)
+    run(get_stage("frames"), ctx)
+    run(get_stage("flow"), ctx)
+    run(get_stage("motion_baseline"), ctx)
+    ref = {s: _sha(project, s) for s in ("flow", "motion_baseline")}
+    for s in ("flow", "motion_baseline"):
+        shutil.rmtree(project / "data" / "tiny" / s)
+    for s in ("flow", "motion_baseline"):
+        info = run(get_stage(s), ctx, executor=executor, workers=2)
+        assert info["ran"] == 3 and info["executor"] == executor
+    assert {s: _sha(project, s) for s in ("flow", "motion_baseline")} == ref
+
+
+def test_killed_stage_reruns_only_unfinished_sequences(tmp_path, monkeypatch):
+    root = _make_project(tmp_path, n_seq=6, T=12, size=(240, 320),
+                         overrides={"frames": {"size": [240, 320], "store_full": True}})
+    monkeypatch.setenv("MOTIONSEG_ROOT", str(root))
+    ctx = _ctx(root)
+    run(get_stage("frames"), ctx)
+    env = {**os.environ, "MOTIONSEG_ROOT": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages", "flow", "tiny"], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = root / "data" / "tiny" / "flow" / ".done"
+    t0 = time.time()
+    while not (done.is_dir() and any(done.iterdir())) and time.time() - t0 < 120:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p.stem for p in done.iterdir())
+    assert 1 <= len(finished) < 6, "the stage was not killed half-way"
+    # nothing half-written is visible: every store there is complete (atomic writes) and readable
+    for p in (root / "data" / "tiny" / "flow").glob("*.zarr"):
+        open_artifact(p, stage="flow")
+    info = run(get_stage("flow"), ctx)
+    assert (info["ran"], info["skipped"]) == (6 - len(finished), len(finished))
+    assert not list((root / "data" / "tiny" / "flow").glob(".*.tmp-*"))    # the killed writer's leftovers
+    assert sorted(p.stem for p in done.iterdir()) == [f"seq{i}" for i in range(6)]
+
+
+def test_stage_cli_reports_a_bad_dataset_in_one_line(project):
+    r = subprocess.run([sys.executable, "-m", "pipeline.stages", "flow", "nosuch"], cwd=project,
+                       capture_output=True, text=True, env={**os.environ, "MOTIONSEG_ROOT": str(project)})
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "nosuch" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_metrics_stage_writes_per_sequence_json_and_a_summary(project):
+    ctx = _ctx(project, "motion_baseline")
+    for s in ("frames", "flow", "motion_baseline"):
+        run(get_stage(s), _ctx(project))
+    info = run(get_stage("metrics"), ctx)
+    assert info["ran"] == 3
+    summary = json.loads((project / "results" / "tiny" / "motion_baseline" / "summary.json").read_text())
+    assert summary["n_sequences"] == 3 and 0.0 <= summary["J_mean"] <= 1.0
+    assert run(get_stage("metrics"), ctx)["ran"] == 0
