@@ -30,6 +30,7 @@ def _make_project(tmp: Path, n_seq: int = 3, T: int = 5, size=(72, 96), override
     root = tmp / "proj"
     (root / "datasets" / "tiny").mkdir(parents=True)
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    (root / "checkpoints").symlink_to(REPO / "checkpoints")
     rng = np.random.default_rng(0)
     H, W = size
     for s in range(n_seq):
@@ -123,14 +124,16 @@ def test_executors_write_the_same_bytes_as_in_process(project, tmp_path, executo
     ctx = _ctx(project)
     run(get_stage("frames"), ctx)
     run(get_stage("flow"), ctx)
-    run(get_stage("motion_baseline"), ctx)
-    ref = {s: _sha(project, s) for s in ("flow", "motion_baseline")}
-    for s in ("flow", "motion_baseline"):
+    stages = ("flow", "motion_baseline", "proposals")       # proposals: a torch model (float results)
+    for s in stages[1:]:
+        run(get_stage(s), ctx)
+    ref = {s: _sha(project, s) for s in stages}
+    for s in stages:
         shutil.rmtree(project / "data" / "tiny" / s)
-    for s in ("flow", "motion_baseline"):
+    for s in stages:
         info = run(get_stage(s), ctx, executor=executor, workers=2)
         assert info["ran"] == 3 and info["executor"] == executor
-    assert {s: _sha(project, s) for s in ("flow", "motion_baseline")} == ref
+    assert {s: _sha(project, s) for s in stages} == ref
 
 
 def test_killed_stage_reruns_only_unfinished_sequences(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ Executors (``executor.kind`` in params.yaml): ``inprocess`` (default; ``setup`` 
 turn), ``process`` (a local pool of ``executor.workers`` processes, ``setup`` once per process) and
 ``ray`` (an existing cluster through ``RAY_ADDRESS`` or a local one of ``executor.workers`` CPUs:
 one actor per worker holds the model, sequences are its tasks). Outputs do not depend on the
-executor (each sequence is computed the same way in any of them).
+executor: each sequence is computed the same way in any of them, with ``executor.threads`` torch
+threads (float results depend on the thread count, so it is one value for all).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _worker_init(stage_name: str, ctx: Ctx, threads: int | None) -> None:
     if threads:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(int(threads))
     from pipeline.stages import get_stage
 
     st = get_stage(stage_name)
@@ -148,14 +149,20 @@ class _RayWorker:
         return _worker_run(seq)
 
 
-def _map(stage: Stage, ctx: Ctx, todo: list[str], kind: str, workers: int) -> Iterable[tuple[str, str, float]]:
+def _map(stage: Stage, ctx: Ctx, todo: list[str], kind: str, workers: int,
+         threads: int) -> Iterable[tuple[str, str, float]]:
     if kind == "inprocess" or not todo:
-        _worker_init(stage.name, ctx, None)
-        for seq in todo:
-            yield _worker_run(seq)
+        import torch
+
+        saved = torch.get_num_threads()
+        try:
+            _worker_init(stage.name, ctx, threads)
+            for seq in todo:
+                yield _worker_run(seq)
+        finally:
+            torch.set_num_threads(saved)
         return
     n = max(1, min(workers, len(todo)))
-    threads = max(1, (os.cpu_count() or 1) // n)
     if kind == "process":
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -173,12 +180,12 @@ def _map(stage: Stage, ctx: Ctx, todo: list[str], kind: str, workers: int) -> It
         started = not ray.is_initialized()
         if started:
             addr = os.environ.get("RAY_ADDRESS")
-            ray.init(address=addr or None, num_cpus=None if addr else n, include_dashboard=False,
+            ray.init(address=addr or None, num_cpus=None if addr else n * threads, include_dashboard=False,
                      log_to_driver=False, logging_level="ERROR",
                      runtime_env={"env_vars": {"MOTIONSEG_ROOT": str(ctx.root)}})
         try:
             gpus = 1 if stage.gpu and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-            actor = ray.remote(num_cpus=1, num_gpus=gpus)(_RayWorker)
+            actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_RayWorker)
             actors = [actor.remote(stage.name, ctx, threads) for _ in range(n)]
             yield from ActorPool(actors).map_unordered(lambda a, s: a.run.remote(s), todo)
         finally:
@@ -195,6 +202,7 @@ def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None
     ex = dict(ctx.params.get("executor") or {})
     kind = executor or str(ex.get("kind", "inprocess"))
     workers = int(workers or ex.get("workers") or 2)
+    threads = int(ex.get("threads") or 1)
     t0 = time.perf_counter()
     if stage.whole is not None:     # one job over the dataset: one fingerprint over all its sequences
         out = stage.out_dir(ctx) if stage.out else None
@@ -228,7 +236,7 @@ def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None
         print(f"{stage.name}: {len(seqs) - len(todo)} of {len(seqs)} sequences up to date", flush=True)
     busy = 0.0
     t_map = time.perf_counter()
-    for seq, msg, dt in _map(stage, ctx, todo, kind if len(todo) > 1 else "inprocess", workers):
+    for seq, msg, dt in _map(stage, ctx, todo, kind if len(todo) > 1 else "inprocess", workers, threads):
         write_json_atomic(_done(out_dir, seq), {"sequence": seq, "fingerprint": fps[seq]})
         busy += dt
         print(msg, flush=True)
