@@ -27,6 +27,7 @@ from pipeline.stages.runner import run as run_stage
 
 #: the stage whose masks are the pipeline's answer
 FINAL = "crf"
+MADE_BY = "# made by `motionseg run`"
 
 
 def _name(path: Path) -> str:
@@ -50,7 +51,18 @@ def register(path: str | os.PathLike, name: str | None = None, root: Path | None
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     name = name or _name(path)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise InputError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
+    f = dataset_params_path(name, root)
+    if f.exists() and not f.read_text().startswith(MADE_BY):
+        raise InputError(f"{f}: dataset {name!r} exists and was not made by `motionseg run`; choose another --name")
     inp = root / "data" / name / "input"
+    if inp.exists():          # this call's input only: links of an earlier call are removed
+        for p in sorted(inp.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+            elif p.is_dir():
+                p.rmdir()
     seq = re.sub(r"[^A-Za-z0-9._+-]+", "-", path.stem if path.is_file() else path.name).strip("-") or "video"
     if path.is_file():
         if path.suffix.lower() not in VIDEO_EXTS:
@@ -71,13 +83,11 @@ def register(path: str | os.PathLike, name: str | None = None, root: Path | None
         else:
             raise InputError(f"{path}: holds neither videos ({', '.join(VIDEO_EXTS)}) nor frames "
                              f"({', '.join(IMAGE_EXTS)})")
-    f = dataset_params_path(name, root)
     doc = yaml.safe_load(f.read_text()) if f.exists() else {}
     doc["dataset"] = {"name": name, "root": f"data/{name}/input", "layout": layout, "resolution": "480p",
                       "sparse_gt": True, "protocol": "multi"}
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text("# made by `motionseg run`; add overrides of params.yaml keys below\n"
-                 + yaml.safe_dump(doc, sort_keys=False))
+    f.write_text(MADE_BY + "; add overrides of params.yaml keys below\n" + yaml.safe_dump(doc, sort_keys=False))
     return name
 
 

@@ -178,3 +178,23 @@ def test_metrics_stage_writes_per_sequence_json_and_a_summary(project):
     summary = json.loads((project / "results" / "tiny" / "motion_baseline" / "summary.json").read_text())
     assert summary["n_sequences"] == 3 and 0.0 <= summary["J_mean"] <= 1.0
     assert run(get_stage("metrics"), ctx)["ran"] == 0
+
+
+def test_run_registration_keeps_other_datasets_and_only_this_input(project, tmp_path):
+    """`motionseg run` registers its input as a dataset: it never overwrites a dataset it did not make,
+    refuses names that are not plain, and a second call with the same name sees only its own input."""
+    from pipeline.api import register
+    from pipeline.core.io import InputError
+
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    a.write_bytes(b"x")
+    b.write_bytes(b"y")
+    with pytest.raises(InputError, match="not made by `motionseg run`"):
+        register(a, "tiny", project)
+    with pytest.raises(InputError, match="letters, digits"):
+        register(a, "../x", project)
+    assert register(a, "clip", project) == "clip"
+    register(b, "clip", project)
+    assert sorted(p.name for p in (project / "data" / "clip" / "input").iterdir()) == ["b.mp4"]
+    doc = yaml.safe_load((project / "datasets" / "clip" / "dataset.yaml").read_text())
+    assert doc["dataset"]["layout"] == "videos" and doc["dataset"]["root"] == "data/clip/input"

@@ -151,7 +151,9 @@ class _RayWorker:
 
 def _map(stage: Stage, ctx: Ctx, todo: list[str], kind: str, workers: int,
          threads: int) -> Iterable[tuple[str, str, float]]:
-    if kind == "inprocess" or not todo:
+    if not todo:
+        return
+    if kind == "inprocess":
         import torch
 
         saved = torch.get_num_threads()
@@ -184,7 +186,10 @@ def _map(stage: Stage, ctx: Ctx, todo: list[str], kind: str, workers: int,
                      log_to_driver=False, logging_level="ERROR",
                      runtime_env={"env_vars": {"MOTIONSEG_ROOT": str(ctx.root)}})
         try:
-            gpus = 1 if stage.gpu and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            n_gpu = int(ray.cluster_resources().get("GPU", 0)) if stage.gpu else 0
+            gpus = 1 if n_gpu >= 1 else 0
+            if gpus:                 # one GPU per actor: never more actors than GPUs (others would wait forever)
+                n = min(n, n_gpu)
             actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_RayWorker)
             actors = [actor.remote(stage.name, ctx, threads) for _ in range(n)]
             yield from ActorPool(actors).map_unordered(lambda a, s: a.run.remote(s), todo)
@@ -211,7 +216,10 @@ def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None
         seqs = dataset_sequences(ctx) if stage.inputs else []
         fp = hashlib.sha256(json.dumps([fingerprint(stage, ctx, q) for q in seqs] or
                                        [fingerprint(stage, ctx, "", None)]).encode()).hexdigest()
-        if led.exists() and (out is None or out.exists()) and json.loads(led.read_text()).get("fingerprint") == fp:
+        declared = [ctx.root / path.format(dataset=ctx.dataset) for kind in ("outs", "metrics", "plots")
+                    for d in stage.dvc.get(kind, []) for path in d]
+        present = (out is None or out.exists()) and all(p.exists() for p in declared)
+        if present and led.exists() and json.loads(led.read_text()).get("fingerprint") == fp:
             print(f"{stage.name}: up to date", flush=True)
             return {"stage": stage.name, "ran": 0, "skipped": 1, "wall_s": time.perf_counter() - t0}
         led.unlink(missing_ok=True)
