@@ -109,6 +109,17 @@ def needed_stages(params: dict, final: str = FINAL) -> list[str]:
     return [s for s in ORDER if s in need]
 
 
+def run_needed(name: str, root: Path) -> tuple[Ctx, dict]:
+    """Run the stages the final masks of dataset ``name`` need; ``(ctx, timings per stage)``."""
+    ctx = Ctx(name, load_dataset_params(name, root), root)
+    timings = {}
+    for s in needed_stages(ctx.params):
+        t = time.perf_counter()
+        info = run_stage(get_stage(s), ctx)
+        timings[s] = {"wall_s": round(time.perf_counter() - t, 2), "ran": info["ran"], "skipped": info["skipped"]}
+    return ctx, timings
+
+
 def run(path: str | os.PathLike, out: str | os.PathLike | None = None, name: str | None = None,
         root: Path | None = None, video: bool = True, log=print) -> dict:
     """Segment the moving objects of ``path``; write masks, overlays and a report to ``out``."""
@@ -117,15 +128,10 @@ def run(path: str | os.PathLike, out: str | os.PathLike | None = None, name: str
     root = root or project_root()
     t0 = time.perf_counter()
     name = register(path, name, root)
-    params = load_dataset_params(name, root)
-    timings = {}
-    for s in needed_stages(params):
-        t = time.perf_counter()
-        info = run_stage(get_stage(s), Ctx(name, params, root))
-        timings[s] = {"wall_s": round(time.perf_counter() - t, 2), "ran": info["ran"], "skipped": info["skipped"]}
+    ctx, timings = run_needed(name, root)
+    params = ctx.params
     out = Path(out) if out else root / "results" / name
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Ctx(name, params, root)
     rows = []
     for store in sorted((ctx.data / "frames").glob("*.zarr")):
         seq = store.name[:-5]
@@ -185,9 +191,6 @@ def segment(frames: Any, name: str = "segment", root: Path | None = None) -> np.
             if int(p.stem) >= len(arr):
                 p.unlink()
     ds = register(path, f"run-{name}" if not isinstance(frames, (str, os.PathLike)) else None, root)
-    params = load_dataset_params(ds, root)
-    for s in needed_stages(params):
-        run_stage(get_stage(s), Ctx(ds, params, root))
-    ctx = Ctx(ds, params, root)
+    ctx, _ = run_needed(ds, root)
     stores = sorted((ctx.data / FINAL).glob("*.zarr"))
     return np.asarray(open_artifact(stores[0], stage=FINAL)["labels"][...])
