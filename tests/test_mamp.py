@@ -281,3 +281,36 @@ def test_topk_column_blocks_do_not_change_the_result():
     for cb, rc in ((1, 2), (5, 4), (8, None), (64, 3)):
         w, idx = topk_affinity(fq, fr, seen, radius=3, topk=7, temperature=0.5, col_block=cb, row_chunk=rc)
         assert torch.allclose(w, ref[0], atol=1e-6) and torch.equal(idx, ref[1])
+
+
+def test_lockstep_tracks_equal_separate_propagations():
+    """Slots propagated in lockstep (shared features, flows and window scores) give exactly the
+    probabilities of one propagation per slot, forward-only and both-ways tracks mixed."""
+    from pipeline.mamp.propagate import propagate_sequence, propagate_sequence_tracks
+
+    rng = np.random.default_rng(3)
+    T, H, W = 9, 24, 28
+    frames = [rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(T)]
+
+    def adjacent(t):
+        return rng.normal(0, 2, (4, H, W)).astype(np.float32) if t >= 0 else None
+
+    flows_t = {t: adjacent(t) for t in range(T)}
+    givens = [{0: one_hot(rng.random((H, W)) > 0.5, 2)},                         # forward only
+              {2: one_hot(rng.random((H, W)) > 0.6, 2), 6: one_hot(rng.random((H, W)) > 0.4, 2)},
+              {7: one_hot(rng.random((H, W)) > 0.3, 2)}]
+    cfg = PropagationConfig(radius=2, topk=5, temperature=0.05, similarity="l2", short_term=(1, 3),
+                            long_term=(2,))
+    feats = make_feature_fn("lab")
+
+    def provider():
+        return FlowProvider(4, adjacent=lambda t: flows_t[t],
+                            estimate=lambda a, b: np.full((2, H, W), 0.5 * (b - a), np.float32), max_chain=2)
+
+    joint = {t: ps for t, ps in propagate_sequence_tracks(T, lambda t: frames[t], givens, feats, provider(), cfg)}
+    for j, g in enumerate(givens):
+        alone = dict(propagate_sequence(T, lambda t: frames[t], g, feats, provider(), cfg))
+        assert sorted(alone) == list(range(T))
+        for t in range(T):
+            assert torch.equal(alone[t], joint[t][j]), (j, t)
+    assert not torch.equal(joint[4][1], joint[4][2])   # the tracks really differ

@@ -17,6 +17,8 @@ Attributes name the backbone and whether it is self-supervised.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,6 +36,7 @@ from pipeline.mamp.propagate import (
     make_feature_fn,
     one_hot,
     propagate_sequence,
+    propagate_sequence_tracks,
 )
 
 __all__ = ["PARAM_KEYS", "build", "write_propagate_gt", "write_propagate", "dis_estimator"]
@@ -94,15 +97,18 @@ class _Video:
             from pipeline.core.store import ArtifactError
 
             raise ArtifactError(f"{flow_art.path}: {self.flow.shape[0]} frames, the frames store has {self.T}")
-        self._last: tuple[int, np.ndarray] | None = None
+        self._frames: OrderedDict = OrderedDict()   # the last few frames read (far flow alternates pairs)
 
     def frame(self, t: int) -> np.ndarray:
-        if self._last is None or self._last[0] != t:
+        if t not in self._frames:
             img = np.asarray(self.src[t])
             if img.shape[:2] != (self.H, self.W):
                 img = cv2.resize(img, (self.W, self.H), interpolation=cv2.INTER_AREA)
-            self._last = (t, img)
-        return self._last[1]
+            self._frames[t] = img
+            while len(self._frames) > 16:
+                self._frames.popitem(last=False)
+        self._frames.move_to_end(t)
+        return self._frames[t]
 
     def adjacent(self, t: int) -> np.ndarray:
         from pipeline.flow import resize_flow
@@ -218,14 +224,20 @@ def write_propagate(frames_store: str | os.PathLike, flow_store: str | os.PathLi
 
 def _propagate_slots(v: _Video, K: int, refs: dict, labels_p, probs_w, feats: FeatureFn, cfg: PropagationConfig,
                      p: Mapping, dev, cache: FeatureCache) -> None:
-    """Each slot separately (binary propagation, forward + backward); the probabilities go straight
-    to the store, so memory does not grow with K."""
+    """Each slot a separate binary propagation (forward + backward), run in lockstep so that the slots
+    share each query frame's features, flows and window scores; the probabilities go straight to the
+    store. Slots without exemplars keep their proposal masks."""
     flows = v.flows(feats, p, dev)
+    live = [k for k in range(K) if refs[k]]
     for k in range(K):
         if not refs[k]:
             for t in range(v.T):
                 probs_w[t, k] = v.mask(np.asarray(labels_p[t]) == k + 1).astype(np.float16)
-            continue
-        given = {f: one_hot(v.mask(np.asarray(labels_p[f]) == k + 1), 2) for f in refs[k]}
-        for t, pr in propagate_sequence(v.T, v.frame, given, feats, flows, cfg, dev, feature_of=cache):
+    if not live:
+        return
+    givens = []
+    for k in live:
+        givens.append({f: one_hot(v.mask(np.asarray(labels_p[f]) == k + 1), 2) for f in refs[k]})
+    for t, prs in propagate_sequence_tracks(v.T, v.frame, givens, feats, flows, cfg, dev, feature_of=cache):
+        for k, pr in zip(live, prs):
             probs_w[t, k] = pr[1].float().cpu().numpy().astype(np.float16)

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.mamp import align
-from pipeline.mamp.match import flow_to_grid, register, topk_affinity, transfer
+from pipeline.mamp.match import flow_to_grid, register, topk_weights, transfer, window_scores
 
-__all__ = ["PropagationConfig", "FeatureFn", "make_feature_fn", "FlowProvider", "propagate", "one_hot",
-           "propagate_sequence", "FeatureCache"]
+__all__ = ["PropagationConfig", "FeatureFn", "make_feature_fn", "FlowProvider", "propagate", "propagate_tracks",
+           "one_hot", "propagate_sequence", "propagate_sequence_tracks", "FeatureCache"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,8 @@ class FlowProvider:
         self._step: OrderedDict = OrderedDict()  # (t, +-1) -> grid flow [2, h, w]
         self._chain: tuple = (None, [])
         self._cache = int(cache)
+        self._far: OrderedDict = OrderedDict()   # (q, r) -> grid flow, reused by later passes (slots)
+        self._far_cache = 32 * int(cache)        # grid flows are small (h x w x 2 at the feature stride)
 
     def _grid(self, f: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(np.ascontiguousarray(f), dtype=torch.float32, device=self.device)
@@ -185,7 +187,12 @@ class FlowProvider:
         if n > self.max_chain:
             if self.far == "none" or self.estimate_fn is None:
                 return None
-            return self._grid(self.estimate_fn(q, r))
+            if (q, r) not in self._far:
+                self._far[(q, r)] = self._grid(self.estimate_fn(q, r))
+                while len(self._far) > self._far_cache:
+                    self._far.popitem(last=False)
+            self._far.move_to_end((q, r))
+            return self._far[(q, r)]
         d = 1 if r > q else -1
         if self._chain[0] != (q, d):  # composed flows q -> q + i d, i = 1.., shared by this query's references
             self._chain = ((q, d), [])
@@ -266,9 +273,22 @@ def propagate(order: Sequence[int], read_frame: Callable[[int], np.ndarray], giv
     start; a given frame met in ``order`` yields its given labels). Yields ``(t, probs [o, H, W])``
     at the input resolution for every frame of ``order``. ``feature_of(t)``: features of frame t
     (e.g. a :class:`FeatureCache`); default: ``features`` applied to ``read_frame(t)``."""
+    for t, (probs,) in propagate_tracks(order, read_frame, [given], features, flows, cfg, device, feature_of):
+        yield t, probs
+
+
+def propagate_tracks(order: Sequence[int], read_frame: Callable[[int], np.ndarray],
+                     givens: Sequence[Mapping[int, torch.Tensor]], features: FeatureFn, flows: FlowProvider | None,
+                     cfg: PropagationConfig, device: Any = "cpu",
+                     feature_of: Callable[[int], torch.Tensor] | None = None
+                     ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """:func:`propagate` of several independent tracks (each its own ``given`` frames and memory bank)
+    in lockstep along the same ``order``: yields ``(t, [probs of each track])``. Results equal separate
+    :func:`propagate` calls; what the tracks share is computed once per query frame: its features, the
+    flow to each reference, and each reference's window scores (:func:`window_scores`), which depend on
+    the frames only, not on the labels."""
     s = features.stride
-    mem_feat: dict[int, torch.Tensor] = {}
-    mem_lab: dict[int, torch.Tensor] = {}
+    mem_feat: dict[int, torch.Tensor] = {}      # features of the frames any track keeps in memory
     size = None
 
     def feat(t: int) -> torch.Tensor:
@@ -277,42 +297,54 @@ def propagate(order: Sequence[int], read_frame: Callable[[int], np.ndarray], giv
             size = tuple(read_frame(t).shape[:2])
         return feature_of(t) if feature_of is not None else _features_of(features, read_frame(t), device)
 
-    for t, lab in given.items():
-        mem_feat[t] = feat(t)
-        mem_lab[t] = _to_grid(lab.to(device).float(), s, cfg.align)
-    keep_long = set(given)
-    done: list[int] = []
+    mem_lab: list[dict[int, torch.Tensor]] = [{} for _ in givens]   # per track: its memory bank's labels
+    keep_long: list[set] = [set(g) for g in givens]
+    done: list[list[int]] = [[] for _ in givens]
+    for j, given in enumerate(givens):
+        for t, lab in given.items():
+            if t not in mem_feat:
+                mem_feat[t] = feat(t)
+            mem_lab[j][t] = _to_grid(lab.to(device).float(), s, cfg.align)
+    horizon_n = max(cfg.short_term, default=0)
     for pos, t in enumerate(order):
-        if t in given:
-            probs = given[t].to(device).float()
-            done.append(t)
-            yield t, probs
-            continue
-        fq = feat(t)
-        refs = sorted(keep_long) + [done[-k] for k in cfg.short_term if k <= len(done)]
-        refs = list(dict.fromkeys(r for r in refs if r in mem_feat and r != t))
-        if not refs:
-            raise ValueError(f"frame {t}: no reference frame in memory (give at least one labelled frame)")
-        fr, lr, seen = [], [], []
-        for r in refs:
-            fl = flows(t, r) if (cfg.registration and flows is not None) else None
-            f_w, ok = register(torch.cat([mem_feat[r], mem_lab[r]], 0)[None], None if fl is None else fl[None])
-            fr.append(f_w[0, :mem_feat[r].shape[0]])
-            lr.append(f_w[0, mem_feat[r].shape[0]:])
-            seen.append(ok[0])
-        wts, idx = topk_affinity(fq, torch.stack(fr), torch.stack(seen), cfg.radius, cfg.topk, cfg.temperature,
-                                 cfg.similarity)
-        grid_probs = transfer(torch.stack(lr), wts, idx, cfg.radius)
-        probs = _to_pixels(grid_probs, s, size, cfg.align)
-        done.append(t)
-        mem_feat[t], mem_lab[t] = fq, grid_probs
-        if pos in cfg.long_term:
-            keep_long.add(t)
-        # forget what no later query can use: short-term frames beyond the largest offset
-        horizon = set(done[-max(cfg.short_term, default=0):]) if cfg.short_term else set()
-        for r in [r for r in mem_feat if r not in keep_long and r not in horizon]:
-            del mem_feat[r], mem_lab[r]
-        yield t, probs
+        out: list[torch.Tensor | None] = [None] * len(givens)
+        refs_of: dict[int, list[int]] = {}
+        for j, given in enumerate(givens):
+            if t in given:
+                out[j] = given[t].to(device).float()
+                continue
+            refs = sorted(keep_long[j]) + [done[j][-k] for k in cfg.short_term if k <= len(done[j])]
+            refs = list(dict.fromkeys(r for r in refs if r in mem_lab[j] and r != t))
+            if not refs:
+                raise ValueError(f"frame {t}: no reference frame in memory (give at least one labelled frame)")
+            refs_of[j] = refs
+        if refs_of:
+            fq = feat(t)
+            scores: dict[int, torch.Tensor] = {}
+            grids: dict[int, torch.Tensor | None] = {}
+            for r in dict.fromkeys(r for refs in refs_of.values() for r in refs):
+                fl = flows(t, r) if (cfg.registration and flows is not None) else None
+                grids[r] = None if fl is None else fl[None]
+                f_w, ok = register(mem_feat[r][None], grids[r])
+                scores[r] = window_scores(fq, f_w, ok, cfg.radius, cfg.similarity)
+            for j, refs in refs_of.items():
+                wts, idx = topk_weights(torch.cat([scores[r] for r in refs]), cfg.topk, cfg.temperature)
+                labs = torch.cat([register(mem_lab[j][r][None], grids[r])[0] for r in refs])
+                grid_probs = transfer(labs, wts, idx, cfg.radius)
+                out[j] = _to_pixels(grid_probs, s, size, cfg.align)
+                mem_lab[j][t] = grid_probs
+            mem_feat[t] = fq
+        for j in range(len(givens)):
+            done[j].append(t)
+            if j in refs_of and pos in cfg.long_term:
+                keep_long[j].add(t)
+            # forget what no later query can use: short-term frames beyond the largest offset
+            horizon = set(done[j][-horizon_n:]) if horizon_n else set()
+            for r in [r for r in mem_lab[j] if r not in keep_long[j] and r not in horizon]:
+                del mem_lab[j][r]
+        for r in [r for r in mem_feat if not any(r in m for m in mem_lab)]:
+            del mem_feat[r]
+        yield t, out
 
 
 def propagate_sequence(T: int, read_frame: Callable[[int], np.ndarray], given: Mapping[int, torch.Tensor],
@@ -324,12 +356,30 @@ def propagate_sequence(T: int, read_frame: Callable[[int], np.ndarray], given: M
     video, and (``both_ways``) a backward pass, averaged per frame. Forward-only when the only
     given frame is the first. Yields ``(t, probs [o, H, W])`` in frame order (the backward
     pass's results are kept on the CPU as uint8 until the forward pass reaches them)."""
-    if not both_ways or (list(given) == [0]):
-        yield from propagate(range(T), read_frame, given, features, flows, cfg, device, feature_of)
-        return
-    back: dict[int, torch.Tensor] = {}
-    for t, p in propagate(range(T - 1, -1, -1), read_frame, given, features, flows, cfg, device, feature_of):
-        back[t] = (p.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    for t, p in propagate(range(T), read_frame, given, features, flows, cfg, device, feature_of):
-        b = back.pop(t).to(p.device).float() / 255.0
-        yield t, 0.5 * (p + b)
+    for t, (probs,) in propagate_sequence_tracks(T, read_frame, [given], features, flows, cfg, device, both_ways,
+                                                 feature_of):
+        yield t, probs
+
+
+def propagate_sequence_tracks(T: int, read_frame: Callable[[int], np.ndarray],
+                              givens: Sequence[Mapping[int, torch.Tensor]], features: FeatureFn,
+                              flows: FlowProvider | None, cfg: PropagationConfig, device: Any = "cpu",
+                              both_ways: bool = True, feature_of: Callable[[int], torch.Tensor] | None = None
+                              ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """:func:`propagate_sequence` of several tracks in lockstep (see :func:`propagate_tracks`): yields
+    ``(t, [probs of each track])`` in frame order."""
+    two = [j for j, g in enumerate(givens) if both_ways and list(g) != [0]]
+    back: list[dict[int, torch.Tensor]] = [{} for _ in givens]
+    if two:
+        for t, ps in propagate_tracks(range(T - 1, -1, -1), read_frame, [givens[j] for j in two], features, flows,
+                                      cfg, device, feature_of):
+            for j, p in zip(two, ps):
+                back[j][t] = (p.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    for t, ps in propagate_tracks(range(T), read_frame, givens, features, flows, cfg, device, feature_of):
+        out = []
+        for j, p in enumerate(ps):
+            if j in two:
+                b = back[j].pop(t).to(p.device).float() / 255.0
+                p = 0.5 * (p + b)
+            out.append(p)
+        yield t, out
