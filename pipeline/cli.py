@@ -60,9 +60,9 @@ def dataset_add(
         _fail(str(e))
     if not seqs:
         _fail(f"{root}: no sequences found (layout {layout})")
-    bad = [q for q in seqs if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", q)]
-    if bad:
-        _fail(f"{root}: sequence names {bad[:3]} have spaces or punctuation that break paths; rename them")
+    bad = [q for q in seqs if q.startswith(".") or any(ord(c) < 32 for c in q)]
+    if bad:   # sequence names become file names only (never dvc.yaml or params): only these cannot work
+        _fail(f"{root}: sequence names {bad[:3]} start with '.' or hold control characters; rename them")
     from pipeline.stages.base import dataset_params_path
 
     path = dataset_params_path(name)
@@ -157,11 +157,20 @@ def evaluate(pred: Path = typer.Argument(..., help="Predicted PNGs: <pred>/<seq>
     """Evaluate any folder of predicted label PNGs against GT PNGs (DAVIS layout)."""
     from pipeline import metrics as M
 
+    if protocol not in M.PROTOCOLS:
+        _fail(f"--protocol {protocol!r}: one of {' | '.join(M.PROTOCOLS)}")
+    if match_on not in M.MATCH_ON:
+        _fail(f"--match-on {match_on!r}: one of {' | '.join(M.MATCH_ON)}")
     try:
         results = M.evaluate_folders(pred, gt, protocol=protocol, match_on=match_on)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    if not results:
+        _fail(f"{gt}: no sequence folders with PNG masks")
     summary = M.summarize(results)
+    if summary["n_objects"] == 0:
+        _fail(f"{gt}: the ground truth has no object in any of its {len(results)} sequences (every mask reads as "
+              "background): nothing to score")
     for r in results:
         row = r.row()
         typer.echo(f"{row['sequence']:24s} J {row['J_mean']:.3f}  F {row['F_mean']:.3f}  "

@@ -428,7 +428,10 @@ def build_flow_estimator(method: str, weights: str | os.PathLike | None = None, 
         return DisEstimator(dis_preset)
     if method == "farneback":
         return FarnebackEstimator()
-    raise ValueError(f"unknown flow method {method!r}; expected one of {FLOW_METHODS}")
+    close = [m for m in FLOW_METHODS if m == str(method).lower().replace("-", "_")]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"params flow.method: unknown flow method {method!r}{hint}; expected one of "
+                     f"{' | '.join(FLOW_METHODS)}")
 
 
 # --------------------------------------------------------------------------

@@ -211,3 +211,85 @@ def test_davis2016_every_frame_paired_with_its_mask(tmp_path):
     assert art["gt_valid"][...].all() and art.attrs["num_objects"] == 1
     gt = art["gt"]
     assert all(gt[t].any() for t in range(gt.shape[0]))
+
+
+# ---------------------------------------------------------------- mask formats: one reader, right counts
+def _mask_formats(lab):
+    """The same two-object label map (ids 1 and 2, a void pixel) saved the ways people save masks."""
+    pal = Image.fromarray(lab, mode="P")
+    pal.putpalette(davis_palette().reshape(-1).tolist())
+    rgb = davis_palette()[lab]                       # DAVIS colours (128,0,0), (0,128,0) as plain RGB
+    return {"palette": pal, "gray_ids": Image.fromarray(lab, mode="L"), "rgb_davis": Image.fromarray(rgb),
+            "gray_ids_16bit": Image.fromarray(lab.astype(np.uint16))}
+
+
+@pytest.mark.parametrize("fmt", ["palette", "gray_ids", "rgb_davis", "gray_ids_16bit"])
+def test_instance_masks_read_the_same_by_ingestion_and_evaluation(tmp_path, fmt):
+    from pipeline.metrics import read_label_png
+
+    lab = np.zeros((40, 60), np.uint8)
+    lab[5:15, 5:20], lab[20:30, 30:40], lab[0, 0] = 1, 2, 255
+    ds = make_davis(tmp_path / "ds", masks=None, n=3)
+    adir = tmp_path / "ds/Annotations/480p/s"
+    adir.mkdir(parents=True)
+    for t in range(3):
+        _mask_formats(lab)[fmt].save(adir / f"{t:05d}.png")
+    art = open_artifact(ingest_sequence(ds, "s", tmp_path / "o.zarr", (16, 24), progress=False), "frames")
+    assert art.attrs["num_objects"] == 2 and art.attrs["object_labels"] == [1, 2]
+    np.testing.assert_array_equal(art["gt"][1], lab)
+    np.testing.assert_array_equal(read_label_png(adir / "00001.png"), lab)
+
+
+def test_mask_counts_ignore_void_and_unused_labels(tmp_path):
+    lab = np.zeros((40, 60), np.uint8)
+    lab[5:15, 5:20], lab[30:, :] = 5, 255           # one object labelled 5, a void band
+    ds = make_davis(tmp_path / "ds", masks=None, n=2)
+    adir = tmp_path / "ds/Annotations/480p/s"
+    adir.mkdir(parents=True)
+    for t in range(2):
+        _mask_formats(lab)["palette"].save(adir / f"{t:05d}.png")
+    art = open_artifact(ingest_sequence(ds, "s", tmp_path / "o.zarr", (16, 24), progress=False), "frames")
+    assert art.attrs["num_objects"] == 1 and art.attrs["object_labels"] == [5]
+
+
+def test_binary_and_antialiased_masks_give_one_object(tmp_path):
+    m = np.zeros((8, 9), np.uint8)
+    m[2:6, 2:7] = 255
+    Image.fromarray(m).save(tmp_path / "bin.png")
+    aa = m.copy()
+    aa[2, 2:7], aa[5, 2:7] = 100, 200                # soft edges
+    Image.fromarray(aa).save(tmp_path / "aa.png")
+    white_on_black = np.repeat(m[..., None], 3, axis=2)
+    Image.fromarray(white_on_black).save(tmp_path / "rgb_white.png")
+    red = np.zeros((8, 9, 3), np.uint8)
+    red[m > 0] = (255, 0, 0)                          # one colour, not a DAVIS one: a binary mask
+    Image.fromarray(red).save(tmp_path / "red.png")
+    want = (m > 0).astype(np.uint8)
+    for name in ("bin", "rgb_white", "red"):
+        np.testing.assert_array_equal(read_mask(tmp_path / f"{name}.png"), want, err_msg=name)
+    np.testing.assert_array_equal(read_mask(tmp_path / "aa.png"), (aa > 127).astype(np.uint8))
+
+
+def test_colour_masks_outside_the_palette_are_an_error_not_a_merge(tmp_path):
+    rgb = np.zeros((8, 9, 3), np.uint8)
+    rgb[1:3, 1:3] = (255, 0, 0)
+    rgb[5:7, 5:7] = (0, 0, 200)
+    Image.fromarray(rgb).save(tmp_path / "two.png")
+    with pytest.raises(InputError, match=r"two.png: colour mask with 2 colours.*palette PNGs"):
+        read_mask(tmp_path / "two.png")
+
+
+def test_ground_truth_without_objects_is_an_error_in_evaluate(tmp_path):
+    """Masks that read as all background make `motionseg evaluate` fail with one line, not print nan."""
+    import subprocess
+    import sys
+
+    for root in ("gt", "pred"):
+        d = tmp_path / root / "s"
+        d.mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 9), np.uint8)).save(d / "00000.png")
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", str(tmp_path / "pred"),
+                        str(tmp_path / "gt")], capture_output=True, text=True)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has no object in any of its 1 sequences" in lines[0], r.stderr

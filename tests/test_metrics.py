@@ -401,8 +401,7 @@ def test_read_label_png_modes(tmp_path):
     np.testing.assert_array_equal(got, lab > 0)
 
     rgb = np.zeros((6, 7, 3), np.uint8)
-    rgb[lab == 1, 0] = 255  # red
-    rgb[lab == 3, 2] = 200  # blue
+    rgb[np.isin(lab, [1, 3]), 0] = 255  # one colour on black: a binary mask
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     np.testing.assert_array_equal(M.read_label_png(tmp_path / "rgb.png"), np.isin(lab, [1, 3]))
 

@@ -246,6 +246,7 @@ def test_stage_writes_the_store(tmp_path):
         art["labels"].attrs["meaning"]
     # a missing checkpoint is one clear line naming the path and the fix
     params["proposals"]["checkpoint"] = "checkpoints/missing.pt"
+    params.pop("dataset")                       # the project's params.yaml has no dataset section
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "datasets" / "toy").mkdir(parents=True)
     (tmp_path / "datasets" / "toy" / "dataset.yaml").write_text(yaml.safe_dump({"dataset": {"name": "toy"}}))

@@ -198,3 +198,29 @@ def test_run_registration_keeps_other_datasets_and_only_this_input(project, tmp_
     assert sorted(p.name for p in (project / "data" / "clip" / "input").iterdir()) == ["b.mp4"]
     doc = yaml.safe_load((project / "datasets" / "clip" / "dataset.yaml").read_text())
     assert doc["dataset"]["layout"] == "videos" and doc["dataset"]["root"] == "data/clip/input"
+
+
+def test_a_different_weights_file_reruns_the_stage_and_null_files_are_no_files(project, monkeypatch, tmp_path):
+    """features: the backbone's weight file (found in the weights cache, outside the project) is part of
+    the fingerprint; a params key naming a file set to null (mamp.checkpoint for backbone lab) is no file."""
+    from pipeline.stages.base import weights_fingerprint
+
+    ctx = _ctx(project)
+    run(get_stage("frames"), ctx)
+    st = get_stage("features")
+    assert run(st, ctx)["ran"] == 3
+    assert run(st, ctx)["ran"] == 0
+    real = REPO / "checkpoints/mamp.pt"
+    copy = tmp_path / "mamp_copy.pt"
+    shutil.copy(real, copy)
+    ctx.params["features"].update(backbone="mamp", weights=str(copy))
+    assert run(st, ctx)["ran"] == 3                      # another backbone: redone
+    assert run(st, ctx)["ran"] == 0
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    assert weights_fingerprint(lambda: copy) != weights_fingerprint(lambda: real)
+    assert run(st, ctx)["ran"] == 3                      # other weights under the same name: redone
+    assert weights_fingerprint(lambda: tmp_path / "missing.pt") is None
+    ctx.params["mamp"].update(backbone="lab", checkpoint=None)
+    assert get_stage("propagate_gt").file_paths(ctx) == []

@@ -6,13 +6,14 @@ frames or differ in size, and videos too short to process all raise
 :class:`InputError` naming the culprit. Frames are then streamed (one at a time)
 into the ``frames`` artifact, so memory does not depend on the video length.
 
-Masks: palette PNGs (DAVIS-2017 style) give the palette index as the object
-label; grayscale/RGB 0/255 masks (DAVIS-2016 style) give label 1 for > 127.
+Masks: one reader (:func:`read_mask`) for every format (palette, 0/255 binary, grey instance ids,
+DAVIS-palette colours); 255 is void. ``num_objects`` counts the distinct labels present.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.config import IMAGE_EXTS, VIDEO_EXTS, DatasetConfig
+from pipeline.core.draw import davis_palette
 from pipeline.core.store import ArtifactWriter
 
 # ImageNet statistics used to normalise RGB for every learned model. The
@@ -57,38 +59,145 @@ class SequenceSource:
         return bool(self.mask_paths)
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Label map uint8 [H,W] from a palette or binary (0/255) PNG."""
+#: the label of pixels to ignore (DAVIS "void": object boundaries, unlabelled regions)
+VOID = 255
+
+
+DAVIS_PALETTE = davis_palette()
+
+
+def _gray_labels(a: np.ndarray, path: Path) -> np.ndarray:
+    """Single-channel masks: 0/255 (DAVIS-2016 binary) -> 0/1; a few small values (< 128, 255 = void) are
+    instance ids kept as they are; anything else (anti-aliased binary masks) -> 1 where > half range."""
+    if a.dtype.kind == "f":
+        a = np.rint(a)
+    vals = np.unique(a)
+    hi = int(vals[-1]) if vals.size else 0
+    if hi > 255:                                   # 16-bit
+        if vals.size <= 2 or hi > 32767:
+            return (a > (hi // 2 if vals.size <= 2 else 32767)).astype(np.uint8)
+    if set(vals.tolist()) <= {0, 255}:
+        return (a == 255).astype(np.uint8)
+    ids = vals[vals != VOID]
+    if ids.size <= 64 and int(ids.max(initial=0)) < 128:
+        return a.astype(np.uint8)
+    return (a > 127).astype(np.uint8)
+
+
+def _rgb_labels(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """Colour masks: grey ones read like single-channel masks; colours of the DAVIS palette give their
+    palette index (DAVIS-2017 masks saved as RGB); one colour on black is a binary mask. Several colours
+    outside the palette cannot be numbered consistently across frames: an error, not a silent merge."""
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return _gray_labels(rgb[..., 0], path)
+    flat = rgb.reshape(-1, 3)
+    cols, inv = np.unique(flat, axis=0, return_inverse=True)
+    key = (DAVIS_PALETTE.astype(np.int64) @ np.array([65536, 256, 1]))
+    ckey = cols.astype(np.int64) @ np.array([65536, 256, 1])
+    pos = {int(k): i for i, k in enumerate(key)}
+    if all(int(k) in pos for k in ckey):
+        lut = np.array([pos[int(k)] for k in ckey], np.uint8)
+        return lut[inv.reshape(-1)].reshape(rgb.shape[:2])
+    nonblack = [tuple(int(v) for v in c) for c in cols if c.any()]
+    if len(nonblack) == 1:
+        return (rgb != 0).any(axis=-1).astype(np.uint8)
+    odd = [c for c, k in zip(cols.tolist(), ckey) if int(k) not in pos][:3]
+    raise InputError(f"{path}: colour mask with {len(nonblack)} colours, some not in the DAVIS palette "
+                     f"(e.g. {', '.join(str(tuple(c)) for c in odd)}): objects cannot be numbered consistently; "
+                     "save instance masks as palette PNGs (DAVIS-2017 style) or single-channel id maps")
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Label map ``uint8 [H, W]`` (0 = background, 255 = void) from a mask image, whatever its format:
+
+    * palette PNGs (DAVIS-2017): the palette index is the label;
+    * single-channel: 0/255 masks (DAVIS-2016) give label 1; maps of a few small values are instance ids;
+      other grey levels (anti-aliased binary masks) give 1 above half range; 16-bit alike;
+    * colour: grey images as single-channel; DAVIS palette colours give their index; a single colour on
+      black is a binary mask; several colours outside the palette are an :class:`InputError`.
+
+    Ingestion (the frames stage) and ``motionseg evaluate`` both read masks with this function."""
+    path = Path(path)
     try:
         with Image.open(path) as im:
-            if im.mode == "P":
+            mode = im.mode
+            if mode in ("P", "PA"):
+                return np.asarray(im.getchannel(0) if mode == "PA" else im, dtype=np.uint8).copy()
+            if mode == "1":
                 return np.asarray(im, dtype=np.uint8).copy()
-            arr = np.asarray(im)
+            if mode in ("L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"):
+                return _gray_labels(np.asarray(im.getchannel(0) if mode in ("LA", "La") else im), path)
+            rgb = np.asarray(im.convert("RGB"))
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - PIL raises several types
         raise InputError(f"{path}: unreadable mask ({e})") from e
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2)
-    if arr.dtype == bool:
-        return arr.astype(np.uint8)
-    if arr.max(initial=0) <= 1:
-        return (arr > 0).astype(np.uint8)
-    return (arr > 127).astype(np.uint8)
+    return _rgb_labels(rgb, path)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def object_labels(label_maps) -> list[int]:
+    """Sorted object labels present in label maps (0 = background and 255 = void excluded)."""
+    seen: set[int] = set()
+    for m in label_maps:
+        seen.update(int(v) for v in np.unique(np.asarray(m)))
+    return sorted(seen - {0, VOID})
+
+
+#: EXIF orientations that swap width and height (rotations by 90 degrees)
+_SWAPPING = (5, 6, 7, 8)
+
+
+def _image_size(path: Path, displayed: bool = True) -> tuple[int, int]:
+    """(H, W) from the header; ``displayed``: as the image is shown, i.e. after its EXIF orientation
+    (phone photos store landscape pixels with a rotation tag; frames are decoded upright)."""
     try:
         with Image.open(path) as im:
             w, h = im.size
+            if displayed and _orientation(im) in _SWAPPING:
+                w, h = h, w
             return h, w
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{path}: unreadable image ({e})") from e
 
 
+def _orientation(im: "Image.Image") -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - broken EXIF: as stored
+        return 1
+
+
 def _decode(data: bytes, path: Path) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    """RGB of an encoded frame, upright (EXIF orientation applied). JPEG data that libjpeg can only
+    decode with "Corrupt JPEG data" warnings is an error (such frames decode to garbage)."""
+    if data[:2] == b"\xff\xd8":
+        img, warn = _with_stderr(lambda: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+        bad = [ln for ln in warn.splitlines() if "Corrupt JPEG data" in ln or "Premature end" in ln]
+        if bad:
+            raise InputError(f"{path}: corrupt image data ({bad[0].strip()})")
+    else:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise InputError(f"{path}: unreadable frame (corrupt or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _with_stderr(fn):
+    """``(fn(), what C code wrote to stderr meanwhile)``: libjpeg reports damaged data only there."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as tf:
+        saved = os.dup(2)
+        os.dup2(tf.fileno(), 2)
+        try:
+            out = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tf.seek(0)
+        return out, tf.read().decode("utf-8", "replace")
 
 
 def _video_size_and_count(path: Path) -> tuple[tuple[int, int], int]:
@@ -162,7 +271,11 @@ def discover(ds: DatasetConfig, seq: str) -> SequenceSource:
         for p in mfiles:
             ms = _image_size(p)
             if ms != size:
-                raise InputError(f"{p}: mask is {ms[0]}x{ms[1]} but frames are {size[0]}x{size[1]}")
+                rot = ""
+                if _image_size(frames[0], displayed=False) == ms:
+                    rot = (f" ({frames[0].name} carries an EXIF orientation: the frames are used as displayed, "
+                           f"rotated to {size[0]}x{size[1]}; rotate the masks alike)")
+                raise InputError(f"{p}: mask is {ms[0]}x{ms[1]} but frames are {size[0]}x{size[1]}{rot}")
             masks[index[p.stem]] = p
     return SequenceSource(seq, "images", frame_paths=frames, mask_paths=masks, size=size,
                           frame_names=names)
@@ -249,7 +362,7 @@ def ingest_sequence(ds: DatasetConfig, seq: str, out: Path, work_size: tuple[int
             rgb[t] = resize_rgb(img, (h, w))
             if full is not None:
                 full[t] = img
-        n_obj = 0
+        labels_seen: set[int] = set()
         if src.has_gt:
             gt = wr.create("gt", (T, H, W), "uint8", ("frame", "y", "x"),
                            attrs={"meaning": "object label map, 0 = background"})
@@ -258,7 +371,9 @@ def ingest_sequence(ds: DatasetConfig, seq: str, out: Path, work_size: tuple[int
                 data = p.read_bytes()
                 hasher.update(data)
                 m = read_mask(p)
-                n_obj = max(n_obj, int(m.max(initial=0)))
+                if m.shape != (H, W):
+                    raise InputError(f"{p}: mask is {m.shape[1]}x{m.shape[0]}, frames are {W}x{H}")
+                labels_seen.update(object_labels([m]))
                 gt[t] = m
                 valid[t] = True
             for t in range(T):  # frames without annotation: explicit zeros
@@ -269,7 +384,7 @@ def ingest_sequence(ds: DatasetConfig, seq: str, out: Path, work_size: tuple[int
         wr.attrs.update({
             "sequence": seq, "dataset": ds.name, "frame_names": src.frame_names,
             "original_size": [H, W], "work_size": [h, w], "num_frames": T,
-            "has_gt": src.has_gt, "num_objects": n_obj,
+            "has_gt": src.has_gt, "num_objects": len(labels_seen), "object_labels": sorted(labels_seen),
             "gt_frames": int(len(src.mask_paths)),
         })
     return out

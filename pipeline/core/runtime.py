@@ -39,22 +39,29 @@ def report_errors(fn: Callable[[], Any]) -> int:
 
 
 def run_stage(main: Callable) -> None:
-    """Run a stage's typer command, turning user errors into a one-line message + exit 1."""
+    """Run a stage's typer command with :func:`report_errors`: a user error or a bad command line is one
+    ``error:`` line and exit 1, Ctrl-C exit 130. (Typer raises its own exception classes, not click's:
+    a usage error is recognised by its ``format_message``.)"""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(main)
-    try:
-        app(standalone_mode=False)
-    except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:  # noqa: BLE001
-        import click
+    code = 0
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    def go() -> None:
+        nonlocal code
+        try:
+            rc = app(standalone_mode=False)
+        except typer.Abort:
+            raise KeyboardInterrupt from None
+        except typer.Exit as e:
+            rc = e.exit_code
+        except Exception as e:  # noqa: BLE001
+            if hasattr(e, "format_message") and hasattr(e, "exit_code"):     # usage error (bad option)
+                raise ValueError(e.format_message()) from None
+            raise
+        code = int(rc or 0) if isinstance(rc, int) else 0
+
+    rc = report_errors(go)
+    sys.exit(rc or code)
 
 
 @contextmanager

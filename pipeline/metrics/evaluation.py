@@ -52,7 +52,6 @@ from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.metrics.measures import (
@@ -367,41 +366,11 @@ def evaluate_sequence(
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG mask / label map as ``uint8 [H, W]`` labels.
+    """A mask image as ``uint8 [H, W]`` labels: the reader of ingestion (:func:`pipeline.core.io.read_mask`),
+    so ``motionseg evaluate`` and the frames stage read every format the same way."""
+    from pipeline.core.io import read_mask
 
-    * palette (``'P'``) images: the palette index is the label (DAVIS style;
-      255 is left as is, the evaluator treats it as void);
-    * single-channel images: values > 127 (binary 0/255 masks) become label 1;
-      maps whose values are all <= 127 are taken as labels directly (0/1 masks,
-      small label maps written as grayscale); 16-bit images whose values exceed
-      255 are thresholded at 32767;
-    * RGB(A) images: label 1 where any colour channel is > 127.
-    """
-    with Image.open(path) as im:
-        mode = im.mode
-        if mode == "P":
-            return np.array(im, dtype=np.uint8)
-        if mode == "PA":
-            return np.array(im.getchannel(0), dtype=np.uint8)
-        if mode == "1":
-            return np.array(im, dtype=np.uint8)
-        if mode in ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
-            rgb = np.asarray(im.convert("RGB"))
-            return (rgb > 127).any(axis=-1).astype(np.uint8)
-        if mode in ("LA", "La"):
-            a = np.asarray(im.getchannel(0))
-        else:
-            a = np.asarray(im)
-    if a.ndim == 3:  # any other multi-channel layout: first channel
-        a = a[..., 0]
-    if a.dtype.kind == "f":
-        a = np.rint(a)
-    hi = int(a.max()) if a.size else 0
-    if hi <= 127:
-        return a.astype(np.uint8)
-    if hi <= 255:
-        return (a > 127).astype(np.uint8)
-    return (a > 32767).astype(np.uint8)
+    return read_mask(path)
 
 
 def list_sequences(root: str | os.PathLike) -> list[str]:

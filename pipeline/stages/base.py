@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from pipeline.core.config import load_params, project_root
+from pipeline.core.config import load_params, param_leaves, project_root
 
 #: params keys that shape the stage graph: templated into dvc.yaml from params.yaml, or written out
 #: literally when a dataset overrides them
@@ -34,15 +34,7 @@ def dataset_params_path(dataset: str, root: Path | None = None) -> Path:
     return (root or project_root()) / DATASETS_DIR / dataset / DATASET_FILE
 
 
-def _leaves(d: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out += _leaves(v, key + ".")
-        else:
-            out.append(key)
-    return out
+_leaves = param_leaves
 
 
 def get_key(params: dict, dotted: str) -> Any:
@@ -174,8 +166,31 @@ class Stage:
         return out
 
     def file_paths(self, ctx: Ctx) -> list[Path]:
+        """The files the stage reads (a params key set to null names no file: e.g. ``mamp.checkpoint`` when
+        the backbone needs none)."""
         out = []
         for f in self.files:
             v = get_key(ctx.params, f) if "/" not in f and not f.endswith(".pt") else f
-            out.append(ctx.path(str(v).format(dataset=ctx.dataset)))
+            if v is not None:
+                out.append(ctx.path(str(v).format(dataset=ctx.dataset)))
         return out
+
+
+_WEIGHTS_MEMO: dict[tuple, str | None] = {}
+
+
+def weights_fingerprint(resolve: Callable[[], Path]) -> str | None:
+    """sha256 of a weight file found outside the project (the weights cache), for a stage's fingerprint:
+    a different file there reruns the stage. ``resolve()`` finds it without downloading; None when it
+    cannot (the stage's setup then reports the missing weights)."""
+    try:
+        path = Path(resolve())
+        st = path.stat()
+    except Exception:  # noqa: BLE001 - not there yet: setup says why
+        return None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _WEIGHTS_MEMO:
+        from pipeline.core.store import sha256_file
+
+        _WEIGHTS_MEMO[key] = sha256_file(path)
+    return _WEIGHTS_MEMO[key]

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.core.config import load_params, project_root
+from pipeline.core.config import PARAMS_KEYS_FILE, load_params, param_leaves, project_root
 from pipeline.stages import ORDER, get_stage
 from pipeline.stages.base import (
     DATASET_FILE,
@@ -70,7 +70,8 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
             deps.append(f"{data}/{i.format(variant=item)}")
     for f in st.files:
         if "/" not in f and not f.endswith(".pt"):
-            deps.append(_template(f, dataset_keys, merged))
+            if get_key(merged, f) is not None:         # null: no file (e.g. mamp.checkpoint of backbone lab)
+                deps.append(_template(f, dataset_keys, merged))
         else:
             deps.append(f.format(dataset=dataset))
     root_keys = [k for k in st.params if not k.startswith("dataset")]
@@ -129,8 +130,15 @@ def datasets(root: Path | None = None) -> list[str]:
 def sync(root: Path | None = None, check: bool = False) -> list[Path]:
     """(Re)write every dataset's dvc.yaml; with ``check``, only list the ones out of date."""
     root = root or project_root()
-    load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml", check=False)
     stale = []
+    keys = root / PARAMS_KEYS_FILE.relative_to(PARAMS_KEYS_FILE.parents[2])   # <root>/pipeline/core/...
+    if keys.parent.is_dir():          # a project with its own copy of the package: its params schema
+        text = "\n".join(sorted(param_leaves(params))) + "\n"
+        if not keys.exists() or keys.read_text() != text:
+            stale.append(keys)
+            if not check:
+                keys.write_text(text)
     for ds in datasets(root):
         path = dvc_file(ds, root)
         text = render(ds, root)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.core.store import open_artifact
 from pipeline.features import build_backbone, write_features
-from pipeline.stages.base import Ctx, Stage
+from pipeline.stages.base import Ctx, Stage, weights_fingerprint
 
 
 def _setup(ctx: Ctx):
@@ -25,4 +25,13 @@ def _run(bb, ctx: Ctx, seq: str, out: Path) -> str:
     return f"features: {seq} ({bb.name}{tag}, C={bb.dim}) -> {out}"
 
 
-STAGE = Stage("features", params=("features",), inputs=("frames",), setup=_setup, run=_run, gpu=True)
+def _weights(ctx: Ctx, _seq: str):
+    from pipeline.weights.backbones import resolve_backbone_weights
+
+    fp = ctx.section("features")
+    return weights_fingerprint(lambda: resolve_backbone_weights(fp["backbone"], fp.get("weights"),
+                                                                allow_download=False)[0])
+
+
+STAGE = Stage("features", params=("features",), inputs=("frames",), setup=_setup, run=_run, gpu=True,
+              source=_weights)

