@@ -79,12 +79,15 @@ def dataset_add(
 
 
 @dataset_app.command("sync")
-def dataset_sync(check: bool = typer.Option(False, help="Only report pipelines that are out of date.")) -> None:
+def dataset_sync(check: bool = typer.Option(False, help="Only report pipelines that are out of date."),
+                 schema: bool = typer.Option(False, help="Developers: also rewrite the params schema "
+                                             "(pipeline/core/params_keys.txt) from params.yaml after adding a key."),
+                 ) -> None:
     """Regenerate every dataset's dvc.yaml from the stage definitions and its params file."""
     from pipeline.stages.dvcgen import sync
 
     try:
-        stale = sync(check=check)
+        stale = sync(check=check, schema=schema)
     except (KeyError, FileNotFoundError, ValueError) as e:
         _fail(str(e.args[0] if isinstance(e, KeyError) else e))
     for p in stale:

@@ -140,3 +140,26 @@ def test_every_parameter_is_documented_in_params_yaml():
         if "#" not in m.group(2) and not above.startswith("#") and not below.startswith("#"):
             undocumented.append(f"{i + 1}: {line.strip()}")
     assert not undocumented, undocumented
+
+
+def test_sync_never_learns_params_keys_from_a_users_edit(tmp_path):
+    """A misspelled key added to params.yaml stays an error (`motionseg dataset sync` reports it too): only
+    `--schema` (developers) rewrites pipeline/core/params_keys.txt."""
+    import shutil
+
+    import yaml
+
+    from pipeline.core.config import check_param_keys, known_param_keys
+
+    root = tmp_path / "p"
+    (root / "pipeline" / "core").mkdir(parents=True)
+    shutil.copy(ROOT / "pipeline/core/params_keys.txt", root / "pipeline/core/params_keys.txt")
+    shutil.copytree(ROOT / "datasets", root / "datasets")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["corrector"]["tt"] = 5
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(KeyError, match="unknown key 'corrector.tt'"):
+        sync(root)
+    assert (root / "pipeline/core/params_keys.txt").read_text() == (ROOT / "pipeline/core/params_keys.txt").read_text()
+    with pytest.raises(KeyError, match="corrector.tt"):
+        check_param_keys(params, root / "params.yaml", known_param_keys())

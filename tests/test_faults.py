@@ -311,3 +311,15 @@ def test_typer_stage_errors_are_one_line(args, needle):
     r = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True)
     line = _one_line_error(r)
     assert needle in line and r.returncode == 1
+
+
+def test_sigint_in_a_typer_stage_exits_130_with_one_line():
+    code = ("import time\nfrom pipeline.core.runtime import run_stage\n"
+            "def main():\n    print('ready', flush=True)\n    time.sleep(60)\nrun_stage(main)\n")
+    pr = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    assert pr.stdout.readline().strip() == "ready"
+    pr.send_signal(signal.SIGINT)
+    _, err = pr.communicate(timeout=30)
+    assert pr.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted: nothing half-written was kept; rerun to finish"

@@ -293,3 +293,21 @@ def test_ground_truth_without_objects_is_an_error_in_evaluate(tmp_path):
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "has no object in any of its 1 sequences" in lines[0], r.stderr
+
+
+def test_grey_davis_colours_and_many_grey_ids_keep_their_labels(tmp_path):
+    """RGB masks in DAVIS colours keep their palette index also when the colour is grey ((128,128,128) is
+    object 7), and grey id maps keep every id (70 objects), not a guess by count."""
+    lab = np.zeros((8, 9), np.uint8)
+    lab[2:5, 2:5] = 7
+    Image.fromarray(davis_palette()[lab]).save(tmp_path / "grey7.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "grey7.png"), lab)
+    ids = (np.arange(72, dtype=np.uint8) % 70).reshape(8, 9)
+    Image.fromarray(ids, mode="L").save(tmp_path / "ids.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "ids.png"), ids)
+
+
+def test_hidden_folders_are_not_sequences(tmp_path):
+    (tmp_path / "JPEGImages/480p/s").mkdir(parents=True)
+    (tmp_path / "JPEGImages/480p/.ipynb_checkpoints").mkdir()
+    assert list_sequences(DatasetConfig(name="x", root=str(tmp_path))) == ["s"]

@@ -79,7 +79,7 @@ def test_dataset_params_override_and_unknown_keys_fail(project):
     doc = yaml.safe_load(f.read_text())
     doc["flow"]["methd"] = "raft_small"
     f.write_text(yaml.safe_dump(doc))
-    with pytest.raises(KeyError, match="unknown key 'flow.methd'"):
+    with pytest.raises(KeyError, match="unknown key 'flow.methd' .*did you mean 'flow.method'"):
         load_dataset_params("tiny", project)
 
 

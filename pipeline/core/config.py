@@ -161,7 +161,7 @@ def list_sequences(ds: DatasetConfig) -> list[str]:
     img = ds.image_dir()
     if not img.is_dir():
         raise FileNotFoundError(f"dataset {ds.name!r}: no JPEGImages folder at {img}")
-    found = sorted(p.name for p in img.iterdir() if p.is_dir())
+    found = sorted(p.name for p in img.iterdir() if p.is_dir() and not p.name.startswith("."))
     if listing.exists():
         listed = [s.strip() for s in listing.read_text().splitlines() if s.strip()]   # names may have spaces
         return [s for s in listed if s in set(found)] or found

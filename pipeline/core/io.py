@@ -79,7 +79,7 @@ def _gray_labels(a: np.ndarray, path: Path) -> np.ndarray:
     if set(vals.tolist()) <= {0, 255}:
         return (a == 255).astype(np.uint8)
     ids = vals[vals != VOID]
-    if ids.size <= 64 and int(ids.max(initial=0)) < 128:
+    if int(ids.max(initial=0)) < 128:
         return a.astype(np.uint8)
     return (a > 127).astype(np.uint8)
 
@@ -88,16 +88,16 @@ def _rgb_labels(rgb: np.ndarray, path: Path) -> np.ndarray:
     """Colour masks: grey ones read like single-channel masks; colours of the DAVIS palette give their
     palette index (DAVIS-2017 masks saved as RGB); one colour on black is a binary mask. Several colours
     outside the palette cannot be numbered consistently across frames: an error, not a silent merge."""
-    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-        return _gray_labels(rgb[..., 0], path)
     flat = rgb.reshape(-1, 3)
     cols, inv = np.unique(flat, axis=0, return_inverse=True)
     key = (DAVIS_PALETTE.astype(np.int64) @ np.array([65536, 256, 1]))
     ckey = cols.astype(np.int64) @ np.array([65536, 256, 1])
     pos = {int(k): i for i, k in enumerate(key)}
-    if all(int(k) in pos for k in ckey):
+    if all(int(k) in pos for k in ckey):   # DAVIS colours (some are grey: (128,128,128) is object 7)
         lut = np.array([pos[int(k)] for k in ckey], np.uint8)
         return lut[inv.reshape(-1)].reshape(rgb.shape[:2])
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return _gray_labels(rgb[..., 0], path)
     nonblack = [tuple(int(v) for v in c) for c in cols if c.any()]
     if len(nonblack) == 1:
         return (rgb != 0).any(axis=-1).astype(np.uint8)

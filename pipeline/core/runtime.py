@@ -59,6 +59,8 @@ def run_stage(main: Callable) -> None:
                 raise ValueError(e.format_message()) from None
             raise
         code = int(rc or 0) if isinstance(rc, int) else 0
+        if code == 130:           # typer turned Ctrl-C into Exit(130)
+            raise KeyboardInterrupt
 
     rc = report_errors(go)
     sys.exit(rc or code)

@@ -77,7 +77,11 @@ def load_dataset_params(dataset: str, root: Path | None = None) -> dict:
         try:
             get_key(base, key)
         except KeyError:
-            raise KeyError(f"{path}: unknown key {key!r} (not in params.yaml)") from None
+            import difflib
+
+            close = difflib.get_close_matches(key, _leaves(base), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"{path}: unknown key {key!r} (not in params.yaml{hint})") from None
         parts = key.split(".")
         cur = merged
         for p in parts[:-1]:
@@ -181,8 +185,8 @@ _WEIGHTS_MEMO: dict[tuple, str | None] = {}
 
 def weights_fingerprint(resolve: Callable[[], Path]) -> str | None:
     """sha256 of a weight file found outside the project (the weights cache), for a stage's fingerprint:
-    a different file there reruns the stage. ``resolve()`` finds it without downloading; None when it
-    cannot (the stage's setup then reports the missing weights)."""
+    a different file there reruns the stage. ``resolve()`` finds (or fetches) it before any sequence runs,
+    so the first run records the file; None when it cannot be had (setup then reports the missing weights)."""
     try:
         path = Path(resolve())
         st = path.stat()

@@ -127,17 +127,19 @@ def datasets(root: Path | None = None) -> list[str]:
     return sorted(p.parent.name for p in (root / DATASETS_DIR).glob("*/" + DATASET_FILE))
 
 
-def sync(root: Path | None = None, check: bool = False) -> list[Path]:
+def sync(root: Path | None = None, check: bool = False, schema: bool = False) -> list[Path]:
     """(Re)write every dataset's dvc.yaml; with ``check``, only list the ones out of date."""
     root = root or project_root()
     params = load_params(root / "params.yaml", check=False)
     stale = []
     keys = root / PARAMS_KEYS_FILE.relative_to(PARAMS_KEYS_FILE.parents[2])   # <root>/pipeline/core/...
-    if keys.parent.is_dir():          # a project with its own copy of the package: its params schema
+    # the params schema (pipeline/core/params_keys.txt) is the package's: checked always, rewritten only on
+    # request (`motionseg dataset sync --schema`, for developers adding a key), never from a user's edit
+    if keys.parent.is_dir():
         text = "\n".join(sorted(param_leaves(params))) + "\n"
         if not keys.exists() or keys.read_text() != text:
             stale.append(keys)
-            if not check:
+            if schema and not check:
                 keys.write_text(text)
     for ds in datasets(root):
         path = dvc_file(ds, root)

@@ -30,7 +30,7 @@ def _weights(ctx: Ctx, _seq: str):
 
     fp = ctx.section("features")
     return weights_fingerprint(lambda: resolve_backbone_weights(fp["backbone"], fp.get("weights"),
-                                                                allow_download=False)[0])
+                                                                allow_download=bool(fp.get("allow_download", True)))[0])
 
 
 STAGE = Stage("features", params=("features",), inputs=("frames",), setup=_setup, run=_run, gpu=True,

@@ -47,7 +47,7 @@ def _weights(ctx: Ctx, _seq: str):
     from pipeline.weights.raft import resolve_raft_weights
 
     return weights_fingerprint(lambda: resolve_raft_weights(fp["method"], fp.get("weights") or fp.get("checkpoint"),
-                                                            allow_download=False))
+                                                            allow_download=True))
 
 
 STAGE = Stage("flow", params=("flow",), inputs=("frames",), setup=_setup, run=_run, gpu=True, source=_weights)
