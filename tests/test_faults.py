@@ -79,15 +79,21 @@ def overrides(proj):
 
 
 # ------------------------------------------------------------------------------------------- interrupts
-def test_sigint_exits_130_with_one_line():
-    code = ("import sys, time\nfrom pipeline.stages.runner import main\nimport pipeline.stages.runner as R\n"
-            "def slow(*a, **k):\n    print('ready', flush=True)\n    time.sleep(60)\n"
-            "R.run = slow\nsys.argv = ['x', 'frames', 'demo']\nsys.exit(main())\n")
+def _interrupted(code: str):
+    """Run ``code`` (it prints 'ready' then works), send SIGINT, return (process, stderr)."""
     pr = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
     assert pr.stdout.readline().strip() == "ready"
     pr.send_signal(signal.SIGINT)
     _, err = pr.communicate(timeout=30)
+    return pr, err
+
+
+def test_sigint_exits_130_with_one_line():
+    code = ("import sys, time\nfrom pipeline.stages.runner import main\nimport pipeline.stages.runner as R\n"
+            "def slow(*a, **k):\n    print('ready', flush=True)\n    time.sleep(60)\n"
+            "R.run = slow\nsys.argv = ['x', 'frames', 'demo']\nsys.exit(main())\n")
+    pr, err = _interrupted(code)
     assert pr.returncode == 130
     assert err.strip().splitlines() == ["interrupted: nothing half-written was kept; rerun to finish"]
 
@@ -316,10 +322,6 @@ def test_typer_stage_errors_are_one_line(args, needle):
 def test_sigint_in_a_typer_stage_exits_130_with_one_line():
     code = ("import time\nfrom pipeline.core.runtime import run_stage\n"
             "def main():\n    print('ready', flush=True)\n    time.sleep(60)\nrun_stage(main)\n")
-    pr = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
-    assert pr.stdout.readline().strip() == "ready"
-    pr.send_signal(signal.SIGINT)
-    _, err = pr.communicate(timeout=30)
+    pr, err = _interrupted(code)
     assert pr.returncode == 130
     assert err.strip().splitlines()[-1] == "interrupted: nothing half-written was kept; rerun to finish"
