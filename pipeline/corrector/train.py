@@ -121,9 +121,11 @@ from pipeline.synth.refine_data import (
 )
 from pipeline.train.scaffold import (
     CsvLog,
+    RangeSampler,
     TrainLoop,
     config_diff,
     lr_factor,
+    one_thread_worker,
     read_csv,
     restore_training,
     start_run,
@@ -461,21 +463,6 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
 
 
 # --------------------------------------------------------------------------- training
-class _RangeSampler(torch.utils.data.Sampler):
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = int(start), int(stop)
-
-    def __iter__(self):
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)
-
-
 def train_corrector(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
                     progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
     """Train the corrector as configured by ``cfg`` (see :data:`TRAIN_DEFAULTS`) into ``out_dir``.
@@ -533,9 +520,9 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     loss_kw = {"weights": cfg["loss_weights"], "boundary_width": cfg["boundary_width"]}
     total_iters, B = cfg["iterations"], cfg["batch_size"]
     nw = int(cfg["num_workers"])
-    loader = DataLoader(train_ds, batch_size=B, sampler=_RangeSampler(start * B, max(start, total_iters) * B),
+    loader = DataLoader(train_ds, batch_size=B, sampler=RangeSampler(start * B, max(start, total_iters) * B),
                         collate_fn=collate_windows, num_workers=nw, pin_memory=dev.type == "cuda",
-                        worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(cfg["seed"]),
+                        worker_init_fn=one_thread_worker, generator=torch.Generator().manual_seed(cfg["seed"]),
                         persistent_workers=False, prefetch_factor=4 if nw > 0 else None)
     budget = cfg["time_budget_s"]
     loop = TrainLoop(model, opt, sched, cfg["grad_clip"], "corrector", tlog, cfg["log_every"], total_iters, start,

@@ -81,9 +81,11 @@ from pipeline.oclr.losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from pipeline.oclr.model import EXPORT_FORMAT, OCLR, OCLRConfig, modal_labels
 from pipeline.train.scaffold import (
     CsvLog,
+    RangeSampler,
     TrainLoop,
     config_diff,
     lr_factor,
+    one_thread_worker,
     read_csv,
     restore_training,
     start_run,
@@ -322,21 +324,6 @@ def collate_clips(items: list[dict]) -> dict:
             "start": [it["start"] for it in items]}
 
 
-class _RangeSampler(torch.utils.data.Sampler):
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = int(start), int(stop)
-
-    def __iter__(self):
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)
-
-
 def _j_matrix(pred: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     """``J[k, o]`` = mean over frames of IoU(pred[:, k], gt[:, o]) (empty vs empty = 1)."""
     p, g = pred.float().flatten(2), gt.float().flatten(2)                 # [T, K, N], [T, O, N]
@@ -450,9 +437,9 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
     loss_kw = {"weights": cfg["loss_weights"], "boundary_width": int(cfg["boundary_width"]),
                "order_pairs": cfg["order_pairs"]}
     total_iters, B = cfg["iterations"], cfg["batch_size"]
-    loader = DataLoader(train_ds, batch_size=B, sampler=_RangeSampler(start * B, max(start, total_iters) * B),
+    loader = DataLoader(train_ds, batch_size=B, sampler=RangeSampler(start * B, max(start, total_iters) * B),
                         collate_fn=collate_clips, num_workers=int(cfg["num_workers"]),
-                        pin_memory=dev.type == "cuda", worker_init_fn=_worker_init,
+                        pin_memory=dev.type == "cuda", worker_init_fn=one_thread_worker,
                         generator=torch.Generator().manual_seed(cfg["seed"]),
                         persistent_workers=False, prefetch_factor=4 if int(cfg["num_workers"]) > 0 else None)
     budget = cfg["time_budget_s"]

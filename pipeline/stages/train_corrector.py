@@ -10,7 +10,7 @@ default ``data/corrector/corrector_cpu.pt``; publish it with
 from pipeline.core.config import load_params, project_root, section
 from pipeline.core.runtime import run_stage
 from pipeline.corrector.train import export_checkpoint, train_corrector
-from pipeline.train.scaffold import train_and_export
+from pipeline.train.scaffold import run_summary, train_and_export
 
 OUT_DIR = "data/corrector/train"    # last.pt + export.json (persisted: resuming)
 LOG_DIR = "results/corrector"       # curves and metrics.json (DVC plots / metrics)
@@ -24,9 +24,7 @@ def main() -> None:
     out, dest = project_root() / OUT_DIR, project_root() / export
     val = (f"val J proposals {m['val_J_proposals']:.3f} -> corrected {m['val_J_corrected']:.3f}"
            if m["val_J_corrected"] is not None else "no validation")
-    print(f"train_corrector: {m['iterations']}/{m['iterations_target']} iterations ({m['stopped_by']}), {val}, "
-          f"{m['wall_time_s']:.0f} s on {m['device']} -> {out}; exported {info['encoding']} "
-          f"{info['bytes'] / 1e6:.1f} MB -> {dest}")
+    print(run_summary("train_corrector", m, info, out, dest, val))
 
 
 if __name__ == "__main__":

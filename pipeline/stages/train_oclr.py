@@ -9,7 +9,7 @@ plots; ``metrics.json``: DVC metrics) and the exported checkpoint
 from pipeline.core.config import load_params, project_root, section
 from pipeline.core.runtime import run_stage
 from pipeline.oclr.train import export_checkpoint, train_oclr
-from pipeline.train.scaffold import train_and_export
+from pipeline.train.scaffold import run_summary, train_and_export
 
 OUT_DIR = "data/oclr/train"   # last.pt + export.json (persisted: resuming)
 LOG_DIR = "results/oclr"      # curves and metrics.json (DVC plots / metrics)
@@ -22,9 +22,7 @@ def main() -> None:
     out, dest = project_root() / OUT_DIR, project_root() / export
     val = (f"val J modal {m['val_J_modal']:.3f} amodal {m['val_J_amodal']:.3f}"
            if m["val_J_modal"] is not None else "no validation")
-    print(f"train_oclr: {m['iterations']}/{m['iterations_target']} iterations ({m['stopped_by']}), {val}, "
-          f"{m['wall_time_s']:.0f} s on {m['device']} -> {out}; exported {info['encoding']} "
-          f"{info['bytes'] / 1e6:.1f} MB -> {dest}")
+    print(run_summary("train_oclr", m, info, out, dest, val))
 
 
 if __name__ == "__main__":

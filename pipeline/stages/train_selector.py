@@ -11,7 +11,7 @@ publish it with ``motionseg checkpoints publish selector``).
 from pipeline.core.config import load_params, project_root, section
 from pipeline.core.runtime import run_stage
 from pipeline.selector.train import export_checkpoint, train_selector
-from pipeline.train.scaffold import train_and_export
+from pipeline.train.scaffold import run_summary, train_and_export
 
 OUT_DIR = "data/selector/train"   # last.pt + export.json (persisted: resuming)
 LOG_DIR = "results/selector"      # curves and metrics.json (DVC plots / metrics)
@@ -27,10 +27,9 @@ def main() -> None:
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    print(f"train_selector: {m['iterations']}/{m['iterations_target']} iterations ({m['stopped_by']}), val AP "
-          f"selector {f(m['val_AP_selector'])} / temporal {f(m['val_AP_temporal_consistency'])} / random "
-          f"{f(m['val_AP_random'])}, {m['wall_time_s']:.0f} s on {m['device']} -> {out}; exported "
-          f"{info['encoding']} {info['bytes'] / 1e6:.1f} MB -> {dest}")
+    val = (f"val AP selector {f(m['val_AP_selector'])} / temporal {f(m['val_AP_temporal_consistency'])} / random "
+           f"{f(m['val_AP_random'])}")
+    print(run_summary("train_selector", m, info, out, dest, val))
 
 
 if __name__ == "__main__":

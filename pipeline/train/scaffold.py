@@ -214,6 +214,31 @@ class TrainLoop:
         self.pbar.close()
 
 
+class RangeSampler(torch.utils.data.Sampler):
+    """Indices ``start .. stop-1`` in order: a resumed run continues the same sample sequence."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = int(start), int(stop)
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def one_thread_worker(_) -> None:
+    """DataLoader ``worker_init_fn``: one torch thread per data worker (the main process keeps the cores)."""
+    torch.set_num_threads(1)
+
+
+def run_summary(name: str, m: Mapping[str, Any], info: Mapping[str, Any], out: Path, dest: Path, val: str) -> str:
+    """The line a training stage prints at the end (iterations, validation ``val``, time, export)."""
+    return (f"{name}: {m['iterations']}/{m['iterations_target']} iterations ({m['stopped_by']}), {val}, "
+            f"{m['wall_time_s']:.0f} s on {m['device']} -> {out}; exported {info['encoding']} "
+            f"{info['bytes'] / 1e6:.1f} MB -> {dest}")
+
+
 def train_and_export(train_fn, export_fn, cfg: Mapping[str, Any], root: Path, out_dir: str, log_dir: str,
                      export: str) -> tuple[dict, dict]:
     """What every training stage does: ``train_fn(cfg, root/out_dir, resume, log_dir=root/log_dir)``
