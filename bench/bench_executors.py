@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.store import open_artifact  # noqa: E402
-from pipeline.stages import get_stage  # noqa: E402
-from pipeline.stages.base import Ctx, load_dataset_params  # noqa: E402
+from pipeline.stages.registry import get_stage  # noqa: E402
+from pipeline.core.stage import Ctx, load_dataset_params  # noqa: E402
 from pipeline.stages.runner import run  # noqa: E402
 
 

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import features as FT
+from pipeline.core.arrays import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.core.store import open_artifact
 
 
@@ -43,8 +44,8 @@ def _sync(dev: torch.device) -> None:
 
 def normalise(rgb: np.ndarray, dev: torch.device) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(rgb)).to(dev).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(FT.IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(FT.IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from pipeline.core.config import DatasetConfig
-    from pipeline.stages.base import load_dataset_params
+    from pipeline.core.stage import load_dataset_params
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     src = load_dataset_params(args.dataset, ROOT)["dataset"]

@@ -21,8 +21,8 @@ import yaml
 from pipeline.core.config import IMAGE_EXTS, VIDEO_EXTS, project_root
 from pipeline.core.io import InputError
 from pipeline.core.store import open_artifact, write_json_atomic
-from pipeline.stages import ORDER, get_stage
-from pipeline.stages.base import Ctx, dataset_params_path, get_key, load_dataset_params
+from pipeline.stages.registry import ORDER, get_stage
+from pipeline.core.stage import Ctx, dataset_params_path, get_key, load_dataset_params
 from pipeline.stages.runner import run as run_stage
 
 #: the stage whose masks are the pipeline's answer

@@ -63,7 +63,7 @@ def dataset_add(
     bad = [q for q in seqs if q.startswith(".") or any(ord(c) < 32 for c in q)]
     if bad:   # sequence names become file names only (never dvc.yaml or params): only these cannot work
         _fail(f"{root}: sequence names {bad[:3]} start with '.' or hold control characters; rename them")
-    from pipeline.stages.base import dataset_params_path
+    from pipeline.core.stage import dataset_params_path
 
     path = dataset_params_path(name)
     if path.exists():
@@ -99,7 +99,7 @@ def dataset_sync(check: bool = typer.Option(False, help="Only report pipelines t
 @dataset_app.command("list")
 def dataset_list() -> None:
     """The datasets of this project, where they live and how many sequences each has."""
-    from pipeline.stages.base import load_dataset_params
+    from pipeline.core.stage import load_dataset_params
     from pipeline.stages.dvcgen import datasets, dvc_file
 
     for name in datasets():

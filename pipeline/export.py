@@ -13,24 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
-from PIL import Image
 
 from pipeline.core.draw import (
-    _PALETTE,
     contact_sheet,
     num_frames,
     resize_labels,
     save_png,
+    write_label_png,
     write_video,
 )
-
-
-def write_label_png(path: str | Path, labels: np.ndarray) -> None:
-    im = Image.fromarray(np.asarray(labels, np.uint8), mode="P")
-    im.putpalette(_PALETTE.reshape(-1).tolist())
-    im.save(path, optimize=False)
 
 
 def write_label_pngs(out_dir: str | Path, labels: Iterable[np.ndarray], names: Sequence[str],
@@ -73,29 +65,3 @@ def export_sequence(labels, frames_art, out_dir: str | Path, *, contact_frames: 
         if video:
             write_video(tmp / "overlay.mp4", rgb, labels, fps=fps)
     return {"frames": n, "size": [H, W], "out": str(out_dir)}
-
-
-def export_synth_split(render_dir: str | Path, out_root: str | Path, count: int | None = None,
-                       resolution: str = "480p") -> list[str]:
-    """Write a synthetic split as a DAVIS-style dataset folder (lossless PNG frames, palette PNG
-    ground truth = the modal label map), so the whole inference pipeline can run and be scored on
-    it: ``motionseg dataset use <out_root> --name synthval --protocol multi``. Returns the names."""
-    from pipeline.core.store import open_artifact
-    from pipeline.synth.dataset import list_split
-
-    out_root = Path(out_root)
-    stores = list_split(render_dir)[:count]
-    names = []
-    for store in stores:
-        art = open_artifact(store)
-        rgb, gt = art.require("rgb", dtype="uint8", ndim=4), art.require("gt", dtype="uint8", ndim=3)
-        name = store.name[:-len(".zarr")] if store.name.endswith(".zarr") else store.name
-        fdir, adir = out_root / "JPEGImages" / resolution / name, out_root / "Annotations" / resolution / name
-        fdir.mkdir(parents=True, exist_ok=True)
-        adir.mkdir(parents=True, exist_ok=True)
-        for t in range(rgb.shape[0]):
-            cv2.imwrite(str(fdir / f"{t:05d}.png"), cv2.cvtColor(np.asarray(rgb[t]), cv2.COLOR_RGB2BGR))
-            write_label_png(adir / f"{t:05d}.png", np.asarray(gt[t]))
-        names.append(name)
-    (out_root / "sequences.txt").write_text("\n".join(names) + "\n")
-    return names

@@ -50,7 +50,6 @@ synthetic splits) and ``weights`` ``{path, sha256}``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -63,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core.runtime import atomic_dir
+from pipeline.core.arrays import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.core.store import Artifact, ArtifactWriter, open_artifact
 from pipeline.mamp.lab import lab_normalize, rgb_to_lab
 from pipeline.mamp.model import STRIDE, MampEncoder, load_mamp
@@ -78,8 +77,6 @@ from pipeline.weights.backbones import (
 log = logging.getLogger(__name__)
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURES_STAGE = "features"
 
 # --------------------------------------------------------------------------
@@ -509,41 +506,6 @@ def write_features(out_path: str | os.PathLike, frames: str | os.PathLike | Arti
             attrs["frame_names"] = art.attrs["frame_names"]
         wr.attrs.update(attrs)
     return out_path
-
-
-def build_split_features(render_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                         backbone: Backbone, batch_size: int = 16, device: Any = None,
-                         amp: Any = True, params: Mapping | None = None,
-                         max_videos: int | None = None, progress: bool = True) -> Path:
-    """Features stores ``<out_dir>/<video>.zarr`` for the videos of a synthetic split.
-
-    ``render_dir``: a split's ``render`` folder (its ``index.json`` lists the
-    stores; see :func:`pipeline.synth.dataset.list_split`), each with ``rgb``
-    ``uint8[T, H, W, 3]``. ``max_videos``: only the first N (None = all). The
-    whole folder is written atomically (replaced only when every video is
-    done), plus an ``index.json`` (``videos: [{"store": ...}]``, so
-    ``list_split`` works on it) recording the backbone. Stores are the same
-    format as :func:`write_features`, provenance input ``render``.
-    """
-    from tqdm.auto import tqdm
-
-    from pipeline.synth.dataset import INDEX_NAME, list_split
-
-    stores = list_split(render_dir)
-    if max_videos is not None:
-        stores = stores[:max(0, int(max_videos))]
-    out_dir = Path(out_dir)
-    split = Path(render_dir).parent.name or "split"
-    with atomic_dir(out_dir) as tmp:
-        for store in tqdm(stores, desc=f"features {split}", unit="video", disable=not progress):
-            write_features(tmp / store.name, store, backbone, batch_size=batch_size,
-                           device=device, params=params, amp=amp, input_name="render",
-                           progress=False)
-        index = {"split": split, "stage": FEATURES_STAGE, "count": len(stores),
-                 "backbone": backbone.describe(),
-                 "videos": [{"store": s.name} for s in stores]}
-        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-    return out_dir
 
 
 class MampBackbone(Backbone):

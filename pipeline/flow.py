@@ -32,6 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.core.arrays import resize_flow, warp  # noqa: F401 - part of this module's API
 from pipeline.core.store import sha256_file
 from pipeline.weights.raft import (
     RAFT_MODELS,
@@ -190,41 +191,6 @@ def unpad(x, pads):
     top, bottom, left, right = pads
     h, w = x.shape[-2:]
     return x[..., top:h - bottom, left:w - right]
-
-
-def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinearly resize flow ``[2, H, W]`` or ``[N, 2, H, W]`` to ``size`` = (h, w),
-    scaling u by ``w / W`` and v by ``h / H``."""
-    flow = np.asarray(flow, dtype=np.float32)
-    if flow.ndim not in (3, 4) or flow.shape[-3] != 2:
-        raise ValueError(f"flow must be [2,H,W] or [N,2,H,W], got {flow.shape}")
-    h, w = int(size[0]), int(size[1])
-    H, W = flow.shape[-2:]
-    if (H, W) == (h, w):
-        return flow.copy()
-    single = flow.ndim == 3
-    f = flow[None] if single else flow
-    out = np.empty((f.shape[0], 2, h, w), np.float32)
-    for i in range(f.shape[0]):
-        r = cv2.resize(np.ascontiguousarray(f[i].transpose(1, 2, 0)), (w, h),
-                       interpolation=cv2.INTER_LINEAR)
-        out[i, 0] = r[..., 0] * (w / W)
-        out[i, 1] = r[..., 1] * (h / H)
-    return out[0] if single else out
-
-
-def warp(img: np.ndarray, flow: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
-    """Backward warp: ``out[y, x] = img[y + v, x + u]`` (bilinear, cv2.remap).
-
-    With ``img`` = image 2 and ``flow`` = flow 1 -> 2 ([2, H, W]) this
-    reconstructs image 1.
-    """
-    flow = np.asarray(flow, dtype=np.float32)
-    if flow.ndim != 3 or flow.shape[0] != 2:
-        raise ValueError(f"flow must be [2,H,W], got {flow.shape}")
-    H, W = flow.shape[1:]
-    ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
-    return cv2.remap(img, xs + flow[0], ys + flow[1], cv2.INTER_LINEAR, borderMode=border)
 
 
 def _resize_images(imgs: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.stages import get_stage
-from pipeline.stages.base import Ctx
+from pipeline.stages.registry import get_stage
+from pipeline.core.stage import Ctx
 
 
 def run_stage_on(name: str, root: Path, seq: str | None = None, variant: str | None = None):

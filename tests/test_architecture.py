@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 import pipeline
-from pipeline.stages import ORDER, stage_module
-from pipeline.stages.deps import closure, direct_imports, module_file
+from pipeline.stages.registry import ORDER, stage_module
+from pipeline.stages.deps import closure, direct_imports, is_marker, module_file
 from pipeline.stages.dvcgen import datasets, dvc_file, render, sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,9 +111,25 @@ def test_declared_deps_cover_the_imported_modules(path):
     assert stages
     for name, st in stages.items():
         mod = _cmd_module(st["cmd"])
-        files = {module_file(m) for m in closure(mod)}
+        files = {f for f in map(module_file, closure(mod)) if not is_marker(f)}
         missing = sorted(f.relative_to(ROOT).as_posix() for f in files if not _covered(f, st["deps"]))
         assert not missing, f"{path}:{name} imports code it does not declare: {missing}"
+
+
+def test_only_package_markers_are_left_out_of_deps(tmp_path):
+    cases = {"doc": '"""A package."""\n', "version": '"""A package."""\n\n__version__ = "0.1.0"\n',
+             "future": 'from __future__ import annotations\n__author__ = "x"\n',
+             "import": '"""A package."""\nfrom pipeline.core import io\n',
+             "code": '__version__ = "1"\nX = 2\n', "call": '__version__ = str(1)\n'}
+    got = {}
+    for name, text in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(text)
+        got[name] = is_marker(tmp_path / name / "__init__.py")
+    assert got == {"doc": True, "version": True, "future": True, "import": False, "code": False, "call": False}
+    (tmp_path / "mod.py").write_text('"""Only a docstring, but a module."""\n')
+    assert not is_marker(tmp_path / "mod.py")
+    assert is_marker(ROOT / "pipeline" / "__init__.py") and is_marker(ROOT / "pipeline" / "stages" / "__init__.py")
 
 
 def test_every_inference_stage_is_in_the_demo_pipeline():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _params import section
 import torch
 
 from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
@@ -293,9 +294,9 @@ def test_tiny_corrector_overfits_one_clip(data):
 
 
 def _train_cfg(data: Path, **kw) -> dict:
-    cfg = dict(preset="cpu", model=tiny_model_cfg(), train_split=str(data / "train"), val_split=str(data / "val"),
+    cfg = section("train_corrector", preset="cpu", model=tiny_model_cfg(), train_split=str(data / "train"), val_split=str(data / "val"),
                window=4, t=5, batch_size=2, lr=2e-3, warmup_iters=2, decay_every=5, iterations=6, ckpt_every=2,
-               val_every=3, val_clips=2, log_every=1, seed=3, device="cpu", threads=1)
+               val_every=3, val_clips=2, log_every=1, seed=3, device="cpu", threads=1, time_budget_s=None)
     cfg.update(kw)
     return cfg
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _params import section
 import torch
 from test_corrector import BACKBONE, C, H, K, W, _video, h, tiny_model, w
 
@@ -61,7 +62,7 @@ def real(tmp_path_factory):
 
 
 def _cfg(root: Path, **kw) -> dict:
-    cfg = dict(checkpoint=str(root / "corrector.pt"), window=4, lr=3e-3, warmup_iters=2, iterations=40,
+    cfg = dict(section("adapt", time_budget_s=None, pseudo_labels="corrector"), checkpoint=str(root / "corrector.pt"), window=4, lr=3e-3, warmup_iters=2, iterations=40,
                ckpt_every=10, log_every=1, check_windows=6, device="cpu", threads=1, seed=2)
     cfg.update(kw)
     return cfg

@@ -291,7 +291,7 @@ def test_stage_writes_store(tmp_path, monkeypatch):
 
 def test_stage_cli_missing_input(tmp_path):
     _fake_project(tmp_path)
-    params = {"crf": {"input": "selector"}}
+    params = {"crf": {"input": "selector"}, "executor": {"kind": "inprocess", "workers": 1, "threads": 1}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "datasets" / "toy").mkdir(parents=True)
     (tmp_path / "datasets" / "toy" / "dataset.yaml").write_text(yaml.safe_dump({"dataset": {"name": "toy"}}))

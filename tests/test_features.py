@@ -20,6 +20,8 @@ import torch
 import yaml
 
 from pipeline import features as FT
+from pipeline.core.arrays import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.stages.synth_features import build_split_features
 from pipeline.weights import backbones as WB
 from pipeline.core.store import (
     Artifact,
@@ -346,8 +348,8 @@ def test_write_features_store_contract(tmp_path, fake_mnv2, fake_mnv2_file):
     # tokens = the backbone on ImageNet-normalised frames (fp16 rounding)
     rgb = np.asarray(open_artifact(frames)["rgb"][5:7])
     x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(FT.IMAGENET_MEAN).view(1, 3, 1, 1)) / \
-        torch.tensor(FT.IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / \
+        torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         ref = fake_mnv2(x).numpy()
     np.testing.assert_allclose(np.asarray(tok[5:7], np.float32), ref, atol=2e-3, rtol=2e-3)
@@ -388,7 +390,7 @@ def test_build_split_features(tmp_path, fake_mnv2):
     for i, n in enumerate(names):
         make_frames(render / n, 2 + i, stage="synth", seed=i)
     (render / "index.json").write_text(json.dumps({"videos": [{"store": n} for n in names]}))
-    out = FT.build_split_features(render, tmp_path / "val" / "features", fake_mnv2,
+    out = build_split_features(render, tmp_path / "val" / "features", fake_mnv2,
                                   batch_size=4, max_videos=2, progress=False,
                                   params={"features": {"backbone": "x"}})
     from pipeline.synth.dataset import list_split

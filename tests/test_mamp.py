@@ -255,7 +255,7 @@ def test_committed_checkpoint_is_a_self_supervised_features_backbone():
     assert d["self_supervised"] is True and d["substitute"] is False and len(d["weights_sha256"]) == 64
     assert d["training"]["iterations"] > 0
     # same tokens as the plain encoder on the equivalent uint8 frames
-    from pipeline.features import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.core.arrays import IMAGENET_MEAN, IMAGENET_STD
     from pipeline.mamp.model import encode_frames
 
     rgb = (torch.rand(1, 64, 92, 3) * 255).round()
@@ -314,3 +314,36 @@ def test_lockstep_tracks_equal_separate_propagations():
         for t in range(T):
             assert torch.equal(alone[t], joint[t][j]), (j, t)
     assert not torch.equal(joint[4][1], joint[4][2])   # the tracks really differ
+
+
+def test_given_references_are_the_nearest_in_time():
+    from pipeline.mamp.propagate import _nearest_given
+
+    given = {0: None, 10: None, 20: None, 40: None}
+    long = {0, 10, 20, 40, 7}                      # 7: a predicted frame kept as long-term memory
+    assert _nearest_given(long, given, 12, 2) == {10, 20, 7}
+    assert _nearest_given(long, given, 30, 1) == {20, 7}          # 20 and 40 tie: the earlier one
+    assert _nearest_given(long, given, 39, 1) == {40, 7}
+    assert _nearest_given(long, given, 30, None) == long
+    assert _nearest_given(long, given, 30, 9) == long              # more than there are: all of them
+
+
+def test_capping_the_given_references_changes_only_queries_that_had_more():
+    """given_refs = N: a query matches its N nearest given frames. With N >= the number of given frames the
+    result is exactly the uncapped one; with N = 1 it differs, and still covers every frame."""
+    from pipeline.mamp.propagate import propagate_sequence
+
+    rng = np.random.default_rng(5)
+    T, H, W = 8, 20, 24
+    frames = [rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(T)]
+    given = {1: one_hot(rng.random((H, W)) > 0.5, 2), 4: one_hot(rng.random((H, W)) > 0.5, 2),
+             6: one_hot(rng.random((H, W)) > 0.5, 2)}
+    feats = make_feature_fn("lab")
+
+    def run(n):
+        cfg = PropagationConfig(radius=2, topk=5, temperature=0.05, similarity="l2", short_term=(1,), given_refs=n)
+        return dict(propagate_sequence(T, lambda t: frames[t], given, feats, None, cfg))
+
+    full, three, one = run(None), run(3), run(1)
+    assert all(torch.equal(full[t], three[t]) for t in range(T))
+    assert sorted(one) == list(range(T)) and any(not torch.equal(full[t], one[t]) for t in range(T))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _params import section
 import torch
 
 import pipeline.synth.dataset as D
@@ -55,11 +56,11 @@ def data(tmp_path_factory):
 
 
 def tiny_cfg(data: Path, **kw) -> dict:
-    cfg = dict(preset="cpu", model=dict(base_channels=8, bottleneck_channels=32, d_model=32, num_heads=4,
+    cfg = section("oclr", preset="cpu", model=dict(base_channels=8, bottleneck_channels=32, d_model=32, num_heads=4,
                                         ffn_dim=64, enc_layers=1, dec_layers=1, dropout=0.1),
                train_split=str(data / "train"), val_split=str(data / "val"), size=None, clip_len=4,
                batch_size=2, lr=1e-3, warmup_iters=3, decay_every=8, iterations=10, ckpt_every=4, val_every=5,
-               val_clips=2, log_every=1, seed=3, device="cpu", threads=1)
+               val_clips=2, log_every=1, seed=3, device="cpu", threads=1, time_budget_s=None)
     cfg.update(kw)
     return cfg
 
@@ -196,7 +197,7 @@ def test_train_writes_curves_metrics_and_resumes(data, tmp_path):
 
 def test_determinism_and_time_budget(data, tmp_path):
     a = train_oclr(tiny_cfg(data, iterations=4, val_split=None), tmp_path / "a", progress=False)
-    b = train_oclr(tiny_cfg(data, iterations=4, val_split=None), tmp_path / "b", progress=False)
+    train_oclr(tiny_cfg(data, iterations=4, val_split=None), tmp_path / "b", progress=False)
     la = [r["loss"] for r in _curve(tmp_path / "a" / "train_curve.csv")]
     lb = [r["loss"] for r in _curve(tmp_path / "b" / "train_curve.csv")]
     assert la == lb and len(la) == 4 and a["val_J_modal"] is None
@@ -223,7 +224,7 @@ def test_paper_preset_export_fits_25mb(tmp_path):
     n = model.param_count()
     assert n * 2 > 25e6                                                  # fp16 would not fit
     torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "iteration": 0, "train_seconds": 0.0,
-                "config": normalize_train_config({"preset": "paper"}), "model_config": cfg.to_dict(),
+                "config": normalize_train_config(section("oclr", preset="paper")), "model_config": cfg.to_dict(),
                 "param_count": n}, tmp_path / "last.pt")
     del model
     info = export_checkpoint(tmp_path / "last.pt", tmp_path / "paper.pt")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _params import section
 from _stages import run_stage_on
 import torch
 import yaml
@@ -217,7 +218,7 @@ def test_stage_writes_the_store(tmp_path):
                          enc_layers=1, dec_layers=1)
     torch.manual_seed(0)
     model = OCLR(cfg)
-    train_cfg = normalize_train_config({"clip_len": 6, "size": [32, 48]})
+    train_cfg = normalize_train_config(section("oclr", clip_len=6, size=[32, 48]))
     torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": train_cfg,
                 "model_config": cfg.to_dict(), "iteration": 0, "train_seconds": 0.0,
                 "param_count": model.param_count(), "device": "cpu"}, tmp_path / "last.pt")
@@ -247,6 +248,7 @@ def test_stage_writes_the_store(tmp_path):
     # a missing checkpoint is one clear line naming the path and the fix
     params["proposals"]["checkpoint"] = "checkpoints/missing.pt"
     params.pop("dataset")                       # the project's params.yaml has no dataset section
+    params["executor"] = {"kind": "inprocess", "workers": 1, "threads": 1}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "datasets" / "toy").mkdir(parents=True)
     (tmp_path / "datasets" / "toy" / "dataset.yaml").write_text(yaml.safe_dump({"dataset": {"name": "toy"}}))

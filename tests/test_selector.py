@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _params import section
 from _stages import run_stage_on
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ from pipeline.selector.train import (
     init_from_checkpoint,
     train_selector,
 )
-from pipeline.synth.refine_data import normalize_rgb
+from pipeline.core.arrays import normalize_rgb
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -391,7 +392,8 @@ def test_tiny_selector_overfits_one_clip():
 
 # --------------------------------------------------------------------------- training
 def train_cfg(split: Path, **kw) -> dict:
-    cfg = dict(preset="cpu", model=dict(TINY_MODEL, mask_context=1), train_split=str(split / "train"),
+    cfg = section("train_selector", preset="cpu", model=dict(TINY_MODEL, mask_context=1), init=None, corrupt_p=0.0,
+                  time_budget_s=None, train_split=str(split / "train"),
                val_split=str(split / "val"), rank_weight=0.5, clip_len=8, batch_size=2, lr=2e-3, warmup_iters=2,
                decay_every=5, iterations=6, ckpt_every=3, val_every=3, val_videos=None, val_n=4, val_min_area=4, log_every=1, seed=1, device="cpu", threads=1)
     cfg.update(kw)

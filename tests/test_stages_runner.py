@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from pipeline.core.store import open_artifact
-from pipeline.stages import get_stage
-from pipeline.stages.base import Ctx, load_dataset_params
+from pipeline.stages.registry import get_stage
+from pipeline.core.stage import Ctx, load_dataset_params
 from pipeline.stages.runner import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ def test_run_registration_keeps_other_datasets_and_only_this_input(project, tmp_
 def test_a_different_weights_file_reruns_the_stage_and_null_files_are_no_files(project, monkeypatch, tmp_path):
     """features: the backbone's weight file (found in the weights cache, outside the project) is part of
     the fingerprint; a params key naming a file set to null (mamp.checkpoint for backbone lab) is no file."""
-    from pipeline.stages.base import weights_fingerprint
+    from pipeline.core.stage import weights_fingerprint
 
     ctx = _ctx(project)
     run(get_stage("frames"), ctx)

@@ -236,7 +236,7 @@ def test_split_as_davis_dataset_round_trips_through_ingestion(split, tmp_path):
     ingestion with identical RGB (lossless PNG) and ground truth."""
     from pipeline.core.config import DatasetConfig
     from pipeline.core.io import discover, iter_frames, read_mask
-    from pipeline.export import export_synth_split
+    from pipeline.synth.export import export_synth_split
 
     names = export_synth_split(split, tmp_path / "ds")
     assert names == [s.name[:-5] for s in D.list_split(split)]

@@ -2,7 +2,7 @@
 
 ``params.yaml`` is the single source of every tunable; a dataset's ``datasets/<name>/dataset.yaml``
 holds its ``dataset`` block (:class:`DatasetConfig`) and its overrides
-(:func:`pipeline.stages.base.load_dataset_params` merges them).
+(:func:`pipeline.core.stage.load_dataset_params` merges them).
 """
 
 from __future__ import annotations

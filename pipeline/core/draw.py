@@ -26,6 +26,15 @@ def davis_palette(n: int = 256) -> np.ndarray:
 _PALETTE = davis_palette()
 
 
+def write_label_png(path: str | Path, labels: np.ndarray) -> None:
+    """A label map as a DAVIS palette PNG."""
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(labels, np.uint8), mode="P")
+    im.putpalette(_PALETTE.reshape(-1).tolist())
+    im.save(path, optimize=False)
+
+
 def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
             contour: bool = True) -> np.ndarray:
     """Blend a label map over an RGB frame (both at the same size), with outlines."""

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pipeline.core.arrays import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.core.config import IMAGE_EXTS, VIDEO_EXTS, DatasetConfig
 from pipeline.core.draw import davis_palette
 from pipeline.core.store import ArtifactWriter
@@ -29,8 +30,6 @@ from pipeline.core.store import ArtifactWriter
 # ImageNet statistics used to normalise RGB for every learned model. The
 # reference code of the papers has a typo (0.228) in the first std; we use the
 # correct value and record both in the artifact attributes.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_FRAMES = 2
 
 

@@ -71,13 +71,14 @@ from pipeline.oclr.losses import bce_probs, merge_loss_weights
 from pipeline.train.scaffold import (
     CsvLog,
     TrainLoop,
+    check_keys,
     config_diff,
     lr_factor,
     restore_training,
     start_run,
 )
 
-__all__ = ["ADAPT_DEFAULTS", "ADAPT_LOSS_WEIGHTS", "AdaptWindowDataset", "adapt_loss", "adapt_corrector",
+__all__ = ["CONFIG_KEYS", "ADAPT_LOSS_WEIGHTS", "AdaptWindowDataset", "adapt_loss", "adapt_corrector",
            "export_adapted", "normalize_adapt_config", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "motionseg-corrector-adapt/1"
@@ -85,27 +86,12 @@ CHECKPOINT_FORMAT = "motionseg-corrector-adapt/1"
 ADAPT_LOSS_WEIGHTS: dict[str, float] = {"mask": 1.0, "recon": 0.1, "alpha": 0.5}
 """Synthetic-training weights without the boundary term."""
 
-ADAPT_DEFAULTS: dict[str, Any] = {
-    "checkpoint": "checkpoints/corrector_cpu.pt",  # the synthetically trained corrector to adapt
-    "pseudo_labels": "corrector",   # stage whose `labels` are the pseudo-labels
-    "window": 7,
-    "batch_size": 1,
-    "lr": 1.2e-4,                   # 0.4 x the synthetic lr, as the paper's 2e-5 vs 5e-5
-    "warmup_iters": 20,
-    "grad_clip": 5.0,
-    "iterations": 600,
-    "time_budget_s": None,
-    "ckpt_every": 100,
-    "log_every": 10,
-    "check_windows": 16,            # fixed windows for the pseudo-label J check
-    "loss_weights": dict(ADAPT_LOSS_WEIGHTS),
-    "zero_proposals": True,         # paper: proposal-mask inputs of the upsampler zeroed
-    "seed": 0,
-    "device": "auto",
-    "amp": True,
-    "deterministic": True,
-    "threads": None,
-}
+#: every key of the ``adapt`` params section (documented there); no defaults in code
+CONFIG_KEYS: tuple[str, ...] = (
+    "checkpoint", "pseudo_labels", "window", "batch_size", "lr", "warmup_iters", "grad_clip", "iterations",
+    "time_budget_s", "ckpt_every", "log_every", "check_windows", "loss_weights", "zero_proposals", "seed",
+    "device", "amp", "deterministic", "threads",
+)
 
 RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "log_every", "device", "threads",
                               "check_windows"})
@@ -113,14 +99,9 @@ TRAIN_CURVE_COLUMNS = ["iteration", "loss", "mask", "recon", "alpha", "lr", "gra
 
 
 def normalize_adapt_config(cfg: Mapping[str, Any] | None) -> dict:
-    """``cfg`` over :data:`ADAPT_DEFAULTS`, checked (unknown keys raise ``KeyError``)."""
-    cfg = dict(cfg or {})
-    unknown = set(cfg) - set(ADAPT_DEFAULTS) - {"export", "export_max_mb"}
-    if unknown:
-        raise KeyError(f"corrector adaptation config: unknown key(s) {sorted(unknown)}; known: "
-                       f"{sorted(ADAPT_DEFAULTS)}")
-    out = copy.deepcopy(ADAPT_DEFAULTS)
-    out.update({k: copy.deepcopy(v) for k, v in cfg.items() if k in ADAPT_DEFAULTS})
+    """``cfg`` (exactly :data:`CONFIG_KEYS`: the ``adapt`` section plus ``checkpoint`` and ``window``
+    from ``corrector``, see :func:`check_keys`), checked and typed."""
+    out = check_keys(cfg, CONFIG_KEYS, "adapt", frozenset({"resume", "export", "export_max_mb"}))
     out["loss_weights"] = merge_loss_weights(ADAPT_LOSS_WEIGHTS, out["loss_weights"])
     for k in ("window", "batch_size", "iterations", "warmup_iters", "ckpt_every", "log_every", "check_windows",
               "seed"):
@@ -203,7 +184,7 @@ class AdaptWindowDataset(Dataset):
         return self.seqs[0].backbone
 
     def __getitem__(self, i: int) -> dict:
-        from pipeline.synth.refine_data import normalize_rgb, proposal_masks
+        from pipeline.core.arrays import normalize_rgb, proposal_masks
 
         i = int(i)
         if i < 0:

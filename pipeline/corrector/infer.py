@@ -44,7 +44,7 @@ import torch
 from pipeline.core.device import autocast, model_device
 from pipeline.corrector.model import pool_masks
 from pipeline.exemplars.scoring import exemplar_weights
-from pipeline.synth.refine_data import normalize_rgb, proposal_masks
+from pipeline.core.arrays import normalize_rgb, proposal_masks
 
 __all__ = ["CorrectedFrame", "window_starts", "exemplar_weights", "gather_exemplars", "with_fallback", "label_map",
            "correct_sequence", "write_corrected"]

@@ -282,7 +282,7 @@ class Corrector(nn.Module):
 
     ``forward(rgb, masks, tokens, ex_tokens, ex_masks, ex_weight, ex_frame, tgt_frame)``:
 
-    * ``rgb`` ``[B, T, 3, H, W]`` normalised RGB (:func:`pipeline.synth.refine_data.normalize_rgb`);
+    * ``rgb`` ``[B, T, 3, H, W]`` normalised RGB (:func:`pipeline.core.arrays.normalize_rgb`);
     * ``masks`` ``[B, T, K, H, W]`` proposal masks of the target frames (0/1);
     * ``tokens`` ``[B, T, C, h, w]`` backbone tokens of the target frames;
     * ``ex_tokens`` ``[B, E, C, h, w]`` tokens of the exemplar frames (all distinct exemplar

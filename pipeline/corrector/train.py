@@ -76,7 +76,6 @@ their sha256.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import os
 import time
@@ -113,16 +112,17 @@ from pipeline.oclr.losses import (
     boundary_bce,
     merge_loss_weights,
 )
+from pipeline.core.arrays import proposal_masks
 from pipeline.synth.refine_data import (
     RefineVideo,
     list_refine_videos,
-    proposal_masks,
     slot_targets,
 )
 from pipeline.train.scaffold import (
     CsvLog,
     RangeSampler,
     TrainLoop,
+    check_keys,
     config_diff,
     lr_factor,
     one_thread_worker,
@@ -140,37 +140,13 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"mask": 1.0, "boundary": 0.2, "recon":
 """mask BCE, boundary BCE (paper / OCLR weight), feature reconstruction MSE, alpha BCE (the paper
 gives no values for the last two)."""
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "preset": "cpu",              # CorrectorConfig preset: cpu | paper
-    "model": {},                  # CorrectorConfig field overrides (token_dim/backbone come from the data)
-    "train_split": "data/synth/train",   # folder with render/, proposals/, features/
-    "val_split": "data/synth/val",       # null: no validation
-    "window": 7,                  # T: target frames per sample (= the inference window)
-    "t": 10,                      # exemplar frames per object (oracle ranking)
-    "exemplar_weight": "iou",     # iou (floored) | one
-    "batch_size": 1,
-    "lr": 3e-4,
-    "weight_decay": 0.0,
-    "warmup_iters": 100,
-    "decay_every": 1000,
-    "decay_factor": 0.5,
-    "grad_clip": 5.0,
-    "iterations": 3000,
-    "time_budget_s": None,
-    "ckpt_every": 100,
-    "val_every": 200,
-    "val_clips": 16,
-    "val_seed": 1,
-    "log_every": 10,
-    "loss_weights": dict(DEFAULT_LOSS_WEIGHTS),
-    "boundary_width": 3,
-    "seed": 0,
-    "device": "auto",
-    "amp": True,
-    "deterministic": True,
-    "num_workers": 0,
-    "threads": None,
-}
+#: every key of the ``train_corrector`` params section (documented there); no defaults in code
+CONFIG_KEYS: tuple[str, ...] = (
+    "preset", "model", "train_split", "val_split", "window", "t", "exemplar_weight", "batch_size", "lr",
+    "weight_decay", "warmup_iters", "decay_every", "decay_factor", "grad_clip", "iterations", "time_budget_s",
+    "ckpt_every", "val_every", "val_clips", "val_seed", "log_every", "loss_weights", "boundary_width", "seed",
+    "device", "amp", "deterministic", "num_workers", "threads",
+)
 
 RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "val_every", "log_every", "device",
                               "num_workers", "threads", "val_clips", "resume", "export", "export_max_mb"})
@@ -188,16 +164,8 @@ class ResumeError(ArtifactError):
 
 # --------------------------------------------------------------------------- config
 def normalize_train_config(cfg: Mapping[str, Any] | None) -> dict:
-    """``cfg`` merged over :data:`TRAIN_DEFAULTS`, checked; unknown keys raise ``KeyError``."""
-    cfg = dict(cfg or {})
-    unknown = set(cfg) - set(TRAIN_DEFAULTS) - _PASSTHROUGH
-    if unknown:
-        raise KeyError(f"corrector training config: unknown key(s) {sorted(unknown)}; "
-                       f"known: {sorted(TRAIN_DEFAULTS)}")
-    out = copy.deepcopy(TRAIN_DEFAULTS)
-    for k, v in cfg.items():
-        if k not in _PASSTHROUGH:
-            out[k] = copy.deepcopy(v)
+    """``cfg`` (exactly :data:`CONFIG_KEYS`, see :func:`check_keys`), checked and typed."""
+    out = check_keys(cfg, CONFIG_KEYS, "train_corrector", _PASSTHROUGH)
     lw = dict(DEFAULT_LOSS_WEIGHTS)
     bad = set(out["loss_weights"] or {}) - set(lw)
     if bad:
@@ -465,7 +433,7 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
 # --------------------------------------------------------------------------- training
 def train_corrector(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
                     progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
-    """Train the corrector as configured by ``cfg`` (see :data:`TRAIN_DEFAULTS`) into ``out_dir``.
+    """Train the corrector as configured by ``cfg`` (every key of :data:`CONFIG_KEYS`, documented in params.yaml) into ``out_dir``.
 
     ``last.pt`` goes to ``out_dir``; ``train_curve.csv``, ``val_curve.csv`` and ``metrics.json``
     to ``log_dir`` (default ``out_dir``). Returns the dict written to ``metrics.json``. Relative

@@ -43,7 +43,7 @@ __all__ = ["PARAM_KEYS", "build", "write_propagate_gt", "write_propagate", "dis_
 
 #: every key of the ``mamp`` params section (unknown or missing keys are errors)
 PARAM_KEYS = ("backbone", "checkpoint", "height", "radius", "topk", "temperature", "long_term", "short_term",
-              "registration", "align", "max_chain", "far_flow", "threshold", "device", "amp")
+              "given_refs", "registration", "align", "max_chain", "far_flow", "threshold", "device", "amp")
 
 
 def check_params(p: Mapping[str, Any]) -> dict:
@@ -111,7 +111,7 @@ class _Video:
         return self._frames[t]
 
     def adjacent(self, t: int) -> np.ndarray:
-        from pipeline.flow import resize_flow
+        from pipeline.core.arrays import resize_flow
 
         f = np.asarray(self.flow[t], dtype=np.float32)
         return resize_flow(f.reshape(2, 2, *f.shape[-2:]), (self.H, self.W)).reshape(4, self.H, self.W)

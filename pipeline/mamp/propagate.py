@@ -48,13 +48,15 @@ class PropagationConfig:
     short_term: tuple[int, ...] = (1, 3, 5)
     registration: bool = True
     align: str = "size_aware"  # 'size_aware' | 'naive'
+    given_refs: int | None = None     # given frames a query matches against: the nearest in time (None = all)
 
     @classmethod
     def from_params(cls, p: Mapping[str, Any], temperature: float) -> "PropagationConfig":
         return cls(radius=int(p["radius"]), topk=int(p["topk"]), temperature=float(temperature),
                    similarity=str(p.get("similarity", "dot")), long_term=tuple(int(v) for v in p["long_term"]),
                    short_term=tuple(int(v) for v in p["short_term"]), registration=bool(p["registration"]),
-                   align=str(p["align"]))
+                   align=str(p["align"]),
+                   given_refs=None if p["given_refs"] is None else int(p["given_refs"]))
 
 
 # --------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def make_feature_fn(backbone: str, device: Any = "cpu", checkpoint: str | None =
 
         return FeatureFn("lab", 4, fn, "l2", {"name": "lab", "self_supervised": True, "substitute": False,
                                               "stride": 4, "dim": 3, "pretraining": "none (raw Lab pixels)"})
-    from pipeline.core.io import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.core.arrays import IMAGENET_MEAN, IMAGENET_STD
 
     if build_backbone is None:
         raise ValueError(f"backbone {backbone!r}: pass build_backbone=pipeline.features.build_backbone")
@@ -277,6 +279,15 @@ def propagate(order: Sequence[int], read_frame: Callable[[int], np.ndarray], giv
         yield t, probs
 
 
+def _nearest_given(long: set, given: Mapping[int, Any], t: int, n: int | None) -> set:
+    """The long-term references of query ``t``: every kept predicted frame, and of the given frames the
+    ``n`` nearest to ``t`` in time (all when ``n`` is None; ties to the earlier frame)."""
+    if n is None:
+        return set(long)
+    near = sorted(given, key=lambda g: (abs(g - t), g))[:max(1, int(n))]
+    return {r for r in long if r not in given} | set(near)
+
+
 def propagate_tracks(order: Sequence[int], read_frame: Callable[[int], np.ndarray],
                      givens: Sequence[Mapping[int, torch.Tensor]], features: FeatureFn, flows: FlowProvider | None,
                      cfg: PropagationConfig, device: Any = "cpu",
@@ -313,7 +324,8 @@ def propagate_tracks(order: Sequence[int], read_frame: Callable[[int], np.ndarra
             if t in given:
                 out[j] = given[t].to(device).float()
                 continue
-            refs = sorted(keep_long[j]) + [done[j][-k] for k in cfg.short_term if k <= len(done[j])]
+            refs = sorted(_nearest_given(keep_long[j], given, t, cfg.given_refs)) + \
+                [done[j][-k] for k in cfg.short_term if k <= len(done[j])]
             refs = list(dict.fromkeys(r for r in refs if r in mem_lab[j] and r != t))
             if not refs:
                 raise ValueError(f"frame {t}: no reference frame in memory (give at least one labelled frame)")

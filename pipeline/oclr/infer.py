@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.core.device import model_device, resolve_device
+from pipeline.core.device import model_device
 from pipeline.oclr.model import compose_modal, modal_labels
 
 __all__ = ["FramePrediction", "window_spans", "soft_iou_matrix", "match_layers", "predict_sequence",
-           "predict_arrays", "write_proposals", "build_split_proposals"]
+           "predict_arrays", "write_proposals"]
 
 
 class FramePrediction(NamedTuple):
@@ -281,40 +281,3 @@ def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dic
             "model_config": info["model_config"], "device": str(dev),
             "frame_names": flow_art.attrs.get("frame_names")})
     return {"T": T, "window": window, **run}
-
-
-def build_split_proposals(flow_dir: Any, out_dir: Any, checkpoint: Any, pp: dict | None = None,
-                          device: Any = "auto", progress: bool = True) -> Any:
-    """Proposals stores ``<out_dir>/<video>.zarr`` for every flow store of a synthetic split
-    (written atomically as a whole): the selector's and corrector's training inputs."""
-    import json
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from pipeline.core.runtime import atomic_dir
-    from pipeline.oclr.model import load_oclr
-    from pipeline.synth.dataset import list_split
-
-    flow_dir = Path(flow_dir)
-    render_dir = flow_dir.parent / "render"
-    if (render_dir / "index.json").exists():   # split order from the render index
-        stores = [flow_dir / r.name for r in list_split(render_dir)]
-        missing = [s for s in stores if not s.exists()]
-        if missing:
-            raise FileNotFoundError(f"{missing[0]}: flow store missing (rerun the synth_flow stage)")
-    else:
-        stores = sorted(flow_dir.glob("*.zarr"))
-    if not stores:
-        raise FileNotFoundError(f"{flow_dir}: no flow stores (run the synth_flow stage first)")
-    model, info = load_oclr(checkpoint, resolve_device(device))
-    pp = {**dict(pp or {}), "checkpoint": str(checkpoint)}
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        for store in tqdm(stores, desc=f"proposals {Path(flow_dir).parent.name}", unit="video",
-                          disable=not progress):
-            write_proposals(store, tmp / store.name, model, info, pp, quiet=True)
-        (tmp / "index.json").write_text(json.dumps(
-            {"videos": [{"store": s.name} for s in stores], "stage": "proposals",
-             "checkpoint": {"path": str(checkpoint), "sha256": info["file_sha256"]}}, indent=1))
-    return out_dir

@@ -54,7 +54,6 @@ model.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import os
@@ -83,6 +82,7 @@ from pipeline.train.scaffold import (
     CsvLog,
     RangeSampler,
     TrainLoop,
+    check_keys,
     config_diff,
     lr_factor,
     one_thread_worker,
@@ -93,39 +93,13 @@ from pipeline.train.scaffold import (
 
 CHECKPOINT_FORMAT = "motionseg-oclr-train/1"
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "preset": "cpu",              # OCLRConfig preset: cpu | paper
-    "model": {},                  # OCLRConfig field overrides
-    "train_split": "data/synth/train",   # folder with render/ and flow/
-    "val_split": "data/synth/val",       # null: no validation
-    "flow_source": "raft",        # raft: the split's flow/ stores (estimated flow); gt: render gt_flow
-    "clip_len": 8,                # frames per clip (= proposals window)
-    "size": [64, 112],            # training (H, W), multiples of 16; null = as rendered
-    "flip": True,                 # random horizontal flip (u negated)
-    "batch_size": 2,              # clips per iteration
-    "lr": 1e-4,                   # peak learning rate (Adam)
-    "weight_decay": 0.0,
-    "warmup_iters": 500,          # linear warm-up length
-    "decay_every": 10000,         # lr *= decay_factor every this many iterations
-    "decay_factor": 0.5,
-    "grad_clip": 5.0,             # max global gradient norm (0/null: off)
-    "iterations": 20000,          # total iterations
-    "time_budget_s": None,        # stop cleanly (saving) after this many seconds of this run
-    "ckpt_every": 500,
-    "val_every": 1000,
-    "val_clips": 16,
-    "val_seed": 1,
-    "log_every": 10,              # iterations per train_curve.csv row
-    "loss_weights": dict(DEFAULT_LOSS_WEIGHTS),
-    "boundary_width": 3,
-    "order_pairs": "overlap",
-    "seed": 0,
-    "device": "auto",             # auto | cpu | cuda | cuda:N
-    "amp": True,                  # bf16 autocast on CUDA (CPU always fp32)
-    "deterministic": True,        # deterministic algorithms (warn only where none exists)
-    "num_workers": 0,             # DataLoader worker processes
-    "threads": None,              # torch intra-op threads (null: torch default)
-}
+#: every key of the ``oclr`` params section (documented there); no defaults in code
+CONFIG_KEYS: tuple[str, ...] = (
+    "preset", "model", "train_split", "val_split", "flow_source", "clip_len", "size", "flip", "batch_size",
+    "lr", "weight_decay", "warmup_iters", "decay_every", "decay_factor", "grad_clip", "iterations",
+    "time_budget_s", "ckpt_every", "val_every", "val_clips", "val_seed", "log_every", "loss_weights",
+    "boundary_width", "order_pairs", "seed", "device", "amp", "deterministic", "num_workers", "threads",
+)
 
 RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "val_every", "log_every", "device",
                               "num_workers", "threads", "val_clips", "resume", "export", "export_max_mb"})
@@ -144,16 +118,8 @@ class ResumeError(ArtifactError):
 
 # --------------------------------------------------------------------------- config
 def normalize_train_config(cfg: Mapping[str, Any] | None) -> dict:
-    """``cfg`` merged over :data:`TRAIN_DEFAULTS`, checked; unknown keys raise ``KeyError``."""
-    cfg = dict(cfg or {})
-    unknown = set(cfg) - set(TRAIN_DEFAULTS) - _PASSTHROUGH
-    if unknown:
-        raise KeyError(f"oclr training config: unknown key(s) {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
-    out = copy.deepcopy(TRAIN_DEFAULTS)
-    for k, v in cfg.items():
-        if k in _PASSTHROUGH:
-            continue
-        out[k] = copy.deepcopy(v)
+    """``cfg`` (exactly :data:`CONFIG_KEYS`, see :func:`check_keys`), checked and typed."""
+    out = check_keys(cfg, CONFIG_KEYS, "oclr", _PASSTHROUGH)
     lw = dict(DEFAULT_LOSS_WEIGHTS)
     bad = set(out["loss_weights"] or {}) - set(lw)
     if bad:
@@ -383,7 +349,7 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
 # --------------------------------------------------------------------------- training
 def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
                progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
-    """Train OCLR as configured by ``cfg`` (see :data:`TRAIN_DEFAULTS`) into ``out_dir``.
+    """Train OCLR as configured by ``cfg`` (every key of :data:`CONFIG_KEYS`, documented in params.yaml) into ``out_dir``.
 
     ``last.pt`` goes to ``out_dir``; ``train_curve.csv``, ``val_curve.csv`` and
     ``metrics.json`` to ``log_dir`` (default ``out_dir``; the stage puts them in

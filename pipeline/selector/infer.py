@@ -41,7 +41,7 @@ import torch
 from pipeline.core.device import autocast, model_device
 from pipeline.core.store import ArtifactError
 from pipeline.exemplars.scoring import CORRECT, relative_error_area
-from pipeline.synth.refine_data import normalize_rgb
+from pipeline.core.arrays import normalize_rgb
 
 __all__ = ["CLASSES", "ChunkPrediction", "chunk_spans", "object_logits", "iter_error_maps", "predict_error_maps",
            "check_backbone", "write_selector"]

@@ -345,7 +345,7 @@ class Selector(nn.Module):
 
         Args:
             rgb: ``[B, T, 3, H, W]`` float, ImageNet-normalised
-                (:func:`pipeline.synth.refine_data.normalize_rgb`).
+                (:func:`pipeline.core.arrays.normalize_rgb`).
             mask: ``[B, T, 1, H, W]`` float 0/1, the object's proposal.
             tokens: ``[B, T, C, h', w']`` backbone tokens (any grid; average-pooled to
                 the bottleneck grid ``H/16 x W/16`` when it differs).

@@ -77,7 +77,6 @@ tensors only if the file would exceed ``max_mb``) and their sha256.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import os
 import time
@@ -127,6 +126,7 @@ from pipeline.synth.refine_data import RefineVideo, list_refine_videos
 from pipeline.train.scaffold import (
     CsvLog,
     TrainLoop,
+    check_keys,
     config_diff,
     lr_factor,
     read_csv,
@@ -136,47 +136,21 @@ from pipeline.train.scaffold import (
 
 CHECKPOINT_FORMAT = "motionseg-selector-train/1"
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "preset": "cpu",              # SelectorConfig preset: cpu | paper
-    "model": {},                  # SelectorConfig field overrides
-    "init": None,                 # warm start: weights of an exported or training selector checkpoint (null: random)
-    "train_split": "data/synth/train",   # folder with render/, proposals/, features/
-    "val_split": "data/synth/val",       # null: no validation
-    "clip_len": 30,               # frames per clip (30 = a whole synthetic video, the paper)
-    "batch_size": 2,              # clips (one object each) per iteration
-    "lr": 1e-4,                   # peak Adam learning rate (paper 5e-5)
-    "weight_decay": 0.0,
-    "warmup_iters": 200,          # linear warm-up length (paper 40000)
-    "decay_every": 2000,          # lr *= decay_factor every this many iterations (paper 80000)
-    "decay_factor": 0.5,
-    "grad_clip": 5.0,             # max global gradient norm (0/null: off)
-    "iterations": 5000,
-    "time_budget_s": None,        # stop cleanly (saving) after this many seconds of this run
-    "ckpt_every": 100,
-    "val_every": 250,
-    "val_videos": 8,              # validation videos (the first N of the split; null = all)
-    "val_n": 10,                  # selection AP: n best + n worst frames per object (paper 10)
-    "val_min_area": 20,           # proposals smaller than this score +inf (= selector.min_area)
-    "log_every": 10,
-    "pos_weight": 1.0,            # weight of positive FP / FN pixels in the BCE (1 = paper)
-    "rank_weight": 0.0,           # weight of the frame-ranking loss (0 = the paper's BCE only)
-    "rank_margin": 0.05,          # IoU gap that makes a pair of frames count in the ranking loss
-    "corrupt_p": 0.0,             # per-frame probability of corrupting the input proposal (0 = the paper)
-    "flip": True,                 # random horizontal flip
-    "time_shift": True,           # random temporal-embedding offset (trains all max_frames rows)
-    "seed": 0,
-    "device": "auto",
-    "amp": True,                  # bf16 autocast on CUDA (CPU always fp32)
-    "deterministic": True,
-    "threads": None,              # torch intra-op threads (null: torch default)
-}
+#: every key of the ``train_selector`` params section (documented there); no defaults in code
+CONFIG_KEYS: tuple[str, ...] = (
+    "preset", "model", "init", "train_split", "val_split", "clip_len", "batch_size", "lr", "weight_decay",
+    "warmup_iters", "decay_every", "decay_factor", "grad_clip", "iterations", "time_budget_s", "ckpt_every",
+    "val_every", "val_videos", "val_n", "val_min_area", "log_every", "pos_weight", "rank_weight",
+    "rank_margin", "corrupt_p", "flip", "time_shift", "seed", "device", "amp", "deterministic", "threads",
+)
 
 RESUME_FREE_KEYS = frozenset({"init", "iterations", "time_budget_s", "ckpt_every", "val_every", "log_every", "device",
                               "threads", "val_videos", "resume", "export", "export_max_mb"})
 """Config keys that may change between a run and its resumption."""
 
-ADDED_KEYS = ("init", "rank_weight", "rank_margin", "corrupt_p")
-"""Config keys newer than the first checkpoints; a checkpoint without them resumes as if it had their defaults."""
+ADDED_KEYS = {"init": None, "rank_weight": 0.0, "rank_margin": 0.05, "corrupt_p": 0.0}
+"""Config keys newer than the first checkpoints, with the values those checkpoints were trained with (a
+checkpoint without them resumes as if it had these)."""
 
 _PASSTHROUGH = frozenset({"resume", "export", "export_max_mb"})
 
@@ -191,13 +165,8 @@ class ResumeError(ArtifactError):
 
 # --------------------------------------------------------------------------- config
 def normalize_train_config(cfg: Mapping[str, Any] | None) -> dict:
-    """``cfg`` merged over :data:`TRAIN_DEFAULTS`, checked; unknown keys raise ``KeyError``."""
-    cfg = dict(cfg or {})
-    unknown = set(cfg) - set(TRAIN_DEFAULTS) - _PASSTHROUGH
-    if unknown:
-        raise KeyError(f"train_selector config: unknown key(s) {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
-    out = copy.deepcopy(TRAIN_DEFAULTS)
-    out.update({k: copy.deepcopy(v) for k, v in cfg.items() if k not in _PASSTHROUGH})
+    """``cfg`` (exactly :data:`CONFIG_KEYS`, see :func:`check_keys`), checked and typed."""
+    out = check_keys(cfg, CONFIG_KEYS, "train_selector", _PASSTHROUGH)
     out["model"] = dict(out["model"] or {})
     if out["preset"] not in ("cpu", "paper"):
         raise ValueError(f"train_selector config: preset must be 'cpu' or 'paper', got {out['preset']!r}")
@@ -536,7 +505,7 @@ def training_rank_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.T
 
 def train_selector(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
                    progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
-    """Train the selector as configured by ``cfg`` (see :data:`TRAIN_DEFAULTS`) into ``out_dir``.
+    """Train the selector as configured by ``cfg`` (every key of :data:`CONFIG_KEYS`, documented in params.yaml) into ``out_dir``.
 
     ``last.pt`` goes to ``out_dir``; curves and ``metrics.json`` to ``log_dir`` (default
     ``out_dir``). Returns the dict written to ``metrics.json``. Relative split paths are
@@ -582,8 +551,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     init = None
     if resume and ckpt_path.exists():
         ck = load_train_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "a selector")
-        # keys added to TRAIN_DEFAULTS after the checkpoint was written count at their defaults
-        saved = {**{k: TRAIN_DEFAULTS[k] for k in ADDED_KEYS}, **ck["config"]}
+        saved = {**ADDED_KEYS, **ck["config"]}
         diff = config_diff(saved, cfg, RESUME_FREE_KEYS)
         if ck.get("model_config") != mcfg.to_dict():
             diff.append(f"model_config: {ck.get('model_config')} -> {mcfg.to_dict()} (features backbone changed?)")

@@ -13,20 +13,19 @@ import shutil
 
 from pipeline.core.store import write_json_atomic
 from pipeline.corrector.adapt import adapt_corrector, export_adapted
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 from pipeline.stages.runner import dataset_sequences
 
 
 def _whole(ctx: Ctx) -> str:
     ap = ctx.section("adapt")
     cp = ctx.section("corrector")
-    cfg = {**{k: v for k, v in ap.items() if k not in ("export_max_mb", "resume")},
-           "checkpoint": cp["checkpoint"], "window": cp["window"]}
+    cfg = {**ap, "checkpoint": cp["checkpoint"], "window": cp["window"]}
     out, logs = ctx.data / "adapt", ctx.results("adapt")
-    if out.exists() and not ap.get("resume", False):
+    if out.exists() and not ap["resume"]:
         shutil.rmtree(out)          # start from the synthetic model
     m = adapt_corrector(cfg, ctx.data, dataset_sequences(ctx), out, logs)
-    info = export_adapted(out / "last.pt", out / "corrector_adapted.pt", ap.get("export_max_mb", 25))
+    info = export_adapted(out / "last.pt", out / "corrector_adapted.pt", ap["export_max_mb"])
     write_json_atomic(out / "export.json", info)
     before, after = m["pseudo_label_J_before"], m["pseudo_label_J_after"]
     check = f", pseudo-label J {before:.3f} -> {after:.3f}" if before is not None and after is not None else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.core.device import resolve_device
 from pipeline.corrector.infer import write_corrected
 from pipeline.corrector.model import load_corrector
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 KEYS = ("checkpoint", "window", "threshold", "device")
 ADAPTED = "data/{dataset}/adapt/corrector_adapted.pt"
@@ -25,7 +25,7 @@ def _setup(ctx: Ctx, adapted: bool = False):
     cp = {k: v for k, v in ctx.section("corrector").items() if k in KEYS}
     if adapted:
         cp["checkpoint"] = ADAPTED.format(dataset=ctx.dataset)
-    dev = resolve_device(cp.get("device", "auto"))
+    dev = resolve_device(cp["device"])
     model, info = load_corrector(ctx.path(cp["checkpoint"]), dev)
     return model, info, cp, dev, "adapted" if adapted else "corrector"
 

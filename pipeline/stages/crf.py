@@ -18,7 +18,7 @@ from pipeline.core.store import (
     open_artifact,
 )
 from pipeline.crf import CRFConfig, ModalFromAmodal, refine_sequence
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 STAGE_KEYS = ("input",)  # crf.* keys read by the stage itself, not CRFConfig fields
 

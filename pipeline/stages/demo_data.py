@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipeline.core.runtime import atomic_dir
 from pipeline.demo import DemoConfig, write_demo_dataset
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 
 def _whole(ctx: Ctx) -> str:

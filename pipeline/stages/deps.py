@@ -63,10 +63,34 @@ def closure(mod: str) -> set[str]:
     return seen
 
 
-def stage_code_files(stage_name: str) -> list[Path]:
-    from pipeline.stages import stage_module
+@lru_cache(maxsize=None)
+def is_marker(f: Path) -> bool:
+    """A package marker: an ``__init__.py`` holding only a docstring and dunder constants
+    (``__version__``). It runs no code a stage's output could depend on, so it is not a dep (a bare
+    version bump reruns nothing; the stores keep the version that made them)."""
+    if f.name != "__init__.py":
+        return False
+    for i, n in enumerate(ast.parse(f.read_text()).body):
+        if i == 0 and isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant):
+            continue
+        if isinstance(n, ast.ImportFrom) and n.module == "__future__":
+            continue
+        if (isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                and all(isinstance(t, ast.Name) and t.id.startswith("__") for t in n.targets)):
+            continue
+        return False
+    return True
 
-    return sorted({module_file(m) for m in closure(stage_module(stage_name))})
+
+def code_files(mod: str) -> list[Path]:
+    """The files of a module's import closure, package markers left out (:func:`is_marker`)."""
+    return sorted(f for f in {module_file(m) for m in closure(mod)} if not is_marker(f))
+
+
+def stage_code_files(stage_name: str) -> list[Path]:
+    from pipeline.stages.registry import stage_module
+
+    return code_files(stage_module(stage_name))
 
 
 def dep_paths(files: list[Path]) -> list[str]:

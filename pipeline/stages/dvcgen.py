@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from pipeline.core.config import PARAMS_KEYS_FILE, load_params, param_leaves, project_root
-from pipeline.stages import ORDER, get_stage
-from pipeline.stages.base import (
+from pipeline.stages.registry import ORDER, get_stage
+from pipeline.core.stage import (
     DATASET_FILE,
     DATASETS_DIR,
     STRUCTURAL_KEYS,
@@ -58,7 +58,8 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     if st.datasets is not None and dataset not in st.datasets:
         return None
     data = f"data/{dataset}"
-    item = "${item}" if st.variants else None
+    item = "${item}" if st.variants and st.foreach else None
+    items = list(get_key(merged, st.variants)) if st.variants and not st.foreach else [item]
     cmd = f"python -m pipeline.stages {name} {dataset}" + (f" {item}" if item else "")
     deps = list(stage_deps(name))
     if name == "frames":
@@ -67,15 +68,16 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
         if i.startswith("{") and "." in i:
             deps.append(f"{data}/{_template(i[1:-1], dataset_keys, merged)}")
         else:
-            deps.append(f"{data}/{i.format(variant=item)}")
+            deps += list(dict.fromkeys(f"{data}/{i.format(variant=v)}" for v in items))
     for f in st.files:
         if "/" not in f and not f.endswith(".pt"):
             if get_key(merged, f) is not None:         # null: no file (e.g. mamp.checkpoint of backbone lab)
                 deps.append(_template(f, dataset_keys, merged))
         else:
             deps.append(f.format(dataset=dataset))
-    root_keys = [k for k in st.params if not k.startswith("dataset")]
-    ds_keys = sorted({k for k in dataset_keys for p in st.params if _covers(p, k) and
+    reads = st.reads + ((st.variants,) if items != [item] else ())
+    root_keys = [k for k in reads if not k.startswith("dataset")]
+    ds_keys = sorted({k for k in dataset_keys for p in reads if _covers(p, k) and
                       (k.startswith("dataset.") or k == p or k.startswith(p + "."))})
     params: list[Any] = list(root_keys)
     if ds_keys:
@@ -88,17 +90,39 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     entry["params"] = params
     outs = []
     if st.whole is None or st.out:
-        outs.append({f"{data}/{(st.out or st.name).format(variant=item)}": {"persist": True}})
-    extra = {k: [{p.format(dataset=dataset, variant=item): v for p, v in d.items()} for d in lst]
-             for k, lst in st.dvc.items()}
+        out = (st.out or st.name).split("/{variant}")[0] if items != [item] else (st.out or st.name)
+        outs.append({f"{data}/{out.format(variant=item)}": {"persist": True}})
+    extra = {k: [{p.format(dataset=dataset, variant=v): dict(o) for p, o in d.items()} for d in lst for v in items]
+             for k, lst in st.dvc.items() if not k.startswith("top_")}
     outs += extra.pop("outs", [])
     if outs:
         entry["outs"] = outs
     entry.update(extra)
-    if st.variants:
+    if st.variants and st.foreach:
         return {"foreach": _template(st.variants, dataset_keys, merged) if not
                 any(_covers(st.variants, k) for k in dataset_keys) else get_key(merged, st.variants), "do": entry}
     return entry
+
+
+def top_level(dataset: str, merged: dict, prefix: str) -> dict[str, list]:
+    """dvc.yaml's top-level ``metrics`` / ``plots``: files inside a stage's output folder, one entry per
+    variant (a stage-level entry would be one more output per file in dvc.lock). Paths are relative to
+    the dvc.yaml; ``motionseg dataset sync`` rewrites them when the variants change."""
+    out: dict[str, list] = {}
+    for name in ORDER:
+        st = get_stage(name)
+        if st.datasets is not None and dataset not in st.datasets:
+            continue
+        items = list(get_key(merged, st.variants)) if st.variants else [None]
+        for key, entries in st.dvc.items():
+            if not key.startswith("top_"):
+                continue
+            for item in items:
+                for d in entries:
+                    for p, opts in d.items():
+                        path = prefix + p.format(dataset=dataset, variant=item)
+                        out.setdefault(key[4:], []).append({path: dict(opts)} if opts else path)
+    return out
 
 
 def render(dataset: str, root: Path | None = None) -> str:
@@ -118,6 +142,7 @@ def render(dataset: str, root: Path | None = None) -> str:
         if e is not None:
             stages[name] = e
     doc["stages"] = stages
+    doc.update(top_level(dataset, merged, "../../" if nested else ""))
     body = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None)
     return HEADER.format(params=f"params.yaml + {ds_file}") + body
 

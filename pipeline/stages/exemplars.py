@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.exemplars.scoring import write_exemplars
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 
 def _run(_, ctx: Ctx, seq: str, out: Path) -> str:

@@ -1,4 +1,4 @@
-"""Stage export (one per exported method): DAVIS-palette PNG masks, an overlay contact sheet and an
+"""Stage export (every method of ``export.methods``, one DVC stage): DAVIS-palette PNG masks, an overlay contact sheet and an
 overlay video of every sequence, in ``data/<ds>/export/<method>/<seq>/``. Params: ``export``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.core.store import open_artifact
 from pipeline.export import export_sequence
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 KEYS = ("export.contact_frames", "export.video", "export.fps")
 
@@ -22,4 +22,4 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
 
 
 STAGE = Stage("export", params=KEYS, inputs=("frames", "{variant}"), run=_run, out="export/{variant}", suffix="",
-              variants="export.methods")
+              foreach=False, variants="export.methods")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.core.store import ArtifactWriter, FrameReader, open_artifact
 from pipeline.flow import build_flow_estimator, sequence_flow
-from pipeline.stages.base import Ctx, Stage, weights_fingerprint
+from pipeline.core.stage import Ctx, Stage, weights_fingerprint
 
 
 def _setup(ctx: Ctx):

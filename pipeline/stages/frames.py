@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.core.config import DatasetConfig, list_sequences
 from pipeline.core.io import discover, ingest_sequence
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 
 def _dataset(ctx: Ctx) -> DatasetConfig:

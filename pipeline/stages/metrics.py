@@ -1,5 +1,6 @@
-"""Stage metrics (one per evaluated method): J and F of the method's masks on every sequence, then
-the dataset's tables and plot.
+"""Stage metrics: J and F of the masks of every method of ``eval.methods`` on every sequence, then
+each method's tables and plot. One DVC stage runs every method in turn; a (method, sequence) whose
+masks and params did not change is not re-scored (its fingerprint says so).
 
 Per sequence: ``data/<ds>/eval/<method>/<seq>.json`` (per-object rows, per-frame J and F, the
 matching, the lineage of the masks). Then ``results/<ds>/<method>/``: ``summary.json`` (DVC
@@ -15,7 +16,7 @@ from pathlib import Path
 from pipeline import metrics as M
 from pipeline.core.draw import plot_per_sequence
 from pipeline.core.store import lineage, open_artifact, write_json_atomic
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 KEYS = ("eval.match_on", "eval.resize", "eval.bound_th", "dataset.protocol")
 
@@ -67,9 +68,8 @@ def _finalize(ctx: Ctx, seqs: list[str]) -> str:
 
 
 STAGE = Stage("metrics", params=KEYS, inputs=("frames", "{variant}"), run=_run, finalize=_finalize,
-              out="eval/{variant}", suffix=".json", variants="eval.methods",
-              dvc={"outs": [{"results/{dataset}/{variant}/per_object.csv": {"cache": False}},
-                            {"results/{dataset}/{variant}/per_sequence.png": {"cache": False}}],
-                   "metrics": [{"results/{dataset}/{variant}/summary.json": {"cache": False}}],
-                   "plots": [{"results/{dataset}/{variant}/per_sequence.csv": {
-                       "cache": False, "x": "sequence", "y": "JF", "template": "bar_horizontal"}}]})
+              out="eval/{variant}", suffix=".json", foreach=False, variants="eval.methods",
+              dvc={"outs": [{"results/{dataset}/{variant}": {"cache": False}}],
+                   "top_metrics": [{"results/{dataset}/{variant}/summary.json": None}],
+                   "top_plots": [{"results/{dataset}/{variant}/per_sequence.csv": {
+                       "x": "sequence", "y": "JF", "template": "bar_horizontal"}}]})

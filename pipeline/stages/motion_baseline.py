@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.baseline import BaselineConfig, MotionBaseline
 from pipeline.core.store import ArtifactWriter, open_artifact
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 
 def _run(_, ctx: Ctx, seq: str, out: Path) -> str:

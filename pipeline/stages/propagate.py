@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.features import build_backbone
 from pipeline.mamp.infer import build, write_propagate, write_propagate_gt
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 
 def _setup(ctx: Ctx):

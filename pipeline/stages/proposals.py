@@ -7,14 +7,14 @@ from pathlib import Path
 from pipeline.core.device import resolve_device
 from pipeline.oclr.infer import write_proposals
 from pipeline.oclr.model import load_oclr
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 KEYS = ("checkpoint", "window", "overlap", "infer_size", "batch", "threshold", "device")
 
 
 def _setup(ctx: Ctx):
     pp = {k: v for k, v in ctx.section("proposals").items() if k in KEYS}
-    dev = resolve_device(pp.get("device", "auto"))
+    dev = resolve_device(pp["device"])
     model, info = load_oclr(ctx.path(pp["checkpoint"]), dev)
     return model, info, pp, dev
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.core.store import sha256_file, write_json_atomic
-from pipeline.stages.base import Ctx, Stage, get_key
+from pipeline.core.stage import Ctx, Stage, get_key
 
 EXECUTORS = ("inprocess", "process", "ray")
 LEDGER = ".done"
@@ -73,7 +73,7 @@ def code_checksum(stage: Stage) -> str:
 
 
 def stage_params(stage: Stage, ctx: Ctx) -> dict:
-    return {k: get_key(ctx.params, k) for k in stage.params}
+    return {k: get_key(ctx.params, k) for k in stage.reads}
 
 
 def fingerprint(stage: Stage, ctx: Ctx, sequence: str, source: Any = None) -> str:
@@ -126,7 +126,7 @@ def _worker_init(stage_name: str, ctx: Ctx, threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-    from pipeline.stages import get_stage
+    from pipeline.stages.registry import get_stage
 
     st = get_stage(stage_name)
     _STATE["stage"], _STATE["ctx"] = st, ctx
@@ -205,7 +205,7 @@ def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None
         sequences: list[str] | None = None) -> dict:
     """Run ``stage`` on ``ctx.dataset``; returns timings and counts (printed by the CLI)."""
     ex = dict(ctx.params.get("executor") or {})
-    kind = executor or str(ex.get("kind", "inprocess"))
+    kind = executor or str(get_key(ctx.params, "executor.kind"))
     workers = int(workers or ex.get("workers") or 2)
     threads = int(ex.get("threads") or 1)
     t0 = time.perf_counter()
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from pipeline.core.runtime import report_errors
-    from pipeline.stages import get_stage
-    from pipeline.stages.base import load_dataset_params
+    from pipeline.stages.registry import get_stage
+    from pipeline.core.stage import load_dataset_params
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.stages", description=main.__doc__)
     ap.add_argument("stage")
@@ -285,12 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.core.config import project_root
 
         stage = get_stage(a.stage)
-        if stage.variants and not a.variant:
+        params = load_dataset_params(a.dataset)
+        if stage.variants and not a.variant and stage.foreach:
             raise KeyError(f"stage {a.stage} needs a variant (one of params {stage.variants})")
-        ctx = Ctx(a.dataset, load_dataset_params(a.dataset), project_root(), a.variant)
-        info = run(stage, ctx, a.executor, a.workers)
+        variants = [a.variant] if a.variant or not stage.variants else list(get_key(params, stage.variants))
+        infos = [run(stage, Ctx(a.dataset, params, project_root(), v), a.executor, a.workers) for v in variants]
         if a.timings:
-            write_json_atomic(a.timings, info)
+            write_json_atomic(a.timings, infos[0] if len(infos) == 1 else infos)
 
     return report_errors(go)
 

@@ -23,7 +23,7 @@ from pipeline.exemplars.evaluate import (
     gt_objects,
     summarize_selection,
 )
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 from pipeline.stages.runner import dataset_sequences
 
 
@@ -40,8 +40,8 @@ def _csv_text(rows: list[dict]) -> str:
 def _whole(ctx: Ctx) -> str:
     ds, protocol = ctx.dataset, ctx.params["dataset"]["protocol"]
     ep = ctx.section("selection_eval")
-    n, trials, seed = int(ep.get("n", 10)), int(ep.get("random_trials", 1000)), int(ep.get("seed", 0))
-    n_fig = int(ep.get("figures", 2))
+    n, trials, seed = int(ep["n"]), int(ep["random_trials"]), int(ep["seed"])
+    n_fig = int(ep["figures"])
     out = ctx.results("selection")
     rows, lin, ckpts, figs = [], None, set(), []
     with atomic_dir(out / "strips") as strips:

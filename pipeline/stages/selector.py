@@ -7,14 +7,14 @@ from pathlib import Path
 from pipeline.core.device import resolve_device
 from pipeline.selector.infer import write_selector
 from pipeline.selector.model import load_selector
-from pipeline.stages.base import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage
 
 KEYS = ("checkpoint", "chunk", "min_area", "skip_empty", "score", "tta", "device")
 
 
 def _setup(ctx: Ctx):
     sp = {k: v for k, v in ctx.section("selector").items() if k in KEYS}
-    dev = resolve_device(sp.get("device", "auto"))
+    dev = resolve_device(sp["device"])
     model, info = load_selector(ctx.path(sp["checkpoint"]), dev)
     return model, info, sp, dev
 

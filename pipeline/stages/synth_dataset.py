@@ -5,7 +5,7 @@ inference pipeline can run and be scored on it:
 
 from pipeline.core.config import project_root
 from pipeline.core.runtime import atomic_dir, run_stage
-from pipeline.export import export_synth_split
+from pipeline.synth.export import export_synth_split
 
 
 def main(split: str) -> None:

@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from pipeline.stages.deps import ROOT, closure, dep_paths, module_file
+from pipeline.stages.deps import ROOT, code_files, dep_paths
 
 TRAINING = ROOT / "training" / "dvc.yaml"
 _BLOCK = re.compile(r"(?m)^(?P<indent>[ \t]+)cmd: python -m (?P<script>pipeline\.stages\.\w+)[^\n]*\n"
@@ -20,7 +20,7 @@ _BLOCK = re.compile(r"(?m)^(?P<indent>[ \t]+)cmd: python -m (?P<script>pipeline\
 
 def code_deps(script: str) -> list[str]:
     mod = script
-    return dep_paths(sorted({module_file(m) for m in closure(mod)}))
+    return dep_paths(code_files(mod))
 
 
 def rewrite(text: str) -> str:

@@ -18,27 +18,12 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.core.arrays import normalize_rgb, proposal_masks
 from pipeline.core.store import open_artifact
 from pipeline.synth.dataset import list_split
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize_rgb", "proposal_masks", "match_slots",
+__all__ = ["match_slots",
            "slot_targets", "RefineVideo", "list_refine_videos"]
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def normalize_rgb(rgb: np.ndarray) -> np.ndarray:
-    """uint8 ``[..., H, W, 3]`` RGB -> float32 ``[..., 3, H, W]``: /255, ImageNet mean/std."""
-    x = (np.asarray(rgb, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.moveaxis(x, -1, -3).copy()
-
-
-def proposal_masks(labels: np.ndarray, K: int) -> np.ndarray:
-    """Modal proposal masks ``[..., K, H, W]`` float32 (0/1) from a label map (``k + 1`` = slot ``k``)."""
-    lab = np.asarray(labels)
-    return (lab[..., None, :, :] == np.arange(1, K + 1).reshape(K, 1, 1)).astype(np.float32)
-
 
 def match_slots(labels: np.ndarray, gt_modal: np.ndarray, K: int) -> np.ndarray:
     """``slot_to_gt [K]`` int: the GT object index each proposal slot is matched to, ``-1`` for

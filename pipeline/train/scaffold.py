@@ -22,6 +22,23 @@ import torch
 from pipeline.core.device import resolve_device, seed_everything, set_rng_state
 
 
+def check_keys(cfg: Mapping[str, Any] | None, keys: Sequence[str], section: str,
+               passthrough: frozenset = frozenset()) -> dict:
+    """``cfg`` with exactly ``keys`` (deep-copied; ``passthrough`` keys are accepted and dropped): a
+    trainer has no defaults of its own, every key is set and documented once, in params.yaml's
+    ``section``. Unknown or missing keys are one ``KeyError`` naming them."""
+    import copy
+
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(keys) - set(passthrough))
+    missing = [k for k in keys if k not in cfg]
+    if unknown or missing:
+        raise KeyError(f"{section} config: " + "; ".join(
+            [f"unknown key(s) {unknown}"] * bool(unknown) + [f"missing key(s) {missing}"] * bool(missing))
+            + f" (every key is set and documented in params.yaml, section {section!r})")
+    return {k: copy.deepcopy(cfg[k]) for k in keys}
+
+
 def config_diff(saved: Mapping, current: Mapping, free_keys: frozenset = frozenset()) -> list[str]:
     """``["key: old -> new", ...]`` for the keys (outside ``free_keys``) whose values differ."""
     import json

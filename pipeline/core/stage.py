@@ -24,8 +24,6 @@ from pipeline.core.config import load_params, param_leaves, project_root
 #: literally when a dataset overrides them
 STRUCTURAL_KEYS = ("crf.input", "adapt.pseudo_labels", "eval.methods", "export.methods", "proposals.checkpoint",
                    "selector.checkpoint", "corrector.checkpoint", "mamp.checkpoint")
-#: sections of params.yaml that are not stage params (dataset-independent run settings)
-RUN_SECTIONS = ("executor",)
 DATASETS_DIR = "datasets"
 DATASET_FILE = "dataset.yaml"   # not params.yaml: DVC would load that one as vars next to dvc.yaml
 
@@ -136,7 +134,9 @@ class Stage:
     whole:     ``whole(ctx) -> message``: a stage that is one job over the dataset (training).
     out:       output folder under ``data/<ds>/`` (``{variant}`` allowed); default the name.
     suffix:    per-sequence output suffix (``.zarr``, ``.json`` or ``""`` for a folder).
-    variants:  params key listing the variants (``eval.methods``): one DVC stage per item.
+    variants:  params key listing the variants (``eval.methods``): the stage runs once per item.
+    foreach:   with variants: one DVC stage per item (``foreach``); False: one DVC stage runs every
+               item in turn (its outputs are ``out`` up to ``/{variant}``; cheap per-item stages).
     dvc:       extra DVC fields (metrics, plots, more outs).
     gpu:       the stage benefits from a GPU (Ray gives each actor one when the cluster has them).
     """
@@ -152,11 +152,19 @@ class Stage:
     out: str | None = None
     suffix: str = ".zarr"
     variants: str | None = None
+    foreach: bool = True
     dvc: dict = field(default_factory=dict)
     gpu: bool = False
     datasets: tuple[str, ...] | None = None   # only these datasets have the stage (None = all)
     sequences: Callable[[Ctx], list[str]] | None = None   # default: the frames stage's sequences
     source: Callable[[Ctx, str], Any] | None = None       # extra fingerprint input (raw files)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Every params key the outputs depend on: :attr:`params`, plus ``executor.threads`` for the
+        torch stages (:attr:`gpu`; float results depend on the thread count). DVC params and the
+        per-sequence fingerprints both come from here."""
+        return self.params + (("executor.threads",) if self.gpu else ())
 
     def out_dir(self, ctx: Ctx) -> Path:
         return ctx.data / (self.out or self.name).format(variant=ctx.variant)
