@@ -59,17 +59,18 @@ def main() -> None:
     if "--set" in sys.argv and any(s.startswith("datasets/") for s in a.set):
         subprocess.run([sys.executable, "-m", "pipeline.cli", "dataset", "sync"], cwd=proj, env=env, check=False)
     t0 = time.perf_counter()
-    stamps = []
+    stamps, tail = [], []
     p = subprocess.Popen(["dvc", "repro"], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True)
     for line in p.stdout:
+        tail = (tail + [line])[-15:]
         m = re.match(r"Running stage '([^']+)'", line)
         if m:
             stamps.append((m.group(1), time.perf_counter() - t0))
     p.wait()
     wall = time.perf_counter() - t0
     if p.returncode:
-        raise SystemExit(f"dvc repro failed ({p.returncode}) in {proj}")
+        raise SystemExit("".join(tail) + f"dvc repro failed ({p.returncode}) in {proj}")
     durations = {s: round((stamps[i + 1][1] if i + 1 < len(stamps) else wall) - t, 1) for i, (s, t) in enumerate(stamps)}
     metrics = {}
     for f in sorted((proj / "results" / "demo").glob("*/summary.json")):

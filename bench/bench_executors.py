@@ -6,6 +6,13 @@ compare wall time, seconds per frame, time spent starting workers, and the store
 
 For each executor the stages' outputs are removed first (the frames stage is kept), so each run
 computes every sequence; ``content_sha256`` of every store is compared with the first executor's.
+
+``--scratch SEQ ...`` leaves the project's stores alone: the stages run on those sequences only, in a
+scratch project whose other stores are links to this one's, and each new store is compared with the
+project's (made by another executor, e.g. the dataset's `dvc repro` under Ray):
+
+    python bench/bench_executors.py --dataset davis2016 --stages features selector --executors inprocess \
+        --scratch bear boat --out results/bench/executors_davis2016_subset.json
 Start-up share: the time from the stage's start to its first finished sequence minus that
 sequence's own compute time, over the stage's wall time (model loading included: that is the
 per-worker cost the executor pays).
@@ -41,7 +48,10 @@ def main() -> None:
     ap.add_argument("--executors", nargs="+", default=["inprocess", "ray"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--scratch", nargs="+", metavar="SEQ", help="run only these sequences, in a scratch project")
     a = ap.parse_args()
+    if a.scratch:
+        return scratch_run(a)
     params = load_dataset_params(a.dataset, ROOT)
     ctx = Ctx(a.dataset, params, ROOT)
     frames = sum(open_artifact(p).attrs.get("num_frames") or len(open_artifact(p).attrs["frame_names"])
@@ -72,6 +82,39 @@ def main() -> None:
         report["runs"][ex] = {"wall_s": round(wall, 1), "s_per_frame": round(wall / frames, 4), "stages": rows,
                               "identical_to_reference": got == ref}
         print(json.dumps({ex: report["runs"][ex]}, indent=1), flush=True)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def scratch_run(a) -> None:
+    import tempfile
+
+    params = load_dataset_params(a.dataset, ROOT)
+    real = Ctx(a.dataset, params, ROOT)
+    base = Path(tempfile.mkdtemp(prefix="executors-"))
+    data = base / "data" / a.dataset
+    data.mkdir(parents=True)
+    for d in sorted(p for p in real.data.iterdir() if p.is_dir()):
+        if d.name not in a.stages:
+            (data / d.name).symlink_to(d, target_is_directory=True)
+    for name in ("checkpoints", "datasets"):
+        (base / name).symlink_to(ROOT / name, target_is_directory=True)
+    ctx = Ctx(a.dataset, params, base)
+    frames = sum(len(open_artifact(real.store("frames", s)).attrs["frame_names"]) for s in a.scratch)
+    report = {"dataset": a.dataset, "sequences": a.scratch, "frames": frames, "runs": {}}
+    for ex in a.executors:
+        rows = {}
+        for s in a.stages:
+            shutil.rmtree(data / s, ignore_errors=True)
+            info = run(get_stage(s), ctx, executor=ex, workers=a.workers, sequences=list(a.scratch))
+            new = {q: open_artifact(ctx.store(s, q)).attrs["content_sha256"] for q in a.scratch}
+            old = {q: open_artifact(real.store(s, q)).attrs["content_sha256"] for q in a.scratch}
+            rows[s] = {"wall_s": round(info["wall_s"], 2), "s_per_frame": round(info["wall_s"] / frames, 4),
+                       "identical_to_project_stores": new == old}
+            # later stages of this run read this one's stores
+            print(json.dumps({ex: {s: rows[s]}}), flush=True)
+        report["runs"][ex] = rows
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -22,7 +22,8 @@ from pipeline.core.config import load_params, param_leaves, project_root
 
 #: params keys that shape the stage graph: templated into dvc.yaml from params.yaml, or written out
 #: literally when a dataset overrides them
-STRUCTURAL_KEYS = ("crf.input", "adapt.pseudo_labels", "eval.methods", "export.methods", "proposals.checkpoint",
+STRUCTURAL_KEYS = ("crf.input", "adapt.pseudo_labels", "eval.methods", "export.methods", "quality.methods",
+                   "proposals.checkpoint",
                    "selector.checkpoint", "corrector.checkpoint", "mamp.checkpoint")
 DATASETS_DIR = "datasets"
 DATASET_FILE = "dataset.yaml"   # not params.yaml: DVC would load that one as vars next to dvc.yaml

@@ -76,7 +76,7 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
         else:
             deps.append(f.format(dataset=dataset))
     reads = st.reads + ((st.variants,) if items != [item] else ())
-    root_keys = [k for k in reads if not k.startswith("dataset")]
+    root_keys = [k for k in reads if not k.startswith("dataset") and k not in dataset_keys]
     ds_keys = sorted({k for k in dataset_keys for p in reads if _covers(p, k) and
                       (k.startswith("dataset.") or k == p or k.startswith(p + "."))})
     params: list[Any] = list(root_keys)

@@ -24,6 +24,7 @@ ORDER: dict[str, tuple[str, str]] = {
     "crf": ("crf", "STAGE"),
     "selection_eval": ("selection_eval", "STAGE"),
     "metrics": ("metrics", "STAGE"),
+    "quality": ("quality", "STAGE"),
     "export": ("export", "STAGE"),
 }
 

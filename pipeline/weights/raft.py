@@ -150,7 +150,8 @@ def resolve_raft_weights(model: str, path: str | os.PathLike | None = None,
             raise WeightsNotFoundError(
                 f"RAFT weights for {model}: the explicit path {str(path)!r} "
                 f"(resolved: {p.resolve()}) does not exist and is not a known checkpoint "
-                f"name ({', '.join(RAFT_CHECKPOINTS[model])}). Fix params flow.weights.")
+                f"name ({', '.join(RAFT_CHECKPOINTS[model])}). Fix params flow.checkpoint (a name) or "
+                "flow.weights (a file).")
         name = known
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
