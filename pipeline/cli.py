@@ -128,6 +128,31 @@ def run_cmd(path: Path = typer.Argument(..., help="A video file, a folder of vid
 
 
 @app.command()
+def tune(key: str = typer.Argument(..., help="A params key, e.g. proposals.threshold."),
+         values: list[str] = typer.Argument(..., help="Candidate values (YAML: 0.3, null, [1, 2], true)."),
+         dataset: str = typer.Option("demo", help="The dataset to tune on (its stores up to the key's stages must exist)."),
+         method: Optional[str] = typer.Option(None, help="The mask stage whose alignment chooses (default crf)."),
+         set_: list[str] = typer.Option([], "--set", help="KEY=VALUE applied to every candidate.")) -> None:
+    """Label-free tuning: the value whose masks have the best motion-semantic alignment (J beside it when
+    the dataset has ground truth; never used to choose). Table in results/<dataset>/tune/<key>.csv."""
+    import yaml
+
+    from pipeline.core.runtime import report_errors
+    from pipeline.stages.tune import tune as run_tune
+
+    over = {}
+    for kv in set_:
+        if "=" not in kv:
+            _fail(f"--set {kv!r}: expected KEY=VALUE")
+        k, v = kv.split("=", 1)
+        over[k] = yaml.safe_load(v)
+    code = report_errors(lambda: run_tune(dataset, key, [yaml.safe_load(v) for v in values], method,
+                                          overrides=over, log=typer.echo))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def inspect(store: Path = typer.Argument(..., help="A .zarr artifact store."),
             full: bool = typer.Option(False, help="Print all attributes as JSON.")) -> None:
     """Show an artifact's arrays (shape, dtype, dimensions) and provenance."""

@@ -179,3 +179,17 @@ def test_sync_never_learns_params_keys_from_a_users_edit(tmp_path):
     assert (root / "pipeline/core/params_keys.txt").read_text() == (ROOT / "pipeline/core/params_keys.txt").read_text()
     with pytest.raises(KeyError, match="corrector.tt"):
         check_param_keys(params, root / "params.yaml", known_param_keys())
+
+
+def test_tuner_reruns_the_stages_a_key_reaches_up_to_the_scored_one():
+    from pipeline.core.stage import Ctx, load_dataset_params
+    from pipeline.stages.tune import affected
+
+    ctx = Ctx("demo", load_dataset_params("demo", ROOT), ROOT)
+    assert affected("proposals.threshold", "proposals", ctx) == ["proposals"]
+    # crf reads the adapted corrector, adapted with the proposals as pseudo-labels (adapt.pseudo_labels)
+    assert affected("corrector.t", "crf", ctx) == ["exemplars", "adapt_corrector", "adapted", "crf"]
+    assert affected("mamp.given_refs", "propagate", ctx) == ["propagate"]
+    assert affected("flow.iters", "motion_baseline", ctx) == ["flow", "motion_baseline"]
+    assert affected("crf", "crf", ctx) == ["crf"]
+    assert affected("crf.iterations", "proposals", ctx) == []

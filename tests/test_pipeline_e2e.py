@@ -5,6 +5,7 @@ artifacts carry their provenance, and that `dvc exp run -S` on an
 evaluation-only parameter reruns only the evaluation stages.
 """
 
+import csv
 import json
 import os
 import re
@@ -81,6 +82,33 @@ def test_repro_exports_masks_and_writes_metrics(project):
     assert (proj / "results/demo/motion_baseline/per_sequence.png").exists()
     rows = (proj / "results/demo/motion_baseline/per_sequence.csv").read_text().splitlines()
     assert rows[0].startswith("sequence") and len(rows) == 3
+
+
+def test_quality_report_scores_every_method_without_labels(project):
+    proj, _, _ = project
+    for method in ("proposals", "adapted", "propagate", "crf"):
+        q = proj / "results/demo/quality" / method
+        summary = json.loads((q / "summary.json").read_text())
+        assert 0.0 <= summary["alignment_mean"] <= 1.0 and summary["backbone"] == "mobilenetv2_imagenet"
+        rows = list(csv.DictReader(open(q / "per_frame.csv")))
+        assert len(rows) == 12 and {r["sequence"] for r in rows} == {"demo-01", "demo-02"}
+        assert sum(int(r["flagged"]) for r in rows) == summary["flagged_frames"]
+        assert all((float(r["alignment"]) < summary["flag_below"]) == (r["flagged"] == "1") for r in rows)
+        assert (q / "per_sequence.png").stat().st_size > 0
+
+
+def test_tuner_picks_by_alignment_and_leaves_the_stores_alone(project):
+    proj, env, _ = project
+    store = proj / "data/demo/proposals/demo-01.zarr"
+    before = json.loads((store / "zarr.json").read_text())["attributes"]["content_sha256"]
+    _run([sys.executable, "-m", "pipeline.cli", "tune", "proposals.threshold", "0.2", "0.5", "--dataset", "demo",
+          "--method", "proposals"], proj, env)
+    rep = json.loads((proj / "results/demo/tune/proposals.threshold.json").read_text())
+    assert [r["value"] for r in rep["rows"]] == [0.2, 0.5] and rep["reran"] == ["proposals"]
+    assert rep["choice"] == max(rep["rows"], key=lambda r: r["alignment"])["value"]
+    assert all(r["J"] is not None for r in rep["rows"])            # the demo has ground truth: J beside it
+    assert rep["rows"][0]["alignment"] != rep["rows"][1]["alignment"]
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["content_sha256"] == before
 
 
 def test_artifacts_chain_provenance(project):

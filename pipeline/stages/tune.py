@@ -1,0 +1,140 @@
+"""The label-free tuner: run the part of the pipeline a params key affects once per candidate value and
+pick the value whose masks have the best mean motion-semantic alignment (no labels). When the dataset
+has ground truth, J is computed beside it (reported, never used to choose).
+
+Each candidate runs in a scratch project under ``data/<ds>/tune/``: the stores the key does not affect
+are links to the dataset's own (which are never touched), the affected stages (those reading the key
+and everything downstream of them up to the scored stage) run with the candidate value. Writes
+``results/<ds>/tune/<key>.csv`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
+from pipeline.core.store import open_artifact, write_json_atomic
+from pipeline.stages.registry import ORDER, get_stage
+from pipeline.stages.runner import dataset_sequences, run
+
+__all__ = ["affected", "tune"]
+
+SCORING = ("metrics", "quality", "export", "selection_eval")
+
+
+def _covers(read: str, key: str) -> bool:
+    return read == key or key.startswith(read + ".") or read.startswith(key + ".")
+
+
+def _upstream(st: Stage, ctx: Ctx) -> set[str]:
+    """The output folders a stage reads (inputs, and files inside ``data/<ds>/``)."""
+    ups = set(st.input_dirs(ctx))
+    for f in st.files:
+        if f.startswith("data/{dataset}/"):
+            ups.add(f.split("/")[2])
+    return ups
+
+
+def affected(key: str, target: str, ctx: Ctx) -> list[str]:
+    """Stages (graph order) to rerun for a new value of ``key`` before scoring stage ``target``: those
+    reading ``key`` or downstream of one that does, and upstream of (or equal to) ``target``."""
+    names = [n for n in ORDER if n not in SCORING and (get_stage(n).datasets is None or
+                                                        ctx.dataset in get_stage(n).datasets)]
+    outs = {n: (get_stage(n).out or n) for n in names}
+    hit: set[str] = set()
+    for n in names:
+        st = get_stage(n)
+        if any(_covers(r, key) for r in st.reads) or any(outs[m] in _upstream(st, ctx) for m in hit):
+            hit.add(n)
+    need, todo = set(), [target]
+    while todo:                                    # ancestors of the target
+        n = todo.pop()
+        if n in need:
+            continue
+        need.add(n)
+        todo += [m for m in names if outs[m] in _upstream(get_stage(n), ctx)]
+    return [n for n in names if n in hit and n in need]
+
+
+def _set(params: dict, key: str, value: Any) -> dict:
+    get_key(params, key)
+    out = copy.deepcopy(params)
+    cur = out
+    *head, last = key.split(".")
+    for p in head:
+        cur = cur[p]
+    cur[last] = value
+    return out
+
+
+def _scratch(ctx: Ctx, base: Path, rerun: Sequence[str]) -> Path:
+    """A project root whose data/<ds>/ links every store folder not rerun to the dataset's own."""
+    if base.exists():
+        shutil.rmtree(base)
+    data = base / "data" / ctx.dataset
+    data.mkdir(parents=True)
+    fresh = {get_stage(n).out or n for n in rerun}
+    for d in sorted(p for p in ctx.data.iterdir() if p.is_dir() and p.name not in fresh and p.name != "tune"):
+        (data / d.name).symlink_to(d, target_is_directory=True)
+    for name in ("checkpoints", "datasets"):
+        (base / name).symlink_to(ctx.root / name, target_is_directory=True)
+    return base
+
+
+def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = None, root: Path | None = None,
+         overrides: dict | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run the tuner (see the module docstring); returns the report (also written to results)."""
+    from pipeline.core.config import project_root
+
+    root = root or project_root()
+    params = load_dataset_params(dataset, root)
+    for k, v in (overrides or {}).items():
+        params = _set(params, k, v)
+    ctx = Ctx(dataset, params, root)
+    target = target or "crf"
+    rerun = affected(key, target, ctx)
+    if target not in rerun:
+        raise ValueError(f"{key} does not change the masks of stage {target!r} (it is read by none of the stages "
+                         f"up to it); pick the scored stage with --method")
+    seqs = dataset_sequences(ctx)
+    has_gt = all(open_artifact(ctx.store("frames", s)).attrs.get("has_gt") for s in seqs)
+    log(f"tune {key} on {dataset}: {len(values)} values, rerunning {', '.join(rerun)} on {len(seqs)} sequences, "
+        f"scoring {target} by motion-semantic alignment" + (" (J beside it)" if has_gt else ""))
+    rows = []
+    for i, value in enumerate(values):
+        p = _set(params, key, value)
+        base = _scratch(ctx, ctx.data / "tune" / f"{key}-{i}", rerun)
+        sctx = Ctx(dataset, p, base)
+        t0 = time.perf_counter()
+        for n in rerun:
+            run(get_stage(n), sctx)
+        secs = time.perf_counter() - t0
+        run(get_stage("quality"), Ctx(dataset, p, base, target))
+        q = json.loads((base / "results" / dataset / "quality" / target / "summary.json").read_text())
+        row = {"value": value, "alignment": round(q["alignment_mean"], 4), "J": None, "JF": None,
+               "flagged_frames": q["flagged_frames"], "seconds": round(secs, 1)}
+        if has_gt:
+            run(get_stage("metrics"), Ctx(dataset, p, base, target))
+            m = json.loads((base / "results" / dataset / target / "summary.json").read_text())
+            row.update(J=round(m["J_mean"], 4), JF=round(m["JF_mean"], 4))
+        rows.append(row)
+        log(json.dumps(row))
+    best = max(rows, key=lambda r: r["alignment"])
+    report = {"dataset": dataset, "key": key, "current": get_key(params, key), "scored_stage": target,
+              "reran": rerun, "overrides": overrides or {}, "backbone": q.get("backbone"),
+              "choice": best["value"], "rows": rows,
+              "best_J": max(rows, key=lambda r: r["J"])["value"] if has_gt else None}
+    out = root / "results" / dataset / "tune"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"{key}.json", report)
+    cols = ["value", "alignment", "J", "JF", "flagged_frames", "seconds"]
+    (out / f"{key}.csv").write_text(",".join(cols) + "\n" + "".join(
+        ",".join("" if r[c] is None else json.dumps(r[c]) for c in cols) + "\n" for r in rows))
+    log(f"tune {key}: best alignment at {best['value']!r} (now {report['current']!r})"
+        + (f"; best J at {report['best_J']!r}" if has_gt else "") + f" -> {out / (key + '.csv')}")
+    return report
