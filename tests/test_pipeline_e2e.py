@@ -101,6 +101,10 @@ def test_tuner_picks_by_alignment_and_leaves_the_stores_alone(project):
     proj, env, _ = project
     store = proj / "data/demo/proposals/demo-01.zarr"
     before = json.loads((store / "zarr.json").read_text())["attributes"]["content_sha256"]
+    def scored():
+        return {p: p.read_bytes() for d in ("quality", "eval") for p in (proj / "data/demo" / d).rglob("*.json")}
+
+    before_scores = scored()
     _run([sys.executable, "-m", "pipeline.cli", "tune", "proposals.threshold", "0.2", "0.5", "--dataset", "demo",
           "--method", "proposals"], proj, env)
     rep = json.loads((proj / "results/demo/tune/proposals.threshold.json").read_text())
@@ -109,6 +113,7 @@ def test_tuner_picks_by_alignment_and_leaves_the_stores_alone(project):
     assert all(r["J"] is not None for r in rep["rows"])            # the demo has ground truth: J beside it
     assert rep["rows"][0]["alignment"] != rep["rows"][1]["alignment"]
     assert json.loads((store / "zarr.json").read_text())["attributes"]["content_sha256"] == before
+    assert scored() == before_scores                              # the project's own scores untouched too
 
 
 def test_artifacts_chain_provenance(project):

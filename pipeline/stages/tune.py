@@ -78,7 +78,7 @@ def _scratch(ctx: Ctx, base: Path, rerun: Sequence[str]) -> Path:
         shutil.rmtree(base)
     data = base / "data" / ctx.dataset
     data.mkdir(parents=True)
-    fresh = {get_stage(n).out or n for n in rerun}
+    fresh = {get_stage(n).out or n for n in rerun} | {(get_stage(n).out or n).split("/")[0] for n in SCORING}
     for d in sorted(p for p in ctx.data.iterdir() if p.is_dir() and p.name not in fresh and p.name != "tune"):
         (data / d.name).symlink_to(d, target_is_directory=True)
     for name in ("checkpoints", "datasets"):
