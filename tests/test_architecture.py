@@ -193,3 +193,24 @@ def test_tuner_reruns_the_stages_a_key_reaches_up_to_the_scored_one():
     assert affected("flow.iters", "motion_baseline", ctx) == ["flow", "motion_baseline"]
     assert affected("crf", "crf", ctx) == ["crf"]
     assert affected("crf.iterations", "proposals", ctx) == []
+
+
+def test_a_stage_over_no_methods_is_left_out_of_dvc_yaml():
+    from pipeline.core.stage import load_dataset_params
+    from pipeline.stages.dvcgen import stage_entry
+
+    merged = load_dataset_params("demo", ROOT)
+    assert stage_entry("metrics", "demo", merged, [], "datasets/demo/dataset.yaml", False) is not None
+    merged["eval"]["methods"] = []                 # a dataset without ground truth
+    assert stage_entry("metrics", "demo", merged, [], "datasets/demo/dataset.yaml", False) is None
+
+
+def test_tuner_refuses_what_would_change_its_own_yardstick():
+    from pipeline.stages.tune import tune
+
+    with pytest.raises(ValueError, match="same tokens"):
+        tune("demo", "features.backbone", ["mamp"], root=ROOT)
+    with pytest.raises(ValueError, match="same tokens"):
+        tune("demo", "proposals.threshold", [0.2], root=ROOT, overrides={"features.batch_size": 4})
+    with pytest.raises(ValueError, match="no candidate"):
+        tune("demo", "proposals.threshold", [], root=ROOT)

@@ -60,6 +60,8 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     data = f"data/{dataset}"
     item = "${item}" if st.variants and st.foreach else None
     items = list(get_key(merged, st.variants)) if st.variants and not st.foreach else [item]
+    if not items:                                  # e.g. eval.methods: [] (no ground truth): no stage
+        return None
     cmd = f"python -m pipeline.stages {name} {dataset}" + (f" {item}" if item else "")
     deps = list(stage_deps(name))
     if name == "frames":

@@ -11,6 +11,7 @@ and everything downstream of them up to the scored stage) run with the candidate
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import shutil
 import time
@@ -92,12 +93,18 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     from pipeline.core.config import project_root
 
     root = root or project_root()
+    if not values:
+        raise ValueError(f"tune {key}: no candidate values")
+    if key.split(".")[0] in ("dataset", "features") or any(k.split(".")[0] in ("dataset", "features")
+                                                           for k in (overrides or {})):
+        raise ValueError(f"tune {key}: the dataset and the features the score is computed on cannot be tuned "
+                         "(every candidate must be scored on the same tokens)")
     params = load_dataset_params(dataset, root)
     for k, v in (overrides or {}).items():
         params = _set(params, k, v)
     ctx = Ctx(dataset, params, root)
     target = target or "crf"
-    rerun = affected(key, target, ctx)
+    rerun = [n for n in ORDER if any(n in affected(k, target, ctx) for k in [key, *(overrides or {})])]
     if target not in rerun:
         raise ValueError(f"{key} does not change the masks of stage {target!r} (it is read by none of the stages "
                          f"up to it); pick the scored stage with --method")
@@ -124,6 +131,7 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
             row.update(J=round(m["J_mean"], 4), JF=round(m["JF_mean"], 4))
         rows.append(row)
         log(json.dumps(row))
+        shutil.rmtree(base, ignore_errors=True)          # the candidate's stores: scored, no longer needed
     best = max(rows, key=lambda r: r["alignment"])
     report = {"dataset": dataset, "key": key, "current": get_key(params, key), "scored_stage": target,
               "reran": rerun, "overrides": overrides or {}, "backbone": q.get("backbone"),
@@ -133,8 +141,11 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / f"{key}.json", report)
     cols = ["value", "alignment", "J", "JF", "flagged_frames", "seconds"]
-    (out / f"{key}.csv").write_text(",".join(cols) + "\n" + "".join(
-        ",".join("" if r[c] is None else json.dumps(r[c]) for c in cols) + "\n" for r in rows))
+    with open(out / f"{key}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows([json.dumps(r[c]) if c == "value" else ("" if r[c] is None else r[c]) for c in cols]
+                     for r in rows)
     log(f"tune {key}: best alignment at {best['value']!r} (now {report['current']!r})"
         + (f"; best J at {report['best_J']!r}" if has_gt else "") + f" -> {out / (key + '.csv')}")
     return report
