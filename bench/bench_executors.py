@@ -90,16 +90,12 @@ def main() -> None:
 def scratch_run(a) -> None:
     import tempfile
 
+    from pipeline.stages.tune import scratch_project
+
     params = load_dataset_params(a.dataset, ROOT)
     real = Ctx(a.dataset, params, ROOT)
-    base = Path(tempfile.mkdtemp(prefix="executors-"))
+    base = scratch_project(real, Path(tempfile.mkdtemp(prefix="executors-")), set(a.stages))
     data = base / "data" / a.dataset
-    data.mkdir(parents=True)
-    for d in sorted(p for p in real.data.iterdir() if p.is_dir()):
-        if d.name not in a.stages:
-            (data / d.name).symlink_to(d, target_is_directory=True)
-    for name in ("checkpoints", "datasets"):
-        (base / name).symlink_to(ROOT / name, target_is_directory=True)
     ctx = Ctx(a.dataset, params, base)
     frames = sum(len(open_artifact(real.store("frames", s)).attrs["frame_names"]) for s in a.scratch)
     report = {"dataset": a.dataset, "sequences": a.scratch, "frames": frames, "runs": {}}

@@ -23,7 +23,7 @@ from pipeline.core.store import open_artifact, write_json_atomic
 from pipeline.stages.registry import ORDER, get_stage
 from pipeline.stages.runner import dataset_sequences, run
 
-__all__ = ["affected", "tune"]
+__all__ = ["affected", "scratch_project", "tune"]
 
 SCORING = ("metrics", "quality", "export", "selection_eval")
 
@@ -73,14 +73,14 @@ def _set(params: dict, key: str, value: Any) -> dict:
     return out
 
 
-def _scratch(ctx: Ctx, base: Path, rerun: Sequence[str]) -> Path:
-    """A project root whose data/<ds>/ links every store folder not rerun to the dataset's own."""
+def scratch_project(ctx: Ctx, base: Path, fresh: set[str]) -> Path:
+    """A project root at ``base`` (made anew) whose ``data/<ds>/`` links every store folder of ``ctx``'s
+    dataset except those named in ``fresh`` (left for the scratch run to write)."""
     if base.exists():
         shutil.rmtree(base)
     data = base / "data" / ctx.dataset
     data.mkdir(parents=True)
-    fresh = {get_stage(n).out or n for n in rerun} | {(get_stage(n).out or n).split("/")[0] for n in SCORING}
-    for d in sorted(p for p in ctx.data.iterdir() if p.is_dir() and p.name not in fresh and p.name != "tune"):
+    for d in sorted(p for p in ctx.data.iterdir() if p.is_dir() and p.name not in fresh):
         (data / d.name).symlink_to(d, target_is_directory=True)
     for name in ("checkpoints", "datasets"):
         (base / name).symlink_to(ctx.root / name, target_is_directory=True)
@@ -104,7 +104,11 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
         params = _set(params, k, v)
     ctx = Ctx(dataset, params, root)
     target = target or "crf"
-    rerun = [n for n in ORDER if any(n in affected(k, target, ctx) for k in [key, *(overrides or {})])]
+    reached = {n for k in [key, *(overrides or {})] for n in affected(k, target, ctx)}
+    rerun = [n for n in ORDER if n in reached]
+    # the rerun stages and the scoring stages write in the scratch project; its own folder is not linked
+    fresh = ({get_stage(n).out or n for n in rerun} | {"tune"}
+             | {(get_stage(n).out or n).split("/")[0] for n in SCORING})
     if target not in rerun:
         raise ValueError(f"{key} does not change the masks of stage {target!r} (it is read by none of the stages "
                          f"up to it); pick the scored stage with --method")
@@ -115,7 +119,7 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     rows = []
     for i, value in enumerate(values):
         p = _set(params, key, value)
-        base = _scratch(ctx, ctx.data / "tune" / f"{key}-{i}", rerun)
+        base = scratch_project(ctx, ctx.data / "tune" / f"{key}-{i}", fresh)
         sctx = Ctx(dataset, p, base)
         t0 = time.perf_counter()
         for n in rerun:
