@@ -104,8 +104,9 @@ def needed_stages(params: dict, final: str = FINAL) -> list[str]:
             if i.startswith("{") and "." in i:
                 i = str(get_key(params, i[1:-1]))
             todo.append(i)
-        if s == "adapted":
-            todo.append("adapt_corrector")
+        for f in st.files:                         # a file another stage writes: data/{dataset}/<its out>/...
+            if f.startswith("data/{dataset}/"):
+                todo += [n for n in ORDER if (get_stage(n).out or n) == f.split("/")[2]]
     return [s for s in ORDER if s in need]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.core.config import PARAMS_KEYS_FILE, load_params, param_leaves, project_root
-from pipeline.stages.registry import ORDER, get_stage
+from pipeline.stages.registry import get_stage, used_stages
 from pipeline.core.stage import (
     DATASET_FILE,
     DATASETS_DIR,
@@ -106,15 +106,13 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     return entry
 
 
-def top_level(dataset: str, merged: dict, prefix: str) -> dict[str, list]:
+def top_level(dataset: str, merged: dict, prefix: str, names: list[str]) -> dict[str, list]:
     """dvc.yaml's top-level ``metrics`` / ``plots``: files inside a stage's output folder, one entry per
     variant (a stage-level entry would be one more output per file in dvc.lock). Paths are relative to
     the dvc.yaml; ``motionseg dataset sync`` rewrites them when the variants change."""
     out: dict[str, list] = {}
-    for name in ORDER:
+    for name in names:
         st = get_stage(name)
-        if st.datasets is not None and dataset not in st.datasets:
-            continue
         items = list(get_key(merged, st.variants)) if st.variants else [None]
         for key, entries in st.dvc.items():
             if not key.startswith("top_"):
@@ -139,12 +137,13 @@ def render(dataset: str, root: Path | None = None) -> str:
         sections = sorted({k.split(".")[0] for k in STRUCTURAL_KEYS})
         doc["vars"] = [f"../../params.yaml:{','.join(sections)}"]
     stages = {}
-    for name in ORDER:
+    names = used_stages(merged, dataset)
+    for name in names:
         e = stage_entry(name, dataset, merged, dataset_keys, ds_file, nested)
         if e is not None:
             stages[name] = e
     doc["stages"] = stages
-    doc.update(top_level(dataset, merged, "../../" if nested else ""))
+    doc.update(top_level(dataset, merged, "../../" if nested else "", names))
     body = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None)
     return HEADER.format(params=f"params.yaml + {ds_file}") + body
 

@@ -1,10 +1,12 @@
-"""Stage names -> the module and attribute defining each stage, in graph order."""
+"""Stage names -> the module and attribute defining each stage, in graph order, and which of them a
+dataset's graph uses."""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
-from pipeline.core.stage import Stage
+from pipeline.core.stage import Ctx, Stage, get_key
 
 #: stage name -> (module, attribute), in graph order
 ORDER: dict[str, tuple[str, str]] = {
@@ -21,6 +23,8 @@ ORDER: dict[str, tuple[str, str]] = {
     "adapted": ("corrector", "ADAPTED_STAGE"),
     "propagate_gt": ("propagate", "GT_STAGE"),
     "propagate": ("propagate", "STAGE"),
+    "train_imas": ("train_imas", "STAGE"),
+    "imas": ("imas", "STAGE"),
     "crf": ("crf", "STAGE"),
     "selection_eval": ("selection_eval", "STAGE"),
     "metrics": ("metrics", "STAGE"),
@@ -38,3 +42,31 @@ def stage_module(name: str) -> str:
 def get_stage(name: str) -> Stage:
     mod = importlib.import_module(stage_module(name))
     return getattr(mod, ORDER[name][1])
+
+
+#: stages in a dataset's graph only when something uses them (:func:`used_stages`)
+OPTIONAL = frozenset({"train_imas", "imas"})
+#: params keys naming the mask stages a dataset's graph uses
+USE_KEYS = ("eval.methods", "quality.methods", "export.methods", "crf.input", "adapt.pseudo_labels")
+
+
+def used_stages(params: dict, dataset: str) -> list[str]:
+    """The stages in the graph of ``dataset`` (graph order): all but those restricted to other datasets
+    (``Stage.datasets``) and the :data:`OPTIONAL` ones nothing uses: a methods list of
+    :data:`USE_KEYS` names it, or a kept stage reads its output folder or a file in it."""
+    named: set[str] = set()
+    for k in USE_KEYS:
+        v = get_key(params, k)
+        named.update(str(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+    ctx = Ctx(dataset, params, Path("."))
+    keep: list[Stage] = []
+    for name in reversed(ORDER):
+        st = get_stage(name)
+        if st.datasets is not None and dataset not in st.datasets:
+            continue
+        out = (st.out or st.name).split("/")[0]
+        if name in OPTIONAL and name not in named and not any(
+                out in r.input_dirs(ctx) or any(f"/{out}/" in f for f in r.files) for r in keep if not r.variants):
+            continue
+        keep.append(st)
+    return [st.name for st in reversed(keep)]

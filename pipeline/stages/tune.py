@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
 from pipeline.core.store import open_artifact, write_json_atomic
-from pipeline.stages.registry import ORDER, get_stage
+from pipeline.stages.registry import ORDER, get_stage, used_stages
 from pipeline.stages.runner import dataset_sequences, run
 
 __all__ = ["affected", "scratch_project", "tune"]
@@ -44,8 +44,7 @@ def _upstream(st: Stage, ctx: Ctx) -> set[str]:
 def affected(key: str, target: str, ctx: Ctx) -> list[str]:
     """Stages (graph order) to rerun for a new value of ``key`` before scoring stage ``target``: those
     reading ``key`` or downstream of one that does, and upstream of (or equal to) ``target``."""
-    names = [n for n in ORDER if n not in SCORING and (get_stage(n).datasets is None or
-                                                        ctx.dataset in get_stage(n).datasets)]
+    names = [n for n in used_stages(ctx.params, ctx.dataset) if n not in SCORING]
     outs = {n: (get_stage(n).out or n) for n in names}
     hit: set[str] = set()
     for n in names:

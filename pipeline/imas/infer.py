@@ -1,0 +1,74 @@
+"""IMAS inference: the object channel's soft mask of every frame, and the ``imas`` mask stage's store.
+
+The store (``data/<ds>/imas/<seq>.zarr``) holds ``probs`` [T, 1, H, W] float16 (the object channel's
+probability, bilinearly upsampled from the 1/4 grid to the working size) and ``labels`` [T, H, W]
+uint8 (1 where the object channel wins the argmax over the K channels, the paper's rule), so that
+evaluation, CRF (``crf.input: imas``), quality and export accept it like any other mask stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.device import autocast
+from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
+from pipeline.imas.model import ImasNet, rgb_input
+
+__all__ = ["channel_masks", "write_imas"]
+
+
+@torch.no_grad()
+def channel_masks(model: ImasNet, rgb: np.ndarray, tokens: np.ndarray, dev: torch.device,
+                  amp: bool = False) -> np.ndarray:
+    """Soft masks ``float32 [B, K, h4, w4]`` of frames ``rgb uint8 [B, H, W, 3]`` with their feature
+    tokens ``[B, C, h, w]``."""
+    r = torch.from_numpy(np.ascontiguousarray(rgb)).to(dev)
+    t = torch.from_numpy(np.asarray(tokens, np.float32)).to(dev)
+    with autocast(dev, amp):
+        m = model.segment(model.features(rgb_input(r), t))
+    return m.float().cpu().numpy()
+
+
+def upsample(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``[B, K, h, w]`` to ``size`` (align_corners False)."""
+    x = F.interpolate(torch.from_numpy(masks), size=tuple(size), mode="bilinear", align_corners=False)
+    return x.numpy()
+
+
+def write_imas(frames_path: Path, features_path: Path, out: Path, model: ImasNet, info: Mapping[str, Any],
+               dev: torch.device, *, batch: int, amp: bool, sequence: str) -> dict:
+    """Run the model over one sequence and write its mask store (see the module docstring)."""
+    frames = open_artifact(frames_path, stage="frames")
+    feats = open_artifact(features_path, stage="features")
+    rgb = frames.require("rgb", dtype="uint8", dims=("frame", "y", "x", "channel"))
+    tokens = feats.require("tokens", ndim=4)
+    T, H, W, _ = rgb.shape
+    if tokens.shape[0] != T:
+        raise ArtifactError(f"{feats.path}: {tokens.shape[0]} frames of tokens, but the frames store has {T}")
+    bb = (feats.attrs.get("backbone") or {}).get("name")
+    if info["backbone"] and bb != info["backbone"]:
+        raise ArtifactError(f"{feats.path}: backbone {bb!r}, but {info['path']} was trained on "
+                            f"{info['backbone']!r} tokens (retrain with the train_imas stage)")
+    o = int(info["object_channel"])
+    with ArtifactWriter(out, stage="imas", params={"imas": {"batch": batch, "amp": amp}},
+                        inputs={"frames": frames.path, "features": feats.path}) as wr:
+        probs = wr.create("probs", (T, 1, H, W), "float16", ("frame", "object", "y", "x"),
+                          attrs={"meaning": "probability of the IMAS object channel, upsampled to the working size"})
+        labels = wr.create("labels", (T, H, W), "uint8", ("frame", "y", "x"),
+                           attrs={"meaning": "1 = the object channel wins the argmax over the K channels, 0 = not"})
+        for s in range(0, T, batch):
+            e = min(T, s + batch)
+            m = upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W))
+            for i in range(e - s):
+                probs[s + i] = m[i, o:o + 1].astype(np.float16)
+                labels[s + i] = (m[i].argmax(axis=0) == o).astype(np.uint8)
+        wr.attrs.update({"sequence": sequence, "num_objects": 1, "object_channel": o,
+                         "channels": int(model.cfg.channels), "backbone": (feats.attrs.get("backbone") or {}),
+                         "checkpoint": {k: info[k] for k in ("path", "weights_sha256", "file_sha256", "train")},
+                         "device": str(dev), "frame_names": frames.attrs.get("frame_names")})
+    return {"T": T, "object_channel": o}

@@ -1,0 +1,49 @@
+"""Stage train_imas: IMAS trained on the dataset's own unlabeled videos (no labels read).
+
+Reads every sequence's ``frames``, ``flow`` and ``features``. Writes ``data/<ds>/imas_train/``
+(``last.pt``: resumable; ``stage1.pt``: the model after motion-supervised discovery; ``imas.pt``: after
+the appearance refinement, which the ``imas`` stage runs) and ``results/<ds>/imas_train/``
+(``train_curve.csv``: DVC plot; ``metrics.json``: DVC metrics, with the object channel found by
+motion-semantic alignment). Params: ``imas`` (training keys), the ``crf`` knobs (stage 2's refined
+masks) and the ``quality`` knobs (alignment: object channel and semantic constraint).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from pipeline.core.stage import Ctx, Stage
+from pipeline.crf import CRFConfig
+from pipeline.imas.train import CONFIG_KEYS, FrameBank, train_imas
+from pipeline.quality.alignment import AlignmentConfig
+from pipeline.stages.runner import dataset_sequences
+
+CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat", "iterations",
+            "prob_floor", "background")
+ALIGN_KEYS = ("threshold", "dilation", "max_width", "max_height")
+OUT = "imas_train"   # the imas stage reads OUT/imas.pt
+
+
+def _whole(ctx: Ctx) -> str:
+    cfg = ctx.section("imas")
+    crf = CRFConfig.from_params({k: ctx.params["crf"][k] for k in CRF_KEYS})
+    align = AlignmentConfig.from_params(ctx.section("quality"))
+    out, logs = ctx.data / OUT, ctx.results(OUT)
+    if out.exists() and not cfg["resume"]:
+        shutil.rmtree(out)
+    bank = FrameBank.load(ctx.data, dataset_sequences(ctx))
+    m = train_imas({k: cfg[k] for k in CONFIG_KEYS}, crf, align, bank, out, logs)
+    ref = m["refined_masks"] or {}
+    return (f"train_imas: {ctx.dataset}: {m['stage1_iterations']} + {m['stage2_iterations']} iterations "
+            f"({m['stopped_by']}) on {m['frames']} frames of {m['sequences']} sequences, object channel "
+            f"{m['object_channel']} (alignment {m['channel_alignment']}), refined-mask area "
+            f"{ref.get('mean_area_stage1')} -> {ref.get('mean_area_refined')}, {m['wall_time_s']:.0f} s "
+            f"-> {out / 'imas.pt'}")
+
+
+STAGE = Stage("train_imas", params=tuple(f"imas.{k}" for k in CONFIG_KEYS + ("resume",))
+              + tuple(f"crf.{k}" for k in CRF_KEYS) + tuple(f"quality.{k}" for k in ALIGN_KEYS),
+              inputs=("frames", "flow", "features"), whole=_whole, out=OUT,
+              dvc={"metrics": [{"results/{dataset}/" + OUT + "/metrics.json": {"cache": False}}],
+                   "plots": [{"results/{dataset}/" + OUT + "/train_curve.csv": {"cache": False, "x": "iteration",
+                                                                              "y": "loss"}}]})
