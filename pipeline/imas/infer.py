@@ -1,9 +1,11 @@
 """IMAS inference: the object channel's soft mask of every frame, and the ``imas`` mask stage's store.
 
-The store (``data/<ds>/imas/<seq>.zarr``) holds ``probs`` [T, 1, H, W] float16 (the object channel's
-probability, bilinearly upsampled from the 1/4 grid to the working size) and ``labels`` [T, H, W]
-uint8 (1 where the object channel wins the argmax over the K channels, the paper's rule), so that
-evaluation, CRF (``crf.input: imas``), quality and export accept it like any other mask stage.
+The store (``data/<ds>/imas/<seq>.zarr``) holds ``probs`` [T, 1, H, W] float16 and ``labels`` [T, H, W]
+uint8, so that evaluation, CRF (``crf.input: imas``), quality and export accept it like any other mask
+stage. ``probs`` is the object channel against its strongest rival, ``p_o / (p_o + max_{k != o} p_k)``
+(:func:`object_probability`, from the soft masks bilinearly upsampled from the 1/4 grid): above 0.5
+exactly where the object channel wins the argmax over the K channels (the paper's rule), which is
+``labels`` -- so the CRF and the evaluation start from the same masks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pipeline.core.device import autocast
 from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
 from pipeline.imas.model import ImasNet, rgb_input
 
-__all__ = ["channel_masks", "write_imas"]
+__all__ = ["channel_masks", "object_probability", "upsample", "write_imas"]
 
 
 @torch.no_grad()
@@ -32,6 +34,15 @@ def channel_masks(model: ImasNet, rgb: np.ndarray, tokens: np.ndarray, dev: torc
     with autocast(dev, amp):
         m = model.segment(model.features(rgb_input(r), t))
     return m.float().cpu().numpy()
+
+
+def object_probability(masks: np.ndarray, channel: int) -> np.ndarray:
+    """``[B, h, w]`` from soft masks ``[B, K, h, w]``: ``p_o / (p_o + max_{k != o} p_k)`` (see the module
+    docstring); > 0.5 where channel ``o`` wins the argmax."""
+    m = np.asarray(masks, np.float32)
+    po = m[:, channel]
+    rival = np.delete(m, channel, axis=1).max(axis=1)
+    return po / np.maximum(po + rival, 1e-12)
 
 
 def upsample(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -58,15 +69,16 @@ def write_imas(frames_path: Path, features_path: Path, out: Path, model: ImasNet
     with ArtifactWriter(out, stage="imas", params={"imas": {"batch": batch, "amp": amp}},
                         inputs={"frames": frames.path, "features": feats.path}) as wr:
         probs = wr.create("probs", (T, 1, H, W), "float16", ("frame", "object", "y", "x"),
-                          attrs={"meaning": "probability of the IMAS object channel, upsampled to the working size"})
+                          attrs={"meaning": "object channel vs its strongest rival: p_o / (p_o + max_k!=o p_k), "
+                                            "at the working size (> 0.5 = the object channel wins the argmax)"})
         labels = wr.create("labels", (T, H, W), "uint8", ("frame", "y", "x"),
-                           attrs={"meaning": "1 = the object channel wins the argmax over the K channels, 0 = not"})
+                           attrs={"meaning": "1 = probs > 0.5 (the object channel wins the argmax), 0 = not"})
         for s in range(0, T, batch):
             e = min(T, s + batch)
-            m = upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W))
+            p = object_probability(upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W)), o)
             for i in range(e - s):
-                probs[s + i] = m[i, o:o + 1].astype(np.float16)
-                labels[s + i] = (m[i].argmax(axis=0) == o).astype(np.uint8)
+                probs[s + i, 0] = p[i].astype(np.float16)
+                labels[s + i] = (p[i] > 0.5).astype(np.uint8)
         wr.attrs.update({"sequence": sequence, "num_objects": 1, "object_channel": o,
                          "channels": int(model.cfg.channels), "backbone": (feats.attrs.get("backbone") or {}),
                          "checkpoint": {k: info[k] for k in ("path", "weights_sha256", "file_sha256", "train")},

@@ -14,7 +14,7 @@ Stage 1 (Sec. 3.2): flow reconstruction, L1 (eq. 6), ``iterations`` iterations o
 * **object channel** (Sec. 3.4): every frame's argmax masks per channel are scored by
   motion-semantic alignment (:mod:`pipeline.quality.alignment`, the ``quality`` knobs) on the frozen
   tokens; the channel with the highest mean is the object. The stage-1 model is exported with it
-  (``imas_stage1.pt``).
+  (``stage1.pt``).
 * **refined masks** (Sec. 3.3), once: the object channel's soft mask of every frame, dense CRF at
   the working size (the ``crf`` knobs, spatial stds scaled from the original to the working
   resolution), intersected with its semantic response (``semantic_constraint``; skipped where the
@@ -24,9 +24,11 @@ Stage 1 (Sec. 3.2): flow reconstruction, L1 (eq. 6), ``iterations`` iterations o
 Stage 2: ``loss_weights.motion`` x flow loss + ``loss_weights.appearance`` x BCE of the object
 channel against the refined masks, ``refine_iterations`` iterations at ``refine_lr``.
 
-Resumable from ``last.pt`` (same config up to :data:`RESUME_FREE_KEYS`), in either stage; a change of
-:data:`STAGE2_KEYS` only (stage 2, the CRF or alignment knobs) restarts from the finished stage 1
-(``stage1_last.pt``), so ``dvc exp run -S imas.semantic_constraint=false`` costs minutes, not a retraining;
+Resumable from ``last.pt`` (same config up to :data:`RESUME_FREE_KEYS`) during stage 1 and stage 2. The
+finished stage 1 is kept (``stage1_last.pt``): a change of :data:`STAGE2_KEYS` only (stage 2, the CRF or
+alignment knobs), a kill before the first stage-2 checkpoint, or a deleted ``last.pt`` redo stage 2 from it,
+so ``dvc exp run -S imas.semantic_constraint=true`` costs minutes, not a retraining. ``iterations`` and
+``time_budget_s`` act only while stage 1 is unfinished;
 ``train_curve.csv`` (one curve over both stages: ``stage`` column) and ``metrics.json``.
 """
 
@@ -48,7 +50,7 @@ from pipeline.core.checkpoint import atomic_torch_save, load_train_checkpoint, w
 from pipeline.core.device import autocast, restored_torch_settings, rng_state
 from pipeline.core.store import ArtifactError, open_artifact, write_json_atomic
 from pipeline.crf import CRFConfig, dense_crf, label_probabilities
-from pipeline.imas.infer import channel_masks, upsample
+from pipeline.imas.infer import channel_masks, object_probability, upsample
 from pipeline.imas.losses import FLOW_LOSSES, appearance_loss, flow_loss, flow_scale
 from pipeline.imas.model import EXPORT_FORMAT, ImasConfig, ImasNet, rgb_input
 from pipeline.oclr.losses import merge_loss_weights
@@ -87,6 +89,8 @@ def normalize_config(cfg: Mapping[str, Any] | None) -> dict:
             raise ValueError(f"imas.{k} must be >= 1, got {out[k]}")
     for k in ("lr", "refine_lr", "weight_decay", "residual_bound", "flow_floor"):
         out[k] = float(out[k])
+    if out["flow_floor"] <= 0:
+        raise ValueError(f"imas.flow_floor must be > 0 (the flow unit of a still pair), got {out['flow_floor']}")
     if out["flow_loss"] not in FLOW_LOSSES:
         raise ValueError(f"imas.flow_loss must be one of {FLOW_LOSSES}, got {out['flow_loss']!r}")
     if out["residual_bound"] < 0:
@@ -142,6 +146,12 @@ class FrameBank:
             tok = ft.require("tokens", ndim=4)[...].astype(np.float16)
             flow = fl.require("flow", dtype="float32", dims=("frame", "channel", "y", "x"))[...]
             T, H, W, _ = rgb.shape
+            if kw["rgb"] and (H, W) != kw["rgb"][0].shape[1:3]:
+                raise ArtifactError(f"{fr.path}: working size {H}x{W}, but {kw['names'][0]!r} has "
+                                    f"{kw['rgb'][0].shape[1]}x{kw['rgb'][0].shape[2]} (rerun the frames stage)")
+            if flow.shape[2:] != (H, W):
+                raise ArtifactError(f"{fl.path}: flow at {flow.shape[2]}x{flow.shape[3]}, frames at {H}x{W} "
+                                    "(rerun the flow stage)")
             if tok.shape[0] != T or flow.shape[0] != T:
                 raise ArtifactError(f"{data_dir}: sequence {s!r} has {T} frames but {tok.shape[0]} token maps and "
                                     f"{flow.shape[0]} flow fields (rerun the features / flow stages)")
@@ -248,7 +258,7 @@ def refined_masks(masks: list[np.ndarray], channel: int, bank: FrameBank, crf: C
     out, area_in, area_out, constrained, n = [], 0.0, 0.0, 0, 0
     for i, m in enumerate(masks):
         cfg = crf.scaled(W / bank.orig_w[i])
-        p = upsample(m[:, channel:channel + 1].astype(np.float32), (H, W))[:, 0]
+        p = object_probability(upsample(m.astype(np.float32), (H, W)), channel)
         seq = np.zeros((len(p), h4, w4), np.float16)
         for t in range(len(p)):
             ref = dense_crf(bank.rgb[i][t], label_probabilities(p[t][None]), cfg) == 1
@@ -276,6 +286,16 @@ def _poly(total: int, warmup: int):
     return f
 
 
+def _stage1_snapshot(path: Path, full: Mapping[str, Any], names: list[str]) -> dict | None:
+    """The finished stage 1 (``stage1_last.pt``) when it was trained with the same stage-1 config and
+    sequences, else None."""
+    if not path.exists():
+        return None
+    s1 = load_train_checkpoint(path, CHECKPOINT_FORMAT, "an IMAS stage-1")
+    same = not config_diff(s1["config"], full, RESUME_FREE_KEYS | STAGE2_KEYS) and s1["sequences"] == names
+    return s1 if same else None
+
+
 def train_imas(cfg: Mapping[str, Any], crf: CRFConfig, align: AlignmentConfig, bank: FrameBank,
                out_dir: str | os.PathLike, log_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Train IMAS on ``bank`` (both stages); ``last.pt``, ``stage1.pt`` and ``imas.pt`` go to ``out_dir``,
@@ -296,22 +316,26 @@ def _train(cfg, crf, align, bank, out_dir, log_dir, progress) -> dict:
     state: dict[str, Any] = {"stage": 1, "object_channel": None, "channel_alignment": None, "targets": None,
                              "refine_summary": None, "stage1_iterations": None, "stopped_by": "iterations"}
     ck, restart2 = None, False
+    s1 = _stage1_snapshot(snap, full, bank.names)
     if ckpt.exists():
         ck = load_train_checkpoint(ckpt, CHECKPOINT_FORMAT, "an IMAS")
         diff = config_diff(ck["config"], full, RESUME_FREE_KEYS)
         if ck.get("sequences") != bank.names:
             diff.append("sequences")
-        if diff and {d.split(":")[0] for d in diff} <= STAGE2_KEYS and snap.exists():
-            s1 = load_train_checkpoint(snap, CHECKPOINT_FORMAT, "an IMAS stage-1")
-            if not config_diff(s1["config"], full, RESUME_FREE_KEYS | STAGE2_KEYS) and s1["sequences"] == bank.names:
-                model.load_state_dict(s1["model"])          # only stage 2 changed: redo it from the stage-1 model
-                state.update(s1["state"])
-                ck, diff, restart2 = None, [], True
-        if diff:
+        if diff and s1 is None and {d.split(":")[0] for d in diff} <= STAGE2_KEYS and ck["state"]["stage"] == 1:
+            diff = []                                   # stage 1 does not read them: it just continues
+        if diff and s1 is None:
             raise ArtifactError(f"{ckpt}: cannot resume, it was trained with a different config ({'; '.join(diff)}); "
                                 f"delete {out_dir} to start over")
-        if ck is not None:
+        if diff or ck["state"]["stage"] == 1 and s1 is not None:
+            ck = None                                   # stage 2 is redone from the finished stage 1 below
+        else:
             state.update(ck["state"])
+            s1 = None
+    if s1 is not None:                                  # stage 1 finished: (re)do stage 2 from it
+        model.load_state_dict(s1["model"])
+        state.update(s1["state"])
+        restart2 = True
     keep = state["stage1_iterations"] if restart2 else int(ck["iteration"]) if ck else None
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
     first = {}

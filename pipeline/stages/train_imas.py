@@ -18,8 +18,9 @@ from pipeline.imas.train import CONFIG_KEYS, FrameBank, train_imas
 from pipeline.quality.alignment import AlignmentConfig
 from pipeline.stages.runner import dataset_sequences
 
+#: the CRF knobs stage 2's refined masks use (``background`` is moot with one object)
 CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat", "iterations",
-            "prob_floor", "background")
+            "prob_floor")
 ALIGN_KEYS = ("threshold", "dilation", "max_width", "max_height")
 OUT = "imas_train"   # the imas stage reads OUT/imas.pt
 
