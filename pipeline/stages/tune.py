@@ -4,7 +4,9 @@ has ground truth, J is computed beside it (reported, never used to choose).
 
 Each candidate runs in a scratch project under ``data/<ds>/tune/``: the stores the key does not affect
 are links to the dataset's own (which are never touched), the affected stages (those reading the key
-and everything downstream of them up to the scored stage) run with the candidate value. Writes
+and everything downstream of them up to the scored stage) run with the candidate value; a training
+stage among them starts from a copy of its folder, so a resumable one redoes only what the key reaches
+(``train_imas``: stage 2 alone for a stage-2 key). Writes
 ``results/<ds>/tune/<key>.csv`` and ``.json``.
 """
 
@@ -119,6 +121,10 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     for i, value in enumerate(values):
         p = _set(params, key, value)
         base = scratch_project(ctx, ctx.data / "tune" / f"{key}-{i}", fresh)
+        for n in rerun:     # a training stage starts from a copy of its state (IMAS redoes only what the key reaches)
+            out = get_stage(n).out or n
+            if get_stage(n).whole is not None and (ctx.data / out).is_dir():
+                shutil.copytree(ctx.data / out, base / "data" / dataset / out)
         sctx = Ctx(dataset, p, base)
         t0 = time.perf_counter()
         for n in rerun:
