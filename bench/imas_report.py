@@ -27,7 +27,7 @@ from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import open_artifact, write_json_atomic  # noqa: E402
 from pipeline.crf import CRFConfig, refine_sequence  # noqa: E402
-from pipeline.imas.infer import channel_masks, object_probability, upsample  # noqa: E402
+from pipeline.imas.infer import object_masks  # noqa: E402
 from pipeline.imas.model import load_imas  # noqa: E402
 from pipeline.quality.alignment import AlignmentConfig  # noqa: E402
 from pipeline.quality.report import score_sequence  # noqa: E402
@@ -35,14 +35,8 @@ from pipeline.quality.report import score_sequence  # noqa: E402
 
 def masks_of(model, info, rgb, tokens, dev, batch=16) -> tuple[np.ndarray, np.ndarray]:
     """``(probs [T, 1, H, W], labels [T, H, W])`` as the imas stage writes them."""
-    T, H, W, _ = rgb.shape
-    o = info["object_channel"]
-    probs, labels = np.zeros((T, 1, H, W), np.float32), np.zeros((T, H, W), np.uint8)
-    for s in range(0, T, batch):
-        p = object_probability(upsample(channel_masks(model, rgb[s:s + batch], tokens[s:s + batch], dev), (H, W)), o)
-        probs[s:s + batch, 0] = p
-        labels[s:s + batch] = p > 0.5
-    return probs, labels
+    probs = np.concatenate([p for _, p in object_masks(model, info["object_channel"], rgb, tokens, dev, batch=batch)])
+    return probs[:, None], (probs > 0.5).astype(np.uint8)
 
 
 def main() -> None:

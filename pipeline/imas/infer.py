@@ -11,7 +11,7 @@ exactly where the object channel wins the argmax over the K channels (the paper'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from pipeline.core.device import autocast
 from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
 from pipeline.imas.model import ImasNet, rgb_input
 
-__all__ = ["channel_masks", "object_probability", "upsample", "write_imas"]
+__all__ = ["channel_masks", "object_masks", "object_probability", "upsample", "write_imas"]
 
 
 @torch.no_grad()
@@ -51,6 +51,17 @@ def upsample(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return x.numpy()
 
 
+def object_masks(model: ImasNet, channel: int, rgb: Any, tokens: Any, dev: torch.device, *, batch: int,
+                 amp: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, probs [b, H, W])`` for consecutive batches of a sequence's frames ``rgb [T, H, W, 3]``
+    (arrays or Zarr arrays) with their ``tokens``: :func:`object_probability` of ``channel`` at the frames'
+    size. ``probs > 0.5`` is the object mask."""
+    T, H, W = rgb.shape[:3]
+    for s in range(0, T, batch):
+        e = min(T, s + batch)
+        yield s, object_probability(upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W)), channel)
+
+
 def write_imas(frames_path: Path, features_path: Path, out: Path, model: ImasNet, info: Mapping[str, Any],
                dev: torch.device, *, batch: int, amp: bool, sequence: str) -> dict:
     """Run the model over one sequence and write its mask store (see the module docstring)."""
@@ -73,10 +84,8 @@ def write_imas(frames_path: Path, features_path: Path, out: Path, model: ImasNet
                                             "at the working size (> 0.5 = the object channel wins the argmax)"})
         labels = wr.create("labels", (T, H, W), "uint8", ("frame", "y", "x"),
                            attrs={"meaning": "1 = probs > 0.5 (the object channel wins the argmax), 0 = not"})
-        for s in range(0, T, batch):
-            e = min(T, s + batch)
-            p = object_probability(upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W)), o)
-            for i in range(e - s):
+        for s, p in object_masks(model, o, rgb, tokens, dev, batch=batch, amp=amp):
+            for i in range(len(p)):
                 probs[s + i, 0] = p[i].astype(np.float16)
                 labels[s + i] = (p[i] > 0.5).astype(np.uint8)
         wr.attrs.update({"sequence": sequence, "num_objects": 1, "object_channel": o,

@@ -130,7 +130,6 @@ class FrameBank:
         self.token_dim = int(self.tokens[0].shape[1])
         # pair starts (sequence, a) with a + gap inside the sequence
         self.pairs = np.array([(i, a) for i, r in enumerate(self.rgb) for a in range(len(r) - self.gaps[i])])
-        self.frames = [(i, t) for i, r in enumerate(self.rgb) for t in range(len(r))]
 
     @classmethod
     def load(cls, data_dir: str | os.PathLike, sequences: Sequence[str]) -> "FrameBank":
@@ -169,7 +168,7 @@ class FrameBank:
         return cls(**kw, backbone=backbones.pop() or "")
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return sum(len(r) for r in self.rgb)
 
     def batch(self, it: int, B: int, seed: int, flip: bool, targets: list[np.ndarray] | None = None) -> dict:
         """Iteration ``it``'s batch: ``rgb [2B, H, W, 3]`` (the B first frames a, then their partners b),
