@@ -13,7 +13,7 @@ from pipeline.imas.infer import write_imas
 from pipeline.imas.model import ImasCheckpointError, ImasConfig, ImasNet, load_imas
 from pipeline.imas.train import FrameBank, choose_object_channel, normalize_config, refined_masks, train_imas
 from pipeline.quality.alignment import AlignmentConfig
-from tests._params import section
+from _params import section
 
 ALIGN = AlignmentConfig(threshold=0.7, dilation=0.0)
 
