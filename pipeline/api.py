@@ -21,8 +21,8 @@ import yaml
 from pipeline.core.config import IMAGE_EXTS, VIDEO_EXTS, project_root
 from pipeline.core.io import InputError
 from pipeline.core.store import open_artifact, write_json_atomic
-from pipeline.stages.registry import ORDER, get_stage
-from pipeline.core.stage import Ctx, dataset_params_path, get_key, load_dataset_params
+from pipeline.stages.registry import ORDER, get_stage, named_inputs
+from pipeline.core.stage import Ctx, dataset_params_path, load_dataset_params
 from pipeline.stages.runner import run as run_stage
 
 #: the stage whose masks are the pipeline's answer
@@ -100,10 +100,7 @@ def needed_stages(params: dict, final: str = FINAL) -> list[str]:
             continue
         need.add(s)
         st = get_stage(s)
-        for i in st.inputs:
-            if i.startswith("{") and "." in i:
-                i = str(get_key(params, i[1:-1]))
-            todo.append(i)
+        todo += named_inputs(st, params)
         for f in st.files:                         # a file another stage writes: data/{dataset}/<its out>/...
             if f.startswith("data/{dataset}/"):
                 todo += [n for n in ORDER if (get_stage(n).out or n) == f.split("/")[2]]

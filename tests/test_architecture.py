@@ -136,7 +136,8 @@ def test_every_inference_stage_is_in_the_demo_pipeline():
     from pipeline.stages.registry import OPTIONAL
 
     stages = _stages(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
-    assert set(stages) == set(ORDER) - OPTIONAL               # IMAS: only where a methods list names it
+    # IMAS: only where a methods list names it; fuse: the default crf.input
+    assert set(stages) == set(ORDER) - OPTIONAL | {"fuse"}
     nested = _stages(yaml.safe_load(render("davis2016")))
     assert set(nested) == set(ORDER) - {"demo_data"}          # the demo's generator only in the demo; DAVIS has IMAS
     assert all(st.get("wdir") == "../.." for st in nested.values())
@@ -189,8 +190,9 @@ def test_tuner_reruns_the_stages_a_key_reaches_up_to_the_scored_one():
 
     ctx = Ctx("demo", load_dataset_params("demo", ROOT), ROOT)
     assert affected("proposals.threshold", "proposals", ctx) == ["proposals"]
-    # crf reads the adapted corrector, adapted with the proposals as pseudo-labels (adapt.pseudo_labels)
-    assert affected("corrector.t", "crf", ctx) == ["exemplars", "adapt_corrector", "adapted", "crf"]
+    # crf reads the fusion of the adapted corrector (adapted with the proposals as pseudo-labels,
+    # adapt.pseudo_labels) and the propagated exemplars
+    assert affected("corrector.t", "crf", ctx) == ["exemplars", "adapt_corrector", "adapted", "propagate", "fuse", "crf"]
     assert affected("mamp.given_refs", "propagate", ctx) == ["propagate"]
     assert affected("flow.iters", "motion_baseline", ctx) == ["flow", "motion_baseline"]
     assert affected("crf", "crf", ctx) == ["crf"]

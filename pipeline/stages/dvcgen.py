@@ -68,7 +68,11 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
         deps.append(str(merged["dataset"]["root"]))
     for i in st.inputs:
         if i.startswith("{") and "." in i:
-            deps.append(f"{data}/{_template(i[1:-1], dataset_keys, merged)}")
+            v = get_key(merged, i[1:-1])
+            if isinstance(v, (list, tuple)):           # a list of stages (fuse.sources): literal, `dataset sync`
+                deps += [f"{data}/{x}" for x in v]     #   rewrites dvc.yaml when it changes
+            else:
+                deps.append(f"{data}/{_template(i[1:-1], dataset_keys, merged)}")
         else:
             deps += list(dict.fromkeys(f"{data}/{i.format(variant=v)}" for v in items))
     for f in st.files:
@@ -88,7 +92,7 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     if nested:
         entry["wdir"] = "../.."
     entry["cmd"] = cmd
-    entry["deps"] = deps
+    entry["deps"] = list(dict.fromkeys(deps))     # each path once
     entry["params"] = params
     outs = []
     if st.whole is None or st.out:

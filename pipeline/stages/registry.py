@@ -25,6 +25,7 @@ ORDER: dict[str, tuple[str, str]] = {
     "propagate": ("propagate", "STAGE"),
     "train_imas": ("train_imas", "STAGE"),
     "imas": ("imas", "STAGE"),
+    "fuse": ("fuse", "STAGE"),
     "crf": ("crf", "STAGE"),
     "selection_eval": ("selection_eval", "STAGE"),
     "metrics": ("metrics", "STAGE"),
@@ -44,8 +45,21 @@ def get_stage(name: str) -> Stage:
     return getattr(mod, ORDER[name][1])
 
 
+def named_inputs(st: Stage, params: dict) -> list[str]:
+    """A stage's :attr:`~pipeline.core.stage.Stage.inputs` with the params keys naming stages filled in
+    (``{crf.input}``: one stage; ``{fuse.sources}``: a list of them); ``{variant}`` is left as it is."""
+    out = []
+    for i in st.inputs:
+        if i.startswith("{") and "." in i:
+            v = get_key(params, i[1:-1])
+            out += [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+        else:
+            out.append(i)
+    return out
+
+
 #: stages in a dataset's graph only when something uses them (:func:`used_stages`)
-OPTIONAL = frozenset({"train_imas", "imas"})
+OPTIONAL = frozenset({"train_imas", "imas", "fuse"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "export.methods", "crf.input", "adapt.pseudo_labels")
 

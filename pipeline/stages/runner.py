@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from pipeline.core.store import sha256_file, write_json_atomic
 from pipeline.core.stage import Ctx, Stage, get_key
+from pipeline.stages.sequences import dataset_sequences
 
 EXECUTORS = ("inprocess", "process", "ray")
 LEDGER = ".done"
@@ -82,16 +83,6 @@ def fingerprint(stage: Stage, ctx: Ctx, sequence: str, source: Any = None) -> st
            "files": {str(p.name): _store_checksum(p) for p in stage.file_paths(ctx)},
            "source": source, "code": code_checksum(stage)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------- sequences
-def dataset_sequences(ctx: Ctx) -> list[str]:
-    """The dataset's sequences: those the frames stage ingested."""
-    d = ctx.data / "frames"
-    seqs = sorted(p.name[:-5] for p in d.glob("*.zarr")) if d.is_dir() else []
-    if not seqs:
-        raise FileNotFoundError(f"{d}: no frames stores (run the frames stage of dataset {ctx.dataset!r} first)")
-    return seqs
 
 
 def _clean_leftovers(out_dir: Path) -> None:

@@ -24,7 +24,7 @@ from pipeline.exemplars.evaluate import (
     summarize_selection,
 )
 from pipeline.core.stage import Ctx, Stage
-from pipeline.stages.runner import dataset_sequences
+from pipeline.stages.sequences import dataset_sequences
 
 
 def _csv_text(rows: list[dict]) -> str:

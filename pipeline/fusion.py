@@ -1,0 +1,160 @@
+"""Fusion of mask sources: one set of object probabilities from several mask stages (stage ``fuse``).
+
+The pipeline has several answers to "where is object k in frame t": the adapted corrector's masks,
+MAMP's propagation of the exemplars, IMAS's appearance segmentation, the flow proposals. Each is wrong
+in different places, so their average is often better than the best of them (on the DAVIS
+development set the adapted masks score J 0.563, IMAS 0.569, and their mean with the propagated masks
+0.62; docs/results.md).
+
+Sources are stores holding ``probs`` ``[T, C_s, h_s, w_s]``. The first source is the *reference*: it
+fixes the objects (its ``K`` slots) and the output size. Every other source's channels are matched to
+the reference slots once per video, without labels: the soft IoU of each (channel, slot) pair summed
+over all frames, then a one-to-one assignment maximising the total (Hungarian); a channel that overlaps
+no slot is left out. A source with one channel (IMAS's object mask) so joins the slot it overlaps
+most; a source with the same slots as the reference (propagation of the reference's exemplars) joins
+slot to slot.
+
+Per frame and slot, the fused probability is the weighted mean of the reference slot and the
+channels matched to it (resized bilinearly to the reference size):
+
+* ``weighting: equal``: every source that covers the slot has weight 1;
+* ``weighting: alignment``: the weight of a source is its mask's motion-semantic alignment in that
+  frame (:mod:`pipeline.quality.alignment`, the label-free score of the quality report) plus
+  ``weight_floor``, so a source whose mask disagrees with the frame's appearance counts less.
+
+Labels follow the pipeline's rule: ``k + 1`` where slot k has the largest fused probability and it
+exceeds ``threshold``, else 0. Memory is flat in the video length: one pass accumulates the matching
+sums a frame at a time, a second fuses a frame at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.quality.alignment import AlignmentConfig, alignment
+
+__all__ = ["FusionConfig", "WEIGHTINGS", "match_channels", "fuse_frame", "fuse_sequence", "label_map"]
+
+WEIGHTINGS = ("equal", "alignment")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """The knobs of the fusion (params.yaml ``fuse`` documents each)."""
+
+    weighting: str = "equal"
+    weight_floor: float = 0.05
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"fuse.weighting: {self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+        if not self.weight_floor > 0:
+            raise ValueError(f"fuse.weight_floor: {self.weight_floor} must be > 0 (a source may align 0 everywhere)")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"fuse.threshold: {self.threshold} must be in (0, 1)")
+
+    @classmethod
+    def from_params(cls, p: Mapping[str, Any]) -> "FusionConfig":
+        return cls(weighting=str(p["weighting"]), weight_floor=float(p["weight_floor"]),
+                   threshold=float(p["threshold"]))
+
+
+def _resized(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[C, h, w]`` float32 bilinearly resized to ``size`` (H, W)."""
+    p = np.asarray(probs, np.float32)
+    if p.shape[1:] == tuple(size):
+        return p
+    return np.stack([cv2.resize(c, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for c in p])
+
+
+def match_channels(ref: Any, src: Any) -> np.ndarray:
+    """For every channel of ``src`` ``[T, C, h', w']`` the reference slot of ``ref`` ``[T, K, h, w]`` it is
+    assigned to, or -1 (arrays or Zarr arrays, read a frame at a time): the one-to-one assignment
+    maximising the summed soft IoU over the video (see the module docstring)."""
+    T, K = ref.shape[:2]
+    if src.shape[0] != T:
+        raise ValueError(f"{src.shape[0]} frames in a source, {T} in the reference")
+    C = src.shape[1]
+    inter = np.zeros((C, K))
+    union = np.zeros((C, K))
+    for t in range(T):
+        r = np.asarray(ref[t], np.float32).reshape(K, -1)
+        s = _resized(src[t], ref.shape[2:]).reshape(C, -1)
+        for c in range(C):
+            inter[c] += np.minimum(s[c][None], r).sum(axis=1)
+            union[c] += np.maximum(s[c][None], r).sum(axis=1)
+    iou = inter / np.maximum(union, 1e-9)
+    rows, cols = linear_sum_assignment(-iou)
+    out = np.full(C, -1, dtype=np.int64)
+    for c, k in zip(rows, cols):
+        if iou[c, k] > 0:
+            out[c] = k
+    return out
+
+
+def fuse_frame(ref: np.ndarray, sources: Sequence[np.ndarray], matches: Sequence[np.ndarray],
+               weights: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Fused ``[K, h, w]`` of one frame: ``ref`` ``[K, h, w]``, other ``sources`` ``[C_s, h, w]`` (already at
+    the reference size) with their ``matches`` (:func:`match_channels`); ``weights`` (one ``[K]`` array for
+    the reference, then one ``[C_s]`` per source) default to 1."""
+    ref = np.asarray(ref, np.float32)
+    K = ref.shape[0]
+    w_ref = np.ones(K, np.float32) if weights is None else np.asarray(weights[0], np.float32)
+    num = ref * w_ref[:, None, None]
+    den = w_ref.astype(np.float64).copy()
+    for i, (s, m) in enumerate(zip(sources, matches)):
+        w = np.ones(len(m), np.float32) if weights is None else np.asarray(weights[i + 1], np.float32)
+        for c, k in enumerate(m):
+            if k >= 0:
+                num[k] += w[c] * np.asarray(s[c], np.float32)
+                den[k] += w[c]
+    return num / den[:, None, None].astype(np.float32)
+
+
+def label_map(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """``uint8 [h, w]``: ``k + 1`` where slot k of ``probs`` ``[K, h, w]`` is largest and above ``threshold``."""
+    p = np.asarray(probs, np.float32)
+    if p.shape[0] == 0:
+        return np.zeros(p.shape[1:], np.uint8)
+    k = p.argmax(axis=0)
+    return np.where(p.max(axis=0) > threshold, k + 1, 0).astype(np.uint8)
+
+
+def _alignments(tokens: np.ndarray, probs: np.ndarray, acfg: AlignmentConfig, floor: float) -> np.ndarray:
+    return np.array([alignment(tokens, p > 0.5, acfg) for p in probs], np.float32) + floor
+
+
+def fuse_sequence(ref: Any, sources: Sequence[Any], cfg: FusionConfig, tokens: Any = None,
+                  align_cfg: AlignmentConfig | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(t, probs [K, h, w], labels [h, w], weights [1 + len(sources), K])`` for every frame: the fusion of
+    ``ref`` ``[T, K, h, w]`` and ``sources`` (see the module docstring). ``weights`` row 0 is the
+    reference's weight per slot, row i the summed weight source i gives each slot (0: not matched).
+    ``tokens`` ``[T, C, h'', w'']`` and ``align_cfg`` are needed for ``weighting: alignment``."""
+    if cfg.weighting == "alignment" and (tokens is None or align_cfg is None):
+        raise ValueError("fuse.weighting: alignment needs the features stage's tokens")
+    T, K = ref.shape[:2]
+    size = tuple(ref.shape[2:])
+    matches = [match_channels(ref, s) for s in sources]
+    for t in range(T):
+        r = np.asarray(ref[t], np.float32)
+        ss = [_resized(s[t], size) for s in sources]
+        if cfg.weighting == "alignment":
+            tok = np.asarray(tokens[t], np.float32)
+            w = [_alignments(tok, r, align_cfg, cfg.weight_floor)]
+            w += [_alignments(tok, s, align_cfg, cfg.weight_floor) for s in ss]
+        else:
+            w = [np.ones(K, np.float32)] + [np.ones(len(m), np.float32) for m in matches]
+        p = fuse_frame(r, ss, matches, w)
+        used = np.zeros((1 + len(sources), K), np.float32)
+        used[0] = w[0]
+        for i, m in enumerate(matches):
+            for c, k in enumerate(m):
+                if k >= 0:
+                    used[i + 1, k] += w[i + 1][c]
+        yield t, p, label_map(p, cfg.threshold), used

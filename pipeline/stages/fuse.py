@@ -1,0 +1,84 @@
+"""Stage fuse: one set of object probabilities from several mask stages (:mod:`pipeline.fusion`).
+
+Reads the ``probs`` [T,K,h,w] of every stage in ``fuse.sources`` (the first fixes the objects and the
+size) and, for ``fuse.weighting: alignment``, the ``features`` stage's tokens with the ``quality``
+section's alignment knobs. Writes ``probs`` [T,K,h,w] float16 and ``labels`` [T,h,w] uint8, a mask
+stage that ``crf.input``, ``eval.methods``, ``quality.methods`` and ``export.methods`` accept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.io import InputError
+from pipeline.core.stage import Ctx, Stage
+from pipeline.core.store import ArtifactError, ArtifactWriter, FrameReader, open_artifact
+from pipeline.fusion import FusionConfig, fuse_sequence
+from pipeline.quality.alignment import AlignmentConfig
+
+ALIGN_KEYS = ("quality.threshold", "quality.dilation", "quality.max_width", "quality.max_height")
+DIMS = ("frame", "object", "y", "x")
+
+
+def sources(ctx: Ctx) -> list[str]:
+    src = ctx.section("fuse")["sources"]
+    if not isinstance(src, (list, tuple)) or not src or len(set(src)) != len(src):
+        raise InputError(f"params.yaml: fuse.sources must be a non-empty list of distinct mask stages, got {src!r}")
+    return [str(s) for s in src]
+
+
+def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
+    fp = ctx.section("fuse")
+    try:
+        cfg = FusionConfig.from_params(fp)
+    except ValueError as e:
+        raise InputError(f"params.yaml: {e}") from None
+    names = sources(ctx)
+    arts = [open_artifact(ctx.store(n, seq), stage=n) for n in names]
+    readers = []
+    for n, a in zip(names, arts):
+        if "probs" not in a:
+            raise ArtifactError(f"{a.path}: no 'probs' array ({n!r} cannot be a fuse source: it stores no "
+                                "object probabilities)")
+        readers.append(FrameReader(a.require("probs", ndim=4, dims=DIMS)))
+    T, K, h, w = readers[0].shape
+    for n, r in zip(names[1:], readers[1:]):
+        if r.shape[0] != T:
+            raise ArtifactError(f"{ctx.store(n, seq)}: {r.shape[0]} frames, but {names[0]!r} has {T}")
+    inputs = {n: a.path for n, a in zip(names, arts)}
+    tokens = align = None
+    if cfg.weighting == "alignment":
+        feats = open_artifact(ctx.store("features", seq), stage="features")
+        tokens, inputs["features"] = FrameReader(feats.require("tokens", ndim=4)), feats.path
+        align = AlignmentConfig.from_params(ctx.section("quality"))
+    weights = np.zeros((len(names), K))
+    with ArtifactWriter(out, stage="fuse", params={"fuse": fp}, inputs=inputs) as wr:
+        probs = wr.create("probs", (T, K, h, w), "float16", DIMS,
+                          attrs={"meaning": f"weighted mean of the matched object probabilities of {names}"})
+        labels = wr.create("labels", (T, h, w), "uint8", ("frame", "y", "x"),
+                           attrs={"meaning": "0 = background, k+1 = object slot k: argmax of probs above "
+                                             f"{cfg.threshold}"})
+        for t, p, lab, wt in fuse_sequence(readers[0], readers[1:], cfg, tokens, align):
+            probs[t] = p.astype(np.float16)
+            labels[t] = lab
+            weights += wt
+        wr.attrs.update({"sequence": seq, "num_objects": K, "sources": names, "weighting": cfg.weighting,
+                         "mean_weight": {n: [round(float(x), 4) for x in row / max(T, 1)]
+                                         for n, row in zip(names, weights)},
+                         "frame_names": arts[0].attrs.get("frame_names")})
+    return f"fuse: {seq} ({T} frames, {K} objects, sources {'+'.join(names)}, {cfg.weighting}) -> {out}"
+
+
+@dataclass(frozen=True)
+class _FuseStage(Stage):
+    """A stage whose inputs are a params list (``fuse.sources``), which :meth:`Stage.input_dirs` does not
+    expand (DVC deps and the graph expand it with :func:`pipeline.stages.registry.named_inputs`)."""
+
+    def input_dirs(self, ctx: Ctx) -> list[str]:
+        return ["features", *sources(ctx)]
+
+
+STAGE = _FuseStage("fuse", params=("fuse",) + ALIGN_KEYS, inputs=("features", "{fuse.sources}"), run=_run)

@@ -1,0 +1,153 @@
+"""Fusion of mask sources: label-free channel matching, exact weighted means on hand-made frames, the
+alignment weighting, and the stage's store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from _stages import run_stage_on
+
+from pipeline.core.io import InputError
+from pipeline.core.store import ArtifactWriter, open_artifact
+from pipeline.fusion import FusionConfig, fuse_frame, fuse_sequence, label_map, match_channels
+from pipeline.quality.alignment import AlignmentConfig
+
+H, W = 32, 32
+
+
+def _box(r0, r1, c0, c1, v=1.0):
+    m = np.zeros((H, W), np.float32)
+    m[r0:r1, c0:c1] = v
+    return m
+
+
+LEFT, RIGHT = _box(8, 24, 2, 12), _box(8, 24, 18, 28)
+
+
+def test_matching_recovers_a_permutation_and_a_single_channel_joins_its_slot():
+    ref = np.stack([LEFT, RIGHT])[None].repeat(3, axis=0)                  # [T=3, K=2, H, W]
+    swapped = ref[:, ::-1]
+    assert match_channels(ref, swapped).tolist() == [1, 0]
+    assert match_channels(ref, RIGHT[None, None].repeat(3, axis=0)).tolist() == [1]
+    # a channel overlapping no slot joins none; a smaller source is resized to the reference first
+    nowhere = _box(26, 30, 14, 16)[None, None].repeat(3, axis=0)
+    assert match_channels(ref, nowhere).tolist() == [-1]
+    half = np.stack([np.stack([LEFT[::2, ::2], RIGHT[::2, ::2]])] * 3)    # [3, 2, 16, 16]
+    assert match_channels(ref, half[:, ::-1]).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="frames"):
+        match_channels(ref, swapped[:2])
+
+
+def test_fused_frame_is_the_weighted_mean_of_the_matched_channels():
+    ref = np.stack([LEFT * 0.8, RIGHT * 0.6])
+    imas = (RIGHT * 0.2)[None]                                               # one channel, joins slot 1
+    out = fuse_frame(ref, [imas], [np.array([1])])
+    assert np.allclose(out[0], ref[0])                                       # no other source: unchanged
+    assert np.allclose(out[1], (RIGHT * 0.6 + RIGHT * 0.2) / 2)
+    w = fuse_frame(ref, [imas], [np.array([1])], weights=[np.array([1.0, 3.0]), np.array([1.0])])
+    assert np.allclose(w[1], (3 * RIGHT * 0.6 + RIGHT * 0.2) / 4)
+    # identical sources leave the reference as it is (equal weights)
+    same = fuse_frame(ref, [ref, ref], [np.array([0, 1]), np.array([0, 1])])
+    assert np.allclose(same, ref)
+
+
+def test_label_rule():
+    p = np.stack([LEFT * 0.7, RIGHT * 0.4, _box(8, 24, 2, 6, 0.9)])
+    lab = label_map(p, 0.5)
+    assert lab[10, 3] == 3 and lab[10, 8] == 1 and lab[10, 20] == 0 and lab[0, 0] == 0
+    assert label_map(np.zeros((0, 4, 4))).shape == (4, 4)
+
+
+def _tokens():
+    """[1, 0] on the LEFT box's 4x4 token cells (8 x 8 grid, masks at 32 x 32), [0, 1] elsewhere."""
+    t = np.zeros((2, 8, 8), np.float32)
+    t[1] = 1
+    t[0, 2:6, 0:3], t[1, 2:6, 0:3] = 1, 0
+    return t
+
+
+def test_alignment_weighting_trusts_the_source_that_matches_the_appearance():
+    obj = _box(8, 24, 0, 12)                                # exactly the object's token cells: alignment 1
+    spill = _box(0, 32, 0, 32, 0.9)                         # whole frame: its response spans it -> 0
+    ref, src = obj[None, None], spill[None, None]
+    floor = 0.05
+    cfg = FusionConfig(weighting="alignment", weight_floor=floor)
+    acfg = AlignmentConfig(threshold=0.6, dilation=0)
+    [(t, p, lab, used)] = list(fuse_sequence(ref, [src, src], cfg, _tokens()[None], acfg))
+    assert t == 0 and np.allclose(used, [[1 + floor], [floor], [floor]])
+    assert np.allclose(p[0], ((1 + floor) * obj + 2 * floor * spill) / (1 + 3 * floor))
+    assert lab[12, 4] == 1 and lab[2, 20] == 0              # two spilling sources are out-voted
+    # with equal weights they win the background (2 x 0.9 / 3 = 0.6 > 0.5): the weighting matters here
+    [(_, pe, labe, usede)] = list(fuse_sequence(ref, [src, src], FusionConfig()))
+    assert np.allclose(usede, 1) and np.allclose(pe[0], (obj + 2 * spill) / 3) and labe[2, 20] == 1
+    with pytest.raises(ValueError, match="tokens"):
+        next(fuse_sequence(ref, [src], cfg))
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="fuse.weighting"):
+        FusionConfig(weighting="vote")
+    with pytest.raises(ValueError, match="weight_floor"):
+        FusionConfig(weight_floor=0)
+    with pytest.raises(ValueError, match="threshold"):
+        FusionConfig(threshold=1.0)
+
+
+def _write(root, stage, probs):
+    with ArtifactWriter(root / "data" / "toy" / stage / "seq-a.zarr", stage=stage) as wr:
+        wr.create("probs", probs.shape, "float16", ("frame", "object", "y", "x"))[...] = probs
+        wr.attrs["frame_names"] = [f"{t:05d}" for t in range(probs.shape[0])]
+
+
+def test_stage_writes_fused_store(tmp_path, monkeypatch):
+    T = 2
+    a = np.stack([LEFT * 0.8, RIGHT * 0.8])[None].repeat(T, 0)
+    b = np.stack([RIGHT * 0.4, LEFT * 0.4])[None].repeat(T, 0)[..., ::2, ::2]   # swapped slots, half size
+    imas = (RIGHT * 0.2)[None, None].repeat(T, 0)
+    for name, p in (("adapted", a), ("propagate", b), ("imas", imas)):
+        _write(tmp_path, name, p)
+    params = {"dataset": {"name": "toy"},
+              "fuse": {"sources": ["adapted", "propagate", "imas"], "weighting": "equal", "weight_floor": 0.05,
+                       "threshold": 0.5},
+              "quality": {"threshold": 0.7, "dilation": 0.0, "max_width": 0.8, "max_height": 0.9}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))
+    run_stage_on("fuse", tmp_path, "seq-a")
+    art = open_artifact(tmp_path / "data" / "toy" / "fuse" / "seq-a.zarr", stage="fuse")
+    p = art.require("probs", dims=("frame", "object", "y", "x"), shape=(T, 2, H, W))[...]
+    # inside the boxes (away from the edges the half-size source blurs when resized back)
+    assert np.allclose(p[0, 0, 10:22, 4:10], 0.6, atol=1e-3)               # (0.8 + 0.4) / 2
+    assert np.allclose(p[0, 1, 10:22, 20:26], (0.8 + 0.4 + 0.2) / 3, atol=1e-3)
+    lab = art["labels"][...]
+    assert lab[0, 12, 5] == 1 and lab[0, 12, 20] == 0                       # slot 1 at 0.47: background
+    assert art.attrs["sources"] == ["adapted", "propagate", "imas"]
+    assert art.attrs["mean_weight"]["imas"] == [0.0, 1.0]
+    assert set(art.attrs["provenance"]["inputs"]) == {"adapted", "propagate", "imas"}
+
+    params["fuse"]["sources"] = ["adapted", "adapted"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(InputError, match="fuse.sources"):
+        run_stage_on("fuse", tmp_path, "seq-a")
+    params["fuse"]["sources"], params["fuse"]["weighting"] = ["adapted"], "majority"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(InputError, match="fuse.weighting"):
+        run_stage_on("fuse", tmp_path, "seq-a")
+
+
+def test_graph_and_needed_stages_follow_the_sources():
+    from pipeline.api import needed_stages
+    from pipeline.core.config import load_params
+    from pipeline.core.stage import Ctx
+    from pipeline.stages.registry import get_stage, used_stages
+
+    p = load_params()
+    p["crf"]["input"], p["fuse"]["sources"] = "fuse", ["adapted", "imas"]
+    assert get_stage("fuse").input_dirs(Ctx("demo", p, ".")) == ["features", "adapted", "imas"]
+    names = used_stages(p, "demo")
+    assert names.index("train_imas") < names.index("imas") < names.index("fuse") < names.index("crf")
+    need = needed_stages(p, "crf")
+    assert {"adapted", "imas", "fuse"} <= set(need) and "propagate" not in need
+    p["crf"]["input"] = "adapted"
+    p["eval"]["methods"] = p["quality"]["methods"] = p["export"]["methods"] = ["adapted"]
+    assert "fuse" not in used_stages(p, "demo") and "imas" not in used_stages(p, "demo")
