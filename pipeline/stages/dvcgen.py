@@ -98,7 +98,8 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     if st.whole is None or st.out:
         out = (st.out or st.name).split("/{variant}")[0] if items != [item] else (st.out or st.name)
         outs.append({f"{data}/{out.format(variant=item)}": {"persist": True}})
-    extra = {k: [{p.format(dataset=dataset, variant=v): dict(o) for p, o in d.items()} for d in lst for v in items]
+    extra = {k: list({p.format(dataset=dataset, variant=v): {p.format(dataset=dataset, variant=v): dict(o)}
+                      for d in lst for v in items for p, o in d.items()}.values())   # each path once
              for k, lst in st.dvc.items() if not k.startswith("top_")}
     outs += extra.pop("outs", [])
     if outs:

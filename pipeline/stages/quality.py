@@ -47,5 +47,5 @@ def _finalize(ctx: Ctx, seqs: list[str]) -> str:
 
 STAGE = Stage("quality", params=KEYS, inputs=("frames", "features", "{variant}"), run=_run, finalize=_finalize,
               out="quality/{variant}", suffix=".json", foreach=False, variants="quality.methods",
-              dvc={"outs": [{"results/{dataset}/quality/{variant}": {"cache": False}}],
+              dvc={"outs": [{"results/{dataset}/quality": {"cache": False, "persist": True}}],  # one folder
                    "top_metrics": [{"results/{dataset}/quality/{variant}/summary.json": None}]})
