@@ -4,7 +4,7 @@ The knobs' defaults (params.yaml ``quality``) are chosen on the synthetic valida
 DAVIS is only reported.
 
     python bench/quality_vs_j.py synthval --methods motion_baseline proposals corrector \
-        --thresholds 0.5 0.6 0.7 0.8 --dilations 0 1 2 --out results/synthval/quality/alignment_vs_J.json
+        --thresholds 0.5 0.6 0.7 0.8 --dilations 0 1 2 --out results/synthval/alignment_vs_J.json
 
 Needs the dataset's ``features`` and mask stores and its ``metrics`` results (per_sequence.csv).
 """
