@@ -154,7 +154,7 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     with open(out / f"{key}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
-        w.writerows([json.dumps(r[c]) if c == "value" else ("" if r[c] is None else r[c]) for c in cols]
+        w.writerows([(r[c] if isinstance(r[c], str) else json.dumps(r[c])) if c == "value" else ("" if r[c] is None else r[c]) for c in cols]
                      for r in rows)
     log(f"tune {key}: best alignment at {best['value']!r} (now {report['current']!r})"
         + (f"; best J at {report['best_J']!r}" if has_gt else "") + f" -> {out / (key + '.csv')}")
