@@ -186,7 +186,7 @@ def test_propagation_stages_run_on_the_committed_mamp_checkpoint(project):
     assert json.loads((proj / "results/demo/propagate_gt/summary.json").read_text())["J_mean"] > 0.3
 
 
-ADAPT_STAGES = ("adapt_corrector", "adapted", "metrics", "export", "quality")
+ADAPT_STAGES = ("adapt_corrector", "adapted", "fuse", "metrics", "export", "quality")
 
 
 def _exp_run(proj, env, assignment):
