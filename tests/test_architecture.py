@@ -212,9 +212,12 @@ def test_a_stage_over_no_methods_is_left_out_of_dvc_yaml():
 def test_tuner_refuses_what_would_change_its_own_yardstick():
     from pipeline.stages.tune import tune
 
-    with pytest.raises(ValueError, match="same tokens"):
+    with pytest.raises(ValueError, match="scored the same way"):
         tune("demo", "features.backbone", ["mamp"], root=ROOT)
-    with pytest.raises(ValueError, match="same tokens"):
+    with pytest.raises(ValueError, match="scored the same way"):
         tune("demo", "proposals.threshold", [0.2], root=ROOT, overrides={"features.batch_size": 4})
+    # fuse reads the alignment knobs, which are also the score's: tuning them would move the yardstick
+    with pytest.raises(ValueError, match="quality"):
+        tune("demo", "quality.threshold", [0.6, 0.8], root=ROOT, target="fuse")
     with pytest.raises(ValueError, match="no candidate"):
         tune("demo", "proposals.threshold", [], root=ROOT)

@@ -29,6 +29,8 @@ from pipeline.stages.sequences import dataset_sequences
 __all__ = ["affected", "scratch_project", "tune"]
 
 SCORING = ("metrics", "quality", "export", "selection_eval")
+#: params sections that define the score itself: never tuned by it
+YARDSTICK = ("dataset", "features", "quality")
 
 
 def _covers(read: str, key: str) -> bool:
@@ -97,10 +99,9 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     root = root or project_root()
     if not values:
         raise ValueError(f"tune {key}: no candidate values")
-    if key.split(".")[0] in ("dataset", "features") or any(k.split(".")[0] in ("dataset", "features")
-                                                           for k in (overrides or {})):
-        raise ValueError(f"tune {key}: the dataset and the features the score is computed on cannot be tuned "
-                         "(every candidate must be scored on the same tokens)")
+    if key.split(".")[0] in YARDSTICK or any(k.split(".")[0] in YARDSTICK for k in (overrides or {})):
+        raise ValueError(f"tune {key}: the dataset, the features and the alignment knobs (quality.*) the score is "
+                         "computed with cannot be tuned (every candidate must be scored the same way)")
     params = load_dataset_params(dataset, root)
     for k, v in (overrides or {}).items():
         params = _set(params, k, v)
