@@ -38,7 +38,7 @@ from scipy.optimize import linear_sum_assignment
 
 from pipeline.quality.alignment import AlignmentConfig, alignment
 
-__all__ = ["FusionConfig", "WEIGHTINGS", "match_channels", "fuse_frame", "fuse_sequence", "label_map"]
+__all__ = ["FusionConfig", "WEIGHTINGS", "match_iou", "match_channels", "fuse_frame", "fuse_sequence", "label_map"]
 
 WEIGHTINGS = ("equal", "alignment")
 
@@ -68,34 +68,44 @@ class FusionConfig:
 def _resized(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``[C, h, w]`` float32 bilinearly resized to ``size`` (H, W)."""
     p = np.asarray(probs, np.float32)
+    if p.shape[0] == 0:
+        return np.zeros((0, *size), np.float32)
     if p.shape[1:] == tuple(size):
         return p
     return np.stack([cv2.resize(c, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for c in p])
 
 
-def match_channels(ref: Any, src: Any) -> np.ndarray:
-    """For every channel of ``src`` ``[T, C, h', w']`` the reference slot of ``ref`` ``[T, K, h, w]`` it is
-    assigned to, or -1 (arrays or Zarr arrays, read a frame at a time): the one-to-one assignment
-    maximising the summed soft IoU over the video (see the module docstring)."""
+def match_iou(ref: Any, src: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(assignment [C], soft IoU [C, K])``: for every channel of ``src`` ``[T, C, h', w']`` the reference
+    slot of ``ref`` ``[T, K, h, w]`` it is assigned to, or -1 (arrays or Zarr arrays, read a frame at a
+    time), by the one-to-one assignment maximising the soft IoU summed over the video (see the module
+    docstring); the IoU matrix tells how sure each assignment is."""
     T, K = ref.shape[:2]
     if src.shape[0] != T:
         raise ValueError(f"{src.shape[0]} frames in a source, {T} in the reference")
     C = src.shape[1]
     inter = np.zeros((C, K))
     union = np.zeros((C, K))
-    for t in range(T):
-        r = np.asarray(ref[t], np.float32).reshape(K, -1)
-        s = _resized(src[t], ref.shape[2:]).reshape(C, -1)
-        for c in range(C):
-            inter[c] += np.minimum(s[c][None], r).sum(axis=1)
-            union[c] += np.maximum(s[c][None], r).sum(axis=1)
+    if C and K:
+        size = tuple(ref.shape[2:])
+        for t in range(T):
+            r = np.asarray(ref[t], np.float32).reshape(K, -1)
+            s = _resized(src[t], size).reshape(C, -1)
+            for c in range(C):
+                inter[c] += np.minimum(s[c][None], r).sum(axis=1)
+                union[c] += np.maximum(s[c][None], r).sum(axis=1)
     iou = inter / np.maximum(union, 1e-9)
-    rows, cols = linear_sum_assignment(-iou)
     out = np.full(C, -1, dtype=np.int64)
-    for c, k in zip(rows, cols):
-        if iou[c, k] > 0:
-            out[c] = k
-    return out
+    if C and K:
+        for c, k in zip(*linear_sum_assignment(-iou)):
+            if iou[c, k] > 0:
+                out[c] = k
+    return out, iou
+
+
+def match_channels(ref: Any, src: Any) -> np.ndarray:
+    """The assignment of :func:`match_iou`."""
+    return match_iou(ref, src)[0]
 
 
 def fuse_frame(ref: np.ndarray, sources: Sequence[np.ndarray], matches: Sequence[np.ndarray],
@@ -131,16 +141,20 @@ def _alignments(tokens: np.ndarray, probs: np.ndarray, acfg: AlignmentConfig, fl
 
 
 def fuse_sequence(ref: Any, sources: Sequence[Any], cfg: FusionConfig, tokens: Any = None,
-                  align_cfg: AlignmentConfig | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+                  align_cfg: AlignmentConfig | None = None, matches: Sequence[np.ndarray] | None = None,
+                  ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """``(t, probs [K, h, w], labels [h, w], weights [1 + len(sources), K])`` for every frame: the fusion of
     ``ref`` ``[T, K, h, w]`` and ``sources`` (see the module docstring). ``weights`` row 0 is the
     reference's weight per slot, row i the summed weight source i gives each slot (0: not matched).
-    ``tokens`` ``[T, C, h'', w'']`` and ``align_cfg`` are needed for ``weighting: alignment``."""
+    ``tokens`` ``[T, C, h'', w'']`` and ``align_cfg`` are needed for ``weighting: alignment``; ``matches``
+    (one :func:`match_channels` result per source) are computed when not given."""
     if cfg.weighting == "alignment" and (tokens is None or align_cfg is None):
         raise ValueError("fuse.weighting: alignment needs the features stage's tokens")
     T, K = ref.shape[:2]
     size = tuple(ref.shape[2:])
-    matches = [match_channels(ref, s) for s in sources]
+    if tokens is not None and tokens.shape[0] != T:
+        raise ValueError(f"{tokens.shape[0]} frames of feature tokens, {T} in the reference")
+    matches = [match_channels(ref, s) for s in sources] if matches is None else list(matches)
     for t in range(T):
         r = np.asarray(ref[t], np.float32)
         ss = [_resized(s[t], size) for s in sources]

@@ -9,8 +9,8 @@ import yaml
 from _stages import run_stage_on
 
 from pipeline.core.io import InputError
-from pipeline.core.store import ArtifactWriter, open_artifact
-from pipeline.fusion import FusionConfig, fuse_frame, fuse_sequence, label_map, match_channels
+from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
+from pipeline.fusion import FusionConfig, fuse_frame, fuse_sequence, label_map, match_channels, match_iou
 from pipeline.quality.alignment import AlignmentConfig
 
 H, W = 32, 32
@@ -37,6 +37,24 @@ def test_matching_recovers_a_permutation_and_a_single_channel_joins_its_slot():
     assert match_channels(ref, half[:, ::-1]).tolist() == [1, 0]
     with pytest.raises(ValueError, match="frames"):
         match_channels(ref, swapped[:2])
+    # a source without channels, or a reference without slots, matches nothing (no error)
+    assert match_channels(ref, ref[:, :0]).tolist() == []
+    assert match_channels(ref[:, :0], swapped).tolist() == [-1, -1]
+    # soft probabilities everywhere: the assignment still follows the objects
+    soft = np.clip(swapped + 0.03, 0, 1)
+    a, iou = match_iou(ref, soft)
+    assert a.tolist() == [1, 0] and iou[0, 1] > 0.8 and iou[0, 0] < 0.1
+
+
+def test_a_permuted_copy_of_the_reference_fuses_back_to_the_reference():
+    rng = np.random.default_rng(0)
+    ref = np.stack([LEFT * 0.9, RIGHT * 0.7, _box(0, 6, 0, 32, 0.8)])[None].repeat(2, 0)
+    ref = np.clip(ref + 0.05 * rng.random(ref.shape), 0, 1).astype(np.float32)
+    perm = ref[:, [2, 0, 1]]
+    outs = list(fuse_sequence(ref, [perm], FusionConfig()))
+    assert len(outs) == 2 and all(np.allclose(p, ref[t], atol=1e-6) for t, p, _, _ in outs)
+    # a wrong pairing would mix objects: check it is not the identity that was used
+    assert match_channels(ref, perm).tolist() == [2, 0, 1]
 
 
 def test_fused_frame_is_the_weighted_mean_of_the_matched_channels():
@@ -123,11 +141,20 @@ def test_stage_writes_fused_store(tmp_path, monkeypatch):
     assert lab[0, 12, 5] == 1 and lab[0, 12, 20] == 0                       # slot 1 at 0.47: background
     assert art.attrs["sources"] == ["adapted", "propagate", "imas"]
     assert art.attrs["mean_weight"]["imas"] == [0.0, 1.0]
+    m = art.attrs["matches"]
+    assert [x[:2] for x in m["propagate"]] == [[0, 1], [1, 0]] and m["imas"][0][:2] == [0, 1] and m["imas"][0][2] > 0
     assert set(art.attrs["provenance"]["inputs"]) == {"adapted", "propagate", "imas"}
 
-    params["fuse"]["sources"] = ["adapted", "adapted"]
+    for bad in (["adapted", "adapted"], ["adapted", "fuse"], [], "adapted"):
+        params["fuse"]["sources"] = bad
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        with pytest.raises(InputError, match="fuse.sources"):
+            run_stage_on("fuse", tmp_path, "seq-a")
+    # a source with other frames than the reference: one line naming its store
+    _write(tmp_path, "propagate", b[:1])
+    params["fuse"]["sources"] = ["adapted", "propagate"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(InputError, match="fuse.sources"):
+    with pytest.raises(ArtifactError, match="propagate/seq-a.zarr: 1 frames"):
         run_stage_on("fuse", tmp_path, "seq-a")
     params["fuse"]["sources"], params["fuse"]["weighting"] = ["adapted"], "majority"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

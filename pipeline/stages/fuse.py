@@ -3,7 +3,9 @@
 Reads the ``probs`` [T,K,h,w] of every stage in ``fuse.sources`` (the first fixes the objects and the
 size) and, for ``fuse.weighting: alignment``, the ``features`` stage's tokens with the ``quality``
 section's alignment knobs. Writes ``probs`` [T,K,h,w] float16 and ``labels`` [T,h,w] uint8, a mask
-stage that ``crf.input``, ``eval.methods``, ``quality.methods`` and ``export.methods`` accept.
+stage that ``crf.input``, ``eval.methods``, ``quality.methods`` and ``export.methods`` accept. Attributes
+``matches`` (per source: [channel, reference slot or -1, soft IoU over the video]) and ``mean_weight``
+(per source and slot) show what was averaged with what.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from pipeline.core.io import InputError
 from pipeline.core.stage import Ctx, Stage
 from pipeline.core.store import ArtifactError, ArtifactWriter, FrameReader, open_artifact
-from pipeline.fusion import FusionConfig, fuse_sequence
+from pipeline.fusion import FusionConfig, fuse_sequence, match_iou
 from pipeline.quality.alignment import AlignmentConfig
 
 ALIGN_KEYS = ("quality.threshold", "quality.dilation", "quality.max_width", "quality.max_height")
@@ -25,8 +27,9 @@ DIMS = ("frame", "object", "y", "x")
 
 def sources(ctx: Ctx) -> list[str]:
     src = ctx.section("fuse")["sources"]
-    if not isinstance(src, (list, tuple)) or not src or len(set(src)) != len(src):
-        raise InputError(f"params.yaml: fuse.sources must be a non-empty list of distinct mask stages, got {src!r}")
+    if not isinstance(src, (list, tuple)) or not src or len(set(src)) != len(src) or "fuse" in src:
+        raise InputError(f"fuse.sources must be a non-empty list of distinct mask stages other than fuse, "
+                         f"got {src!r}")
     return [str(s) for s in src]
 
 
@@ -35,7 +38,7 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
     try:
         cfg = FusionConfig.from_params(fp)
     except ValueError as e:
-        raise InputError(f"params.yaml: {e}") from None
+        raise InputError(str(e)) from None
     names = sources(ctx)
     arts = [open_artifact(ctx.store(n, seq), stage=n) for n in names]
     readers = []
@@ -45,15 +48,21 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
                                 "object probabilities)")
         readers.append(FrameReader(a.require("probs", ndim=4, dims=DIMS)))
     T, K, h, w = readers[0].shape
-    for n, r in zip(names[1:], readers[1:]):
+    for n, a, r in zip(names[1:], arts[1:], readers[1:]):
         if r.shape[0] != T:
-            raise ArtifactError(f"{ctx.store(n, seq)}: {r.shape[0]} frames, but {names[0]!r} has {T}")
+            raise ArtifactError(f"{a.path}: {r.shape[0]} frames, but {names[0]!r} has {T}")
+        fn, fn0 = a.attrs.get("frame_names"), arts[0].attrs.get("frame_names")
+        if fn and fn0 and list(fn) != list(fn0):
+            raise ArtifactError(f"{a.path}: its frames are not those of {names[0]!r} (frame_names differ)")
     inputs = {n: a.path for n, a in zip(names, arts)}
     tokens = align = None
     if cfg.weighting == "alignment":
         feats = open_artifact(ctx.store("features", seq), stage="features")
         tokens, inputs["features"] = FrameReader(feats.require("tokens", ndim=4)), feats.path
+        if tokens.shape[0] != T:
+            raise ArtifactError(f"{feats.path}: {tokens.shape[0]} frames of tokens, but {names[0]!r} has {T}")
         align = AlignmentConfig.from_params(ctx.section("quality"))
+    matched = [match_iou(readers[0], r) for r in readers[1:]]
     weights = np.zeros((len(names), K))
     with ArtifactWriter(out, stage="fuse", params={"fuse": fp}, inputs=inputs) as wr:
         probs = wr.create("probs", (T, K, h, w), "float16", DIMS,
@@ -61,13 +70,15 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
         labels = wr.create("labels", (T, h, w), "uint8", ("frame", "y", "x"),
                            attrs={"meaning": "0 = background, k+1 = object slot k: argmax of probs above "
                                              f"{cfg.threshold}"})
-        for t, p, lab, wt in fuse_sequence(readers[0], readers[1:], cfg, tokens, align):
+        for t, p, lab, wt in fuse_sequence(readers[0], readers[1:], cfg, tokens, align, [m for m, _ in matched]):
             probs[t] = p.astype(np.float16)
             labels[t] = lab
             weights += wt
         wr.attrs.update({"sequence": seq, "num_objects": K, "sources": names, "weighting": cfg.weighting,
                          "mean_weight": {n: [round(float(x), 4) for x in row / max(T, 1)]
                                          for n, row in zip(names, weights)},
+                         "matches": {n: [[c, int(k), round(float(iou[c, k]), 4) if k >= 0 else None]
+                                         for c, k in enumerate(m)] for n, (m, iou) in zip(names[1:], matched)},
                          "frame_names": arts[0].attrs.get("frame_names")})
     return f"fuse: {seq} ({T} frames, {K} objects, sources {'+'.join(names)}, {cfg.weighting}) -> {out}"
 
