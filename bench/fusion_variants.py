@@ -25,7 +25,8 @@ from pipeline.core.store import FrameReader, open_artifact, write_json_atomic  #
 from pipeline.fusion import FusionConfig, fuse_sequence  # noqa: E402
 from pipeline.metrics.evaluation import evaluate_sequence  # noqa: E402
 from pipeline.metrics.results import summarize  # noqa: E402
-from pipeline.quality.alignment import AlignmentConfig, frame_alignments  # noqa: E402
+from pipeline.quality.alignment import AlignmentConfig  # noqa: E402
+from pipeline.quality.report import score_sequence  # noqa: E402
 
 
 def main() -> None:
@@ -55,16 +56,13 @@ def main() -> None:
         tokens = FrameReader(open_artifact(data / "features" / f"{seq}.zarr", stage="features")["tokens"])
         for names, w in variants:
             readers = [FrameReader(open_artifact(data / n / f"{seq}.zarr", stage=n)["probs"]) for n in names]
-            cfg = FusionConfig(weighting=w, weight_floor=float(p["fuse"]["weight_floor"]),
-                               threshold=float(p["fuse"]["threshold"]))
+            cfg = FusionConfig.from_params({**p["fuse"], "weighting": w})
             labels = np.stack([lab for _, _, lab, _ in fuse_sequence(readers[0], readers[1:], cfg, tokens, align)])
             r = evaluate_sequence(labels, gt, valid, protocol=protocol, match_on=ev["match_on"],
                                   resize=ev["resize"], bound_th=ev["bound_th"], sequence=seq)
-            al = [np.mean(list(v.values())) if (v := frame_alignments(np.asarray(tokens[t], np.float32), labels[t],
-                                                                      align)) else 0.0 for t in range(len(labels))]
             row = rows[f"{'+'.join(names)}/{w}"]
             row["results"].append(r)
-            row["alignment"].append(float(np.mean(al)))
+            row["alignment"].append(score_sequence(tokens, labels, align, [""] * len(labels))["alignment"])
         print(f"{seq}: " + ", ".join(f"{k} {v['results'][-1].stats()['J_mean']:.3f}" for k, v in rows.items()),
               flush=True)
     out = {"dataset": a.dataset, "protocol": protocol, "sequences": len(seqs), "wall_s": round(time.time() - t0, 1),

@@ -10,7 +10,7 @@ stage that ``crf.input``, ``eval.methods``, ``quality.methods`` and ``export.met
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from pipeline.core.store import ArtifactError, ArtifactWriter, FrameReader, open
 from pipeline.fusion import FusionConfig, fuse_sequence, match_iou
 from pipeline.quality.alignment import AlignmentConfig
 
-ALIGN_KEYS = ("quality.threshold", "quality.dilation", "quality.max_width", "quality.max_height")
+ALIGN_KEYS = tuple(f"quality.{f.name}" for f in fields(AlignmentConfig))   # the alignment knobs fuse reads
 DIMS = ("frame", "object", "y", "x")
 
 
