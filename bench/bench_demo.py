@@ -73,7 +73,7 @@ def main() -> None:
         raise SystemExit("".join(tail) + f"dvc repro failed ({p.returncode}) in {proj}")
     durations = {s: round((stamps[i + 1][1] if i + 1 < len(stamps) else wall) - t, 1) for i, (s, t) in enumerate(stamps)}
     metrics = {}
-    for f in sorted((proj / "results" / "demo").glob("*/summary.json")):
+    for f in sorted((proj / "results" / "demo" / "metrics").glob("*/summary.json")):
         d = json.loads(f.read_text())
         if "J_mean" in d:
             metrics[f.parent.name] = {"J": round(d["J_mean"], 3), "JF": round(d["JF_mean"], 3)}

@@ -5,6 +5,8 @@ beside the mean label-free alignment of the fused masks. Each source alone is a 
 
     python bench/fusion_variants.py synthval --sources adapted adapted,propagate adapted,propagate,imas \
         --weightings equal alignment --out results/synthval/fusion_variants.json
+
+``--min-ious 0 0.1 0.2`` adds one variant per ``fuse.min_iou`` value (the dataset's value when not given).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main() -> None:
     ap.add_argument("dataset")
     ap.add_argument("--sources", nargs="+", required=True, help="comma-separated mask stages, first = reference")
     ap.add_argument("--weightings", nargs="+", default=["equal", "alignment"])
+    ap.add_argument("--min-ious", nargs="+", type=float, default=None, help="fuse.min_iou values (default: params)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     p = load_dataset_params(a.dataset, ROOT)
@@ -46,21 +49,26 @@ def main() -> None:
     for s in a.sources:
         names = s.split(",")
         for w in (a.weightings if len(names) > 1 else ["equal"]):
-            variants.append((names, w))
-    rows = {f"{'+'.join(n)}/{w}": {"sources": n, "weighting": w, "results": [], "alignment": []}
-            for n, w in variants}
+            for m in (a.min_ious or [p["fuse"]["min_iou"]] if len(names) > 1 else [0.0]):
+                variants.append((names, w, float(m)))
+
+    def key(names, w, m):
+        return f"{'+'.join(names)}/{w}" + (f"/min_iou={m:g}" if a.min_ious else "")
+
+    rows = {key(*v): {"sources": v[0], "weighting": v[1], "min_iou": v[2], "results": [], "alignment": []}
+            for v in variants}
     t0 = time.time()
     for seq in seqs:
         fr = open_artifact(data / "frames" / f"{seq}.zarr", stage="frames")
         gt, valid = fr["gt"][...], fr["gt_valid"][...]
         tokens = FrameReader(open_artifact(data / "features" / f"{seq}.zarr", stage="features")["tokens"])
-        for names, w in variants:
+        for names, w, m in variants:
             readers = [FrameReader(open_artifact(data / n / f"{seq}.zarr", stage=n)["probs"]) for n in names]
-            cfg = FusionConfig.from_params({**p["fuse"], "weighting": w})
+            cfg = FusionConfig.from_params({**p["fuse"], "weighting": w, "min_iou": m})
             labels = np.stack([lab for _, _, lab, _ in fuse_sequence(readers[0], readers[1:], cfg, tokens, align)])
             r = evaluate_sequence(labels, gt, valid, protocol=protocol, match_on=ev["match_on"],
                                   resize=ev["resize"], bound_th=ev["bound_th"], sequence=seq)
-            row = rows[f"{'+'.join(names)}/{w}"]
+            row = rows[key(names, w, m)]
             row["results"].append(r)
             row["alignment"].append(score_sequence(tokens, labels, align, [""] * len(labels))["alignment"])
         print(f"{seq}: " + ", ".join(f"{k} {v['results'][-1].stats()['J_mean']:.3f}" for k, v in rows.items()),
@@ -69,7 +77,7 @@ def main() -> None:
            "backbone": "features stage tokens (alignment)", "variants": {}}
     for k, v in rows.items():
         summ = summarize(v["results"])           # object-level means, as the metrics stage reports
-        out["variants"][k] = {"sources": v["sources"], "weighting": v["weighting"],
+        out["variants"][k] = {"sources": v["sources"], "weighting": v["weighting"], "min_iou": v["min_iou"],
                               "J": round(float(summ["J_mean"]), 4), "JF": round(float(summ["JF_mean"]), 4),
                               "alignment": round(float(np.mean(v["alignment"])), 4),
                               "per_sequence_J": {q: round(r.stats()["J_mean"], 4) for q, r in zip(seqs, v["results"])}}

@@ -30,7 +30,7 @@ from pipeline.quality.report import score_sequence  # noqa: E402
 
 
 def per_sequence_j(dataset: str, method: str) -> dict[str, float]:
-    path = ROOT / "results" / dataset / method / "per_sequence.csv"
+    path = ROOT / "results" / dataset / "metrics" / method / "per_sequence.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: run the metrics stage of {dataset} first")
     return {r["sequence"]: float(r["J_mean"]) for r in csv.DictReader(open(path))}

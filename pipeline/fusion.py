@@ -9,8 +9,8 @@ development set the adapted masks score J 0.563, IMAS 0.569, and their mean with
 Sources are stores holding ``probs`` ``[T, C_s, h_s, w_s]``. The first source is the *reference*: it
 fixes the objects (its ``K`` slots) and the output size. Every other source's channels are matched to
 the reference slots once per video, without labels: the soft IoU of each (channel, slot) pair summed
-over all frames, then a one-to-one assignment maximising the total (Hungarian); a channel that overlaps
-no slot is left out. A source with one channel (IMAS's object mask) so joins the slot it overlaps
+over all frames, then a one-to-one assignment maximising the total (Hungarian); a channel whose assigned
+soft IoU is 0 or below ``min_iou`` is left out (a source that segments something else in this video). A source with one channel (IMAS's object mask) so joins the slot it overlaps
 most; a source with the same slots as the reference (propagation of the reference's exemplars) joins
 slot to slot.
 
@@ -50,6 +50,7 @@ class FusionConfig:
     weighting: str = "equal"
     weight_floor: float = 0.05
     threshold: float = 0.5
+    min_iou: float = 0.0
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -58,11 +59,13 @@ class FusionConfig:
             raise ValueError(f"fuse.weight_floor: {self.weight_floor} must be > 0 (a source may align 0 everywhere)")
         if not 0 < self.threshold < 1:
             raise ValueError(f"fuse.threshold: {self.threshold} must be in (0, 1)")
+        if not 0 <= self.min_iou < 1:
+            raise ValueError(f"fuse.min_iou: {self.min_iou} must be in [0, 1)")
 
     @classmethod
     def from_params(cls, p: Mapping[str, Any]) -> "FusionConfig":
         return cls(weighting=str(p["weighting"]), weight_floor=float(p["weight_floor"]),
-                   threshold=float(p["threshold"]))
+                   threshold=float(p["threshold"]), min_iou=float(p["min_iou"]))
 
 
 def _resized(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -75,11 +78,12 @@ def _resized(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(c, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for c in p])
 
 
-def match_iou(ref: Any, src: Any) -> tuple[np.ndarray, np.ndarray]:
+def match_iou(ref: Any, src: Any, min_iou: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """``(assignment [C], soft IoU [C, K])``: for every channel of ``src`` ``[T, C, h', w']`` the reference
     slot of ``ref`` ``[T, K, h, w]`` it is assigned to, or -1 (arrays or Zarr arrays, read a frame at a
     time), by the one-to-one assignment maximising the soft IoU summed over the video (see the module
-    docstring); the IoU matrix tells how sure each assignment is."""
+    docstring); an assignment whose IoU is 0 or below ``min_iou`` is dropped (-1). The IoU matrix tells
+    how sure each assignment is."""
     T, K = ref.shape[:2]
     if src.shape[0] != T:
         raise ValueError(f"{src.shape[0]} frames in a source, {T} in the reference")
@@ -98,14 +102,14 @@ def match_iou(ref: Any, src: Any) -> tuple[np.ndarray, np.ndarray]:
     out = np.full(C, -1, dtype=np.int64)
     if C and K:
         for c, k in zip(*linear_sum_assignment(-iou)):
-            if iou[c, k] > 0:
+            if iou[c, k] > 0 and iou[c, k] >= min_iou:
                 out[c] = k
     return out, iou
 
 
-def match_channels(ref: Any, src: Any) -> np.ndarray:
+def match_channels(ref: Any, src: Any, min_iou: float = 0.0) -> np.ndarray:
     """The assignment of :func:`match_iou`."""
-    return match_iou(ref, src)[0]
+    return match_iou(ref, src, min_iou)[0]
 
 
 def fuse_frame(ref: np.ndarray, sources: Sequence[np.ndarray], matches: Sequence[np.ndarray],
@@ -147,14 +151,14 @@ def fuse_sequence(ref: Any, sources: Sequence[Any], cfg: FusionConfig, tokens: A
     ``ref`` ``[T, K, h, w]`` and ``sources`` (see the module docstring). ``weights`` row 0 is the
     reference's weight per slot, row i the summed weight source i gives each slot (0: not matched).
     ``tokens`` ``[T, C, h'', w'']`` and ``align_cfg`` are needed for ``weighting: alignment``; ``matches``
-    (one :func:`match_channels` result per source) are computed when not given."""
+    (one :func:`match_channels` result per source) are computed with ``cfg.min_iou`` when not given."""
     if cfg.weighting == "alignment" and (tokens is None or align_cfg is None):
         raise ValueError("fuse.weighting: alignment needs the features stage's tokens")
     T, K = ref.shape[:2]
     size = tuple(ref.shape[2:])
     if tokens is not None and tokens.shape[0] != T:
         raise ValueError(f"{tokens.shape[0]} frames of feature tokens, {T} in the reference")
-    matches = [match_channels(ref, s) for s in sources] if matches is None else list(matches)
+    matches = [match_channels(ref, s, cfg.min_iou) for s in sources] if matches is None else list(matches)
     for t in range(T):
         r = np.asarray(ref[t], np.float32)
         ss = [_resized(s[t], size) for s in sources]

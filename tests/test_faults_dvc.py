@@ -71,7 +71,7 @@ def project(tmp_path_factory):
 
 def test_odd_sequence_names_go_through_dvc_repro(project):
     proj, _, _ = project
-    rows = list(csv.DictReader(open(proj / "results/odd/motion_baseline/per_sequence.csv", encoding="utf-8")))
+    rows = list(csv.DictReader(open(proj / "results/odd/metrics/motion_baseline/per_sequence.csv", encoding="utf-8")))
     assert sorted(r["sequence"] for r in rows) == sorted(NAMES)
     assert all(0.0 <= float(r["J_mean"]) <= 1.0 for r in rows)
     for name in NAMES:

@@ -46,6 +46,22 @@ def test_matching_recovers_a_permutation_and_a_single_channel_joins_its_slot():
     assert a.tolist() == [1, 0] and iou[0, 1] > 0.8 and iou[0, 0] < 0.1
 
 
+def test_min_iou_drops_a_weak_match_and_keeps_a_strong_one():
+    ref = np.stack([LEFT, RIGHT])[None].repeat(2, axis=0)
+    # one channel covering the right box and as much again of background: soft IoU exactly 1/2
+    wide = np.stack([_box(8, 24, 18, 28) + _box(8, 24, 0, 10)] * 2)[:, None]
+    a, iou = match_iou(ref, wide)
+    assert a.tolist() == [1] and iou[0, 1] == pytest.approx(0.5)
+    assert match_channels(ref, wide, min_iou=0.5).tolist() == [1]           # at the cut-off: kept
+    assert match_channels(ref, wide, min_iou=0.51).tolist() == [-1]         # above it: dropped
+    # a dropped source leaves the reference as it is
+    cfg = FusionConfig(min_iou=0.6)
+    outs = list(fuse_sequence(ref, [wide * 0.3], cfg))
+    assert all(np.array_equal(p, ref[t]) and w[1].sum() == 0 for t, p, _, w in outs)
+    with pytest.raises(ValueError, match="fuse.min_iou"):
+        FusionConfig(min_iou=1.0)
+
+
 def test_a_permuted_copy_of_the_reference_fuses_back_to_the_reference():
     rng = np.random.default_rng(0)
     ref = np.stack([LEFT * 0.9, RIGHT * 0.7, _box(0, 6, 0, 32, 0.8)])[None].repeat(2, 0)
@@ -127,7 +143,7 @@ def test_stage_writes_fused_store(tmp_path, monkeypatch):
         _write(tmp_path, name, p)
     params = {"dataset": {"name": "toy"},
               "fuse": {"sources": ["adapted", "propagate", "imas"], "weighting": "equal", "weight_floor": 0.05,
-                       "threshold": 0.5},
+                       "threshold": 0.5, "min_iou": 0.0},
               "quality": {"threshold": 0.7, "dilation": 0.0, "max_width": 0.8, "max_height": 0.9}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))

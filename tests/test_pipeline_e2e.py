@@ -66,7 +66,7 @@ def project(tmp_path_factory):
 
 def test_repro_exports_masks_and_writes_metrics(project):
     proj, _, out = project
-    summary = json.loads((proj / "results/demo/motion_baseline/summary.json").read_text())
+    summary = json.loads((proj / "results/demo/metrics/motion_baseline/summary.json").read_text())
     assert summary["n_sequences"] == 2 and 0.0 <= summary["JF_mean"] <= 1.0
     assert summary["protocol"] == "multi"
     assert summary["lineage"]["flow"]["estimator"]["method"] == "dis"
@@ -79,8 +79,8 @@ def test_repro_exports_masks_and_writes_metrics(project):
         im = Image.open(pngs[0])
         assert im.mode == "P" and im.size == (128, 72)  # original resolution, palette
         assert (exp / "overlay.png").stat().st_size > 0 and (exp / "overlay.mp4").exists()
-    assert (proj / "results/demo/motion_baseline/per_sequence.png").exists()
-    rows = (proj / "results/demo/motion_baseline/per_sequence.csv").read_text().splitlines()
+    assert (proj / "results/demo/metrics/motion_baseline/per_sequence.png").exists()
+    rows = (proj / "results/demo/metrics/motion_baseline/per_sequence.csv").read_text().splitlines()
     assert rows[0].startswith("sequence") and len(rows) == 3
 
 
@@ -136,7 +136,7 @@ def test_proposals_stage_runs_from_the_committed_checkpoint(project):
     labels = art.require("labels", dtype="uint8", dims=("frame", "y", "x"))
     assert labels.shape == (6, 48, 80) and int(labels[...].max()) <= 3
     assert art["amodal"].shape == (6, 3, 48, 80)
-    summary = json.loads((proj / "results/demo/proposals/summary.json").read_text())
+    summary = json.loads((proj / "results/demo/metrics/proposals/summary.json").read_text())
     assert summary["lineage"]["proposals"]["params"]["proposals"]["checkpoint"].endswith(".pt")
 
 
@@ -154,7 +154,7 @@ def test_refinement_stages_run_and_name_the_backbone(project):
     crf = open_artifact(proj / "data/demo/crf/demo-01.zarr", "crf")
     assert crf["labels"].shape == (6, 72, 128)                 # original resolution
     for method in ("corrector", "crf"):
-        summary = json.loads((proj / f"results/demo/{method}/summary.json").read_text())
+        summary = json.loads((proj / f"results/demo/metrics/{method}/summary.json").read_text())
         bb = summary["lineage"]["features"]["backbone"]
         assert bb["name"] == "mobilenetv2_imagenet" and bb["self_supervised"] is False and bb["substitute"] is True
         assert len(bb["weights_sha256"]) == 64
@@ -180,10 +180,10 @@ def test_propagation_stages_run_on_the_committed_mamp_checkpoint(project):
     pr = open_artifact(proj / "data/demo/propagate/demo-01.zarr", "propagate")
     assert pr["probs"].shape == (6, 3, 72, 128) and pr["labels"].dtype == "uint8"
     for method in ("propagate_gt", "propagate"):
-        summary = json.loads((proj / f"results/demo/{method}/summary.json").read_text())
+        summary = json.loads((proj / f"results/demo/metrics/{method}/summary.json").read_text())
         assert 0.0 <= summary["J_mean"] <= 1.0
     # propagation from the first frame's ground truth finds the objects well above chance
-    assert json.loads((proj / "results/demo/propagate_gt/summary.json").read_text())["J_mean"] > 0.3
+    assert json.loads((proj / "results/demo/metrics/propagate_gt/summary.json").read_text())["J_mean"] > 0.3
 
 
 ADAPT_STAGES = ("adapt_corrector", "adapted", "fuse", "metrics", "export", "quality")

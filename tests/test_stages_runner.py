@@ -175,7 +175,7 @@ def test_metrics_stage_writes_per_sequence_json_and_a_summary(project):
         run(get_stage(s), _ctx(project))
     info = run(get_stage("metrics"), ctx)
     assert info["ran"] == 3
-    summary = json.loads((project / "results" / "tiny" / "motion_baseline" / "summary.json").read_text())
+    summary = json.loads((project / "results" / "tiny" / "metrics" / "motion_baseline" / "summary.json").read_text())
     assert summary["n_sequences"] == 3 and 0.0 <= summary["J_mean"] <= 1.0
     assert run(get_stage("metrics"), ctx)["ran"] == 0
 

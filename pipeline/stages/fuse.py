@@ -62,7 +62,7 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
         if tokens.shape[0] != T:
             raise ArtifactError(f"{feats.path}: {tokens.shape[0]} frames of tokens, but {names[0]!r} has {T}")
         align = AlignmentConfig.from_params(ctx.section("quality"))
-    matched = [match_iou(readers[0], r) for r in readers[1:]]
+    matched = [match_iou(readers[0], r, cfg.min_iou) for r in readers[1:]]
     weights = np.zeros((len(names), K))
     with ArtifactWriter(out, stage="fuse", params={"fuse": fp}, inputs=inputs) as wr:
         probs = wr.create("probs", (T, K, h, w), "float16", DIMS,

@@ -3,9 +3,11 @@ each method's tables and plot. One DVC stage runs every method in turn; a (metho
 masks and params did not change is not re-scored (its fingerprint says so).
 
 Per sequence: ``data/<ds>/eval/<method>/<seq>.json`` (per-object rows, per-frame J and F, the
-matching, the lineage of the masks). Then ``results/<ds>/<method>/``: ``summary.json`` (DVC
-metrics), ``per_sequence.csv`` (DVC plot), ``per_object.csv`` and ``per_sequence.png``. Params:
-``eval`` (``match_on``, ``resize``, ``bound_th``) and ``dataset.protocol``.
+matching, the lineage of the masks). Then ``results/<ds>/metrics/<method>/``: ``summary.json`` (DVC
+metrics), ``per_sequence.csv`` (DVC plot), ``per_object.csv`` and ``per_sequence.png``; the folder
+``results/<ds>/metrics`` is the stage's one results output (it is rewritten whole on every run, so a
+method removed from ``eval.methods`` leaves no stale tables). Params: ``eval`` (``match_on``,
+``resize``, ``bound_th``) and ``dataset.protocol``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _finalize(ctx: Ctx, seqs: list[str]) -> str:
     evals = [json.loads((folder / f"{s}.json").read_text()) for s in seqs]
     seq_rows = [e["sequence_row"] for e in evals]
     obj_rows = [{k: v for k, v in o.items() if k not in ("J", "F", "frames")} for e in evals for o in e["objects"]]
-    out = ctx.results(method)
+    out = ctx.results("metrics", method)
     out.mkdir(parents=True, exist_ok=True)
     M.write_object_csv(obj_rows, out / "per_object.csv")
     M.write_sequence_csv(seq_rows, out / "per_sequence.csv")
@@ -69,7 +71,7 @@ def _finalize(ctx: Ctx, seqs: list[str]) -> str:
 
 STAGE = Stage("metrics", params=KEYS, inputs=("frames", "{variant}"), run=_run, finalize=_finalize,
               out="eval/{variant}", suffix=".json", foreach=False, variants="eval.methods",
-              dvc={"outs": [{"results/{dataset}/{variant}": {"cache": False}}],
-                   "top_metrics": [{"results/{dataset}/{variant}/summary.json": None}],
-                   "top_plots": [{"results/{dataset}/{variant}/per_sequence.csv": {
+              dvc={"outs": [{"results/{dataset}/metrics": {"cache": False}}],
+                   "top_metrics": [{"results/{dataset}/metrics/{variant}/summary.json": None}],
+                   "top_plots": [{"results/{dataset}/metrics/{variant}/per_sequence.csv": {
                        "x": "sequence", "y": "JF", "template": "bar_horizontal"}}]})

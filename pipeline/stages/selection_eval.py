@@ -90,6 +90,5 @@ def _whole(ctx: Ctx) -> str:
 
 STAGE = Stage("selection_eval", params=("dataset.protocol", "selection_eval"), inputs=("frames", "proposals", "selector"),
               whole=_whole,
-              dvc={"outs": [{"results/{dataset}/selection/per_object.csv": {"cache": False}},
-                            {"results/{dataset}/selection/strips": {"cache": False}}],
-                   "metrics": [{"results/{dataset}/selection/summary.json": {"cache": False}}]})
+              dvc={"outs": [{"results/{dataset}/selection": {"cache": False}}],        # one folder
+                   "top_metrics": [{"results/{dataset}/selection/summary.json": None}]})

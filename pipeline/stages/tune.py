@@ -138,7 +138,7 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
                "flagged_frames": q["flagged_frames"], "seconds": round(secs, 1)}
         if has_gt:
             run(get_stage("metrics"), Ctx(dataset, p, base, target))
-            m = json.loads((base / "results" / dataset / target / "summary.json").read_text())
+            m = json.loads((base / "results" / dataset / "metrics" / target / "summary.json").read_text())
             row.update(J=round(m["J_mean"], 4), JF=round(m["JF_mean"], 4))
         rows.append(row)
         log(json.dumps(row))
