@@ -38,7 +38,7 @@ from scipy.optimize import linear_sum_assignment
 
 from pipeline.quality.alignment import AlignmentConfig, alignment
 
-__all__ = ["FusionConfig", "WEIGHTINGS", "match_iou", "match_channels", "fuse_frame", "fuse_sequence", "label_map"]
+__all__ = ["FusionConfig", "WEIGHTINGS", "OneHot", "match_iou", "match_channels", "fuse_frame", "fuse_sequence", "label_map"]
 
 WEIGHTINGS = ("equal", "alignment")
 
@@ -66,6 +66,20 @@ class FusionConfig:
     def from_params(cls, p: Mapping[str, Any]) -> "FusionConfig":
         return cls(weighting=str(p["weighting"]), weight_floor=float(p["weight_floor"]),
                    threshold=float(p["threshold"]), min_iou=float(p["min_iou"]))
+
+
+class OneHot:
+    """A label store ``[T, h, w]`` (0 = background, k + 1 = object k) read as probabilities
+    ``[T, K, h, w]`` of 0 and 1, a frame at a time: how a mask stage without ``probs`` (the training-free
+    motion baseline) joins a fusion."""
+
+    def __init__(self, labels: Any, num_objects: int):
+        self.labels, self.K = labels, int(num_objects)
+        self.shape = (labels.shape[0], self.K, *labels.shape[1:])
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        lab = np.asarray(self.labels[t])
+        return (lab[None] == np.arange(1, self.K + 1)[:, None, None]).astype(np.float32)
 
 
 def _resized(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -10,7 +10,7 @@ from _stages import run_stage_on
 
 from pipeline.core.io import InputError
 from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
-from pipeline.fusion import FusionConfig, fuse_frame, fuse_sequence, label_map, match_channels, match_iou
+from pipeline.fusion import FusionConfig, OneHot, fuse_frame, fuse_sequence, label_map, match_channels, match_iou
 from pipeline.quality.alignment import AlignmentConfig
 
 H, W = 32, 32
@@ -175,6 +175,40 @@ def test_stage_writes_fused_store(tmp_path, monkeypatch):
     params["fuse"]["sources"], params["fuse"]["weighting"] = ["adapted"], "majority"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(InputError, match="fuse.weighting"):
+        run_stage_on("fuse", tmp_path, "seq-a")
+
+
+def test_a_label_store_joins_as_zero_one_probabilities(tmp_path, monkeypatch):
+    lab = np.zeros((3, 4, 4), np.uint8)
+    lab[:, 0, :2], lab[:, 3, 3] = 2, 1
+    oh = OneHot(lab, 3)
+    assert oh.shape == (3, 3, 4, 4)
+    assert oh[1][1, 0].tolist() == [1, 1, 0, 0] and oh[1][0, 3, 3] == 1 and oh[1][2].sum() == 0
+    assert oh[0].sum() == 3 and oh[0].dtype == np.float32
+    # through the stage: motion_baseline stores labels only; its object 2 (the left box) joins slot 0
+    T = 2
+    _write(tmp_path, "adapted", np.stack([LEFT * 0.8, RIGHT * 0.8])[None].repeat(T, 0))
+    base = np.zeros((T, H, W), np.uint8)
+    base[:, LEFT > 0] = 2
+    with ArtifactWriter(tmp_path / "data" / "toy" / "motion_baseline" / "seq-a.zarr", stage="motion_baseline") as wr:
+        wr.create("labels", base.shape, "uint8", ("frame", "y", "x"))[...] = base
+        wr.attrs.update({"num_objects": 2, "frame_names": [f"{t:05d}" for t in range(T)]})
+    params = {"dataset": {"name": "toy"},
+              "fuse": {"sources": ["adapted", "motion_baseline"], "weighting": "equal", "weight_floor": 0.05,
+                       "threshold": 0.5, "min_iou": 0.0},
+              "quality": {"threshold": 0.7, "dilation": 0.0, "max_width": 0.8, "max_height": 0.9}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))
+    run_stage_on("fuse", tmp_path, "seq-a")
+    art = open_artifact(tmp_path / "data" / "toy" / "fuse" / "seq-a.zarr", stage="fuse")
+    p = art["probs"][...].astype(np.float32)
+    assert np.allclose(p[:, 0][:, LEFT > 0], 0.9, atol=1e-3)                 # (0.8 + 1) / 2
+    assert np.allclose(p[:, 1][:, RIGHT > 0], 0.8, atol=1e-3)                # no baseline object there
+    assert [x[:2] for x in art.attrs["matches"]["motion_baseline"]] == [[0, -1], [1, 0]]
+    # a store with neither probs nor labels: one line naming it
+    with ArtifactWriter(tmp_path / "data" / "toy" / "motion_baseline" / "seq-a.zarr", stage="motion_baseline") as wr:
+        wr.create("flow", (T, 2, H, W), "float16", ("frame", "c", "y", "x"))[...] = 0
+    with pytest.raises(ArtifactError, match="motion_baseline/seq-a.zarr: neither 'probs' nor 'labels'"):
         run_stage_on("fuse", tmp_path, "seq-a")
 
 

@@ -1,7 +1,7 @@
 """Stage fuse: one set of object probabilities from several mask stages (:mod:`pipeline.fusion`).
 
 Reads the ``probs`` [T,K,h,w] of every stage in ``fuse.sources`` (the first fixes the objects and the
-size) and, for ``fuse.weighting: alignment``, the ``features`` stage's tokens with the ``quality``
+size; a stage that stores only ``labels``, as ``motion_baseline``, counts as probabilities of 0 and 1) and, for ``fuse.weighting: alignment``, the ``features`` stage's tokens with the ``quality``
 section's alignment knobs. Writes ``probs`` [T,K,h,w] float16 and ``labels`` [T,h,w] uint8, a mask
 stage that ``crf.input``, ``eval.methods``, ``quality.methods`` and ``export.methods`` accept. Attributes
 ``matches`` (per source: [channel, reference slot or -1, soft IoU over the video]) and ``mean_weight``
@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.core.io import InputError
 from pipeline.core.stage import Ctx, Stage
 from pipeline.core.store import ArtifactError, ArtifactWriter, FrameReader, open_artifact
-from pipeline.fusion import FusionConfig, fuse_sequence, match_iou
+from pipeline.fusion import FusionConfig, OneHot, fuse_sequence, match_iou
 from pipeline.quality.alignment import AlignmentConfig
 
 ALIGN_KEYS = tuple(f"quality.{f.name}" for f in fields(AlignmentConfig))   # the alignment knobs fuse reads
@@ -43,10 +43,13 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
     arts = [open_artifact(ctx.store(n, seq), stage=n) for n in names]
     readers = []
     for n, a in zip(names, arts):
-        if "probs" not in a:
-            raise ArtifactError(f"{a.path}: no 'probs' array ({n!r} cannot be a fuse source: it stores no "
-                                "object probabilities)")
-        readers.append(FrameReader(a.require("probs", ndim=4, dims=DIMS)))
+        if "probs" in a:
+            readers.append(FrameReader(a.require("probs", ndim=4, dims=DIMS)))
+        elif "labels" in a and a.attrs.get("num_objects") is not None:    # a hard-mask stage: 0/1 per object
+            readers.append(OneHot(FrameReader(a.require("labels", dtype="uint8", ndim=3)), a.attrs["num_objects"]))
+        else:
+            raise ArtifactError(f"{a.path}: neither 'probs' nor 'labels' with a num_objects attribute ({n!r} "
+                                "cannot be a fuse source)")
     T, K, h, w = readers[0].shape
     for n, a, r in zip(names[1:], arts[1:], readers[1:]):
         if r.shape[0] != T:
