@@ -6,7 +6,8 @@ in different places, so their average is often better than the best of them (on 
 development set the adapted masks score J 0.563, IMAS 0.569, and their mean with the propagated masks
 0.62; docs/results.md).
 
-Sources are stores holding ``probs`` ``[T, C_s, h_s, w_s]``. The first source is the *reference*: it
+Sources are stores holding ``probs`` ``[T, C_s, h_s, w_s]``, or only ``labels`` (the training-free motion
+baseline: read through :class:`OneHot` as probabilities of 0 and 1). The first source is the *reference*: it
 fixes the objects (its ``K`` slots) and the output size. Every other source's channels are matched to
 the reference slots once per video, without labels: the soft IoU of each (channel, slot) pair summed
 over all frames, then a one-to-one assignment maximising the total (Hungarian); a channel whose assigned
