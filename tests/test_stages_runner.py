@@ -224,3 +224,18 @@ def test_a_different_weights_file_reruns_the_stage_and_null_files_are_no_files(p
     assert weights_fingerprint(lambda: tmp_path / "missing.pt") is None
     ctx.params["mamp"].update(backbone="lab", checkpoint=None)
     assert get_stage("propagate_gt").file_paths(ctx) == []
+
+
+def test_outputs_of_whole_dataset_stages_persist_so_dvc_keeps_what_the_skip_check_reads():
+    """DVC deletes a stage's non-persistent outputs before running it; a dataset-level stage's runner
+    skips only when its outputs exist (and its fingerprint matches), so an output DVC may delete would
+    make every `dvc repro` redo the whole adaptation or training."""
+    from pipeline.stages.registry import ORDER, get_stage
+
+    whole = [get_stage(n) for n in ORDER if get_stage(n).whole is not None]
+    assert {"adapt_corrector", "train_imas", "selection_eval"} <= {s.name for s in whole}
+    for st in whole:
+        for kind in ("outs", "metrics", "plots"):
+            for d in st.dvc.get(kind, []):
+                for path, opts in d.items():
+                    assert (opts or {}).get("persist") is True, f"{st.name}: {kind} {path} is not persist"

@@ -37,6 +37,8 @@ def _whole(ctx: Ctx) -> str:
 STAGE = Stage("adapt_corrector", params=("corrector.checkpoint", "corrector.window", "adapt"),
               inputs=("frames", "features", "proposals", "exemplars", "{adapt.pseudo_labels}"),
               files=("corrector.checkpoint",), whole=_whole, out="adapt",
-              dvc={"metrics": [{"results/{dataset}/adapt/metrics.json": {"cache": False}}],
-                   "plots": [{"results/{dataset}/adapt/train_curve.csv": {"cache": False, "x": "iteration",
-                                                                           "y": "loss"}}]})
+              # persist: DVC deletes other outputs before it runs a stage, which would defeat the runner's
+              # "up to date" check (it needs them) and rerun the whole adaptation
+              dvc={"outs": [{"results/{dataset}/adapt": {"cache": False, "persist": True}}],
+                   "top_metrics": [{"results/{dataset}/adapt/metrics.json": None}],
+                   "top_plots": [{"results/{dataset}/adapt/train_curve.csv": {"x": "iteration", "y": "loss"}}]})

@@ -90,5 +90,5 @@ def _whole(ctx: Ctx) -> str:
 
 STAGE = Stage("selection_eval", params=("dataset.protocol", "selection_eval"), inputs=("frames", "proposals", "selector"),
               whole=_whole,
-              dvc={"outs": [{"results/{dataset}/selection": {"cache": False}}],        # one folder
+              dvc={"outs": [{"results/{dataset}/selection": {"cache": False, "persist": True}}],  # see adapt_corrector
                    "top_metrics": [{"results/{dataset}/selection/summary.json": None}]})

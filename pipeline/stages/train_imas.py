@@ -45,6 +45,6 @@ def _whole(ctx: Ctx) -> str:
 STAGE = Stage("train_imas", params=tuple(f"imas.{k}" for k in CONFIG_KEYS + ("resume",))
               + tuple(f"crf.{k}" for k in CRF_KEYS) + tuple(f"quality.{k}" for k in ALIGN_KEYS),
               inputs=("frames", "flow", "features"), whole=_whole, out=OUT,
-              dvc={"metrics": [{"results/{dataset}/" + OUT + "/metrics.json": {"cache": False}}],
-                   "plots": [{"results/{dataset}/" + OUT + "/train_curve.csv": {"cache": False, "x": "iteration",
-                                                                              "y": "loss"}}]})
+              dvc={"outs": [{"results/{dataset}/" + OUT: {"cache": False, "persist": True}}],   # see adapt_corrector
+                   "top_metrics": [{"results/{dataset}/" + OUT + "/metrics.json": None}],
+                   "top_plots": [{"results/{dataset}/" + OUT + "/train_curve.csv": {"x": "iteration", "y": "loss"}}]})
