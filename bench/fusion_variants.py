@@ -24,20 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import FrameReader, open_artifact, write_json_atomic  # noqa: E402
-from pipeline.fusion import FusionConfig, OneHot, fuse_sequence  # noqa: E402
+from pipeline.fusion import FusionConfig, fuse_sequence  # noqa: E402
 from pipeline.metrics.evaluation import evaluate_sequence  # noqa: E402
 from pipeline.metrics.results import summarize  # noqa: E402
 from pipeline.quality.alignment import AlignmentConfig  # noqa: E402
 from pipeline.quality.report import score_sequence  # noqa: E402
-
-
-def _source(path: Path, stage: str):
-    """A store's ``probs``, or its ``labels`` as 0/1 probabilities (a stage without ``probs``)."""
-    art = open_artifact(path, stage=stage)
-    if "probs" in art:
-        return FrameReader(art["probs"])
-    labels = art["labels"]
-    return OneHot(labels, int(art.attrs.get("num_objects") or int(np.max(labels[...]))))
+from pipeline.stages.fuse import source_reader  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +50,7 @@ def main() -> None:
     for s in a.sources:
         names = s.split(",")
         for w in (a.weightings if len(names) > 1 else ["equal"]):
-            for m in (a.min_ious or [p["fuse"]["min_iou"]] if len(names) > 1 else [0.0]):
+            for m in (sorted(set(a.min_ious or [p["fuse"]["min_iou"]])) if len(names) > 1 else [0.0]):
                 variants.append((names, w, float(m)))
 
     def key(names, w, m):
@@ -72,7 +64,7 @@ def main() -> None:
         gt, valid = fr["gt"][...], fr["gt_valid"][...]
         tokens = FrameReader(open_artifact(data / "features" / f"{seq}.zarr", stage="features")["tokens"])
         for names, w, m in variants:
-            readers = [_source(data / n / f"{seq}.zarr", n) for n in names]
+            readers = [source_reader(open_artifact(data / n / f"{seq}.zarr", stage=n), n) for n in names]
             cfg = FusionConfig.from_params({**p["fuse"], "weighting": w, "min_iou": m})
             labels = np.stack([lab for _, _, lab, _ in fuse_sequence(readers[0], readers[1:], cfg, tokens, align)])
             r = evaluate_sequence(labels, gt, valid, protocol=protocol, match_on=ev["match_on"],

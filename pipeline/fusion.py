@@ -6,14 +6,15 @@ in different places, so their average is often better than the best of them (on 
 development set the adapted masks score J 0.563, IMAS 0.569, and their mean with the propagated masks
 0.62; docs/results.md).
 
-Sources are stores holding ``probs`` ``[T, C_s, h_s, w_s]``, or only ``labels`` (the training-free motion
-baseline: read through :class:`OneHot` as probabilities of 0 and 1). The first source is the *reference*: it
-fixes the objects (its ``K`` slots) and the output size. Every other source's channels are matched to
-the reference slots once per video, without labels: the soft IoU of each (channel, slot) pair summed
-over all frames, then a one-to-one assignment maximising the total (Hungarian); a channel whose assigned
-soft IoU is 0 or below ``min_iou`` is left out (a source that segments something else in this video). A source with one channel (IMAS's object mask) so joins the slot it overlaps
-most; a source with the same slots as the reference (propagation of the reference's exemplars) joins
-slot to slot.
+Sources are stores holding ``probs`` ``[T, C_s, h_s, w_s]``, or only ``labels`` (the training-free
+motion baseline: read through :class:`OneHot` as probabilities of 0 and 1). The first source is the
+*reference*: it fixes the objects (its ``K`` slots) and the output size. Every other source's channels
+are matched to the reference slots once per video, without labels: the soft IoU of each (channel,
+slot) pair summed over all frames, then a one-to-one assignment maximising the total (Hungarian); a
+channel whose assigned soft IoU is 0 or below ``min_iou`` is left out (a source that segments
+something else in this video). A source with one channel (IMAS's object mask) so joins the slot it
+overlaps most; a source with the same slots as the reference (propagation of the reference's
+exemplars) joins slot to slot.
 
 Per frame and slot, the fused probability is the weighted mean of the reference slot and the
 channels matched to it (resized bilinearly to the reference size):
@@ -74,12 +75,14 @@ class OneHot:
     ``[T, K, h, w]`` of 0 and 1, a frame at a time: how a mask stage without ``probs`` (the training-free
     motion baseline) joins a fusion."""
 
-    def __init__(self, labels: Any, num_objects: int):
-        self.labels, self.K = labels, int(num_objects)
+    def __init__(self, labels: Any, num_objects: int, name: str = "labels"):
+        self.labels, self.K, self.name = labels, int(num_objects), name
         self.shape = (labels.shape[0], self.K, *labels.shape[1:])
 
     def __getitem__(self, t: int) -> np.ndarray:
         lab = np.asarray(self.labels[t])
+        if lab.size and int(lab.max()) > self.K:
+            raise ValueError(f"{self.name}: frame {t} has label {int(lab.max())}, but {self.K} objects")
         return (lab[None] == np.arange(1, self.K + 1)[:, None, None]).astype(np.float32)
 
 

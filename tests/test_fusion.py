@@ -48,7 +48,7 @@ def test_matching_recovers_a_permutation_and_a_single_channel_joins_its_slot():
 
 def test_min_iou_drops_a_weak_match_and_keeps_a_strong_one():
     ref = np.stack([LEFT, RIGHT])[None].repeat(2, axis=0)
-    # one channel covering the right box and as much again of background: soft IoU exactly 1/2
+    # one channel covering the right box and as much again elsewhere: soft IoU exactly 1/2 with slot 1
     wide = np.stack([_box(8, 24, 18, 28) + _box(8, 24, 0, 10)] * 2)[:, None]
     a, iou = match_iou(ref, wide)
     assert a.tolist() == [1] and iou[0, 1] == pytest.approx(0.5)
@@ -185,6 +185,13 @@ def test_a_label_store_joins_as_zero_one_probabilities(tmp_path, monkeypatch):
     assert oh.shape == (3, 3, 4, 4)
     assert oh[1][1, 0].tolist() == [1, 1, 0, 0] and oh[1][0, 3, 3] == 1 and oh[1][2].sum() == 0
     assert oh[0].sum() == 3 and oh[0].dtype == np.float32
+    assert OneHot(lab, 0).shape == (3, 0, 4, 4) and OneHot(lab, 0).shape[1] == 0
+    with pytest.raises(ValueError, match="frame 0 has label 2, but 1 objects"):
+        OneHot(lab, 1)[0]
+    # a hard-mask reference fixes the slots like any other: a soft copy of it fuses onto its objects
+    soft = np.stack([oh[t][:2] * 0.5 for t in range(3)])                    # [T, 2, 4, 4]
+    outs = list(fuse_sequence(OneHot(lab, 2), [soft], FusionConfig()))
+    assert np.allclose(outs[0][1][1, 0], [0.75, 0.75, 0, 0])
     # through the stage: motion_baseline stores labels only; its object 2 (the left box) joins slot 0
     T = 2
     _write(tmp_path, "adapted", np.stack([LEFT * 0.8, RIGHT * 0.8])[None].repeat(T, 0))
@@ -205,6 +212,7 @@ def test_a_label_store_joins_as_zero_one_probabilities(tmp_path, monkeypatch):
     assert np.allclose(p[:, 0][:, LEFT > 0], 0.9, atol=1e-3)                 # (0.8 + 1) / 2
     assert np.allclose(p[:, 1][:, RIGHT > 0], 0.8, atol=1e-3)                # no baseline object there
     assert [x[:2] for x in art.attrs["matches"]["motion_baseline"]] == [[0, -1], [1, 0]]
+    assert art.attrs["matches"]["motion_baseline"][0][2] == 0               # its object 1 is empty: overlaps none
     # a store with neither probs nor labels: one line naming it
     with ArtifactWriter(tmp_path / "data" / "toy" / "motion_baseline" / "seq-a.zarr", stage="motion_baseline") as wr:
         wr.create("flow", (T, 2, H, W), "float16", ("frame", "c", "y", "x"))[...] = 0

@@ -235,7 +235,13 @@ def test_outputs_of_whole_dataset_stages_persist_so_dvc_keeps_what_the_skip_chec
     whole = [get_stage(n) for n in ORDER if get_stage(n).whole is not None]
     assert {"adapt_corrector", "train_imas", "selection_eval"} <= {s.name for s in whole}
     for st in whole:
+        kept = []
         for kind in ("outs", "metrics", "plots"):
             for d in st.dvc.get(kind, []):
                 for path, opts in d.items():
                     assert (opts or {}).get("persist") is True, f"{st.name}: {kind} {path} is not persist"
+                    kept.append(path)
+        for kind in ("top_metrics", "top_plots"):          # files the skip check reads: inside a kept out
+            for d in st.dvc.get(kind, []):
+                for path in d:
+                    assert any(path == k or path.startswith(k + "/") for k in kept), f"{st.name}: {path}"

@@ -1,10 +1,12 @@
 """Stage fuse: one set of object probabilities from several mask stages (:mod:`pipeline.fusion`).
 
 Reads the ``probs`` [T,K,h,w] of every stage in ``fuse.sources`` (the first fixes the objects and the
-size; a stage that stores only ``labels``, as ``motion_baseline``, counts as probabilities of 0 and 1) and, for ``fuse.weighting: alignment``, the ``features`` stage's tokens with the ``quality``
-section's alignment knobs. Writes ``probs`` [T,K,h,w] float16 and ``labels`` [T,h,w] uint8, a mask
+size; a stage that stores only ``labels``, as ``motion_baseline``, counts as probabilities of 0 and 1)
+and, for ``fuse.weighting: alignment``, the ``features`` stage's tokens with the ``quality`` section's
+alignment knobs. Writes ``probs`` [T,K,h,w] float16 and ``labels`` [T,h,w] uint8, a mask
 stage that ``crf.input``, ``eval.methods``, ``quality.methods`` and ``export.methods`` accept. Attributes
-``matches`` (per source: [channel, reference slot or -1, soft IoU over the video]) and ``mean_weight``
+``matches`` (per source: [channel, reference slot or -1, soft IoU over the video with that slot, or
+with the slot it overlaps most when it joined none]) and ``mean_weight``
 (per source and slot) show what was averaged with what.
 """
 
@@ -33,6 +35,18 @@ def sources(ctx: Ctx) -> list[str]:
     return [str(s) for s in src]
 
 
+def source_reader(art, stage: str):
+    """A fuse source, read a frame at a time: the store's ``probs`` [T,K,h,w], or its ``labels`` [T,h,w] as
+    0/1 probabilities of its ``num_objects`` objects (a hard-mask stage such as ``motion_baseline``)."""
+    if "probs" in art:
+        return FrameReader(art.require("probs", ndim=4, dims=DIMS))
+    if "labels" in art and art.attrs.get("num_objects") is not None:
+        return OneHot(FrameReader(art.require("labels", dtype="uint8", ndim=3)), int(art.attrs["num_objects"]),
+                      name=f"{art.path}: labels")
+    raise ArtifactError(f"{art.path}: neither 'probs' nor 'labels' with a num_objects attribute ({stage!r} "
+                        "cannot be a fuse source)")
+
+
 def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
     fp = ctx.section("fuse")
     try:
@@ -41,15 +55,7 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
         raise InputError(str(e)) from None
     names = sources(ctx)
     arts = [open_artifact(ctx.store(n, seq), stage=n) for n in names]
-    readers = []
-    for n, a in zip(names, arts):
-        if "probs" in a:
-            readers.append(FrameReader(a.require("probs", ndim=4, dims=DIMS)))
-        elif "labels" in a and a.attrs.get("num_objects") is not None:    # a hard-mask stage: 0/1 per object
-            readers.append(OneHot(FrameReader(a.require("labels", dtype="uint8", ndim=3)), a.attrs["num_objects"]))
-        else:
-            raise ArtifactError(f"{a.path}: neither 'probs' nor 'labels' with a num_objects attribute ({n!r} "
-                                "cannot be a fuse source)")
+    readers = [source_reader(a, n) for n, a in zip(names, arts)]
     T, K, h, w = readers[0].shape
     for n, a, r in zip(names[1:], arts[1:], readers[1:]):
         if r.shape[0] != T:
@@ -80,7 +86,7 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
         wr.attrs.update({"sequence": seq, "num_objects": K, "sources": names, "weighting": cfg.weighting,
                          "mean_weight": {n: [round(float(x), 4) for x in row / max(T, 1)]
                                          for n, row in zip(names, weights)},
-                         "matches": {n: [[c, int(k), round(float(iou[c, k]), 4) if k >= 0 else None]
+                         "matches": {n: [[c, int(k), round(float(iou[c, k] if k >= 0 else iou[c].max(initial=0)), 4)]
                                          for c, k in enumerate(m)] for n, (m, iou) in zip(names[1:], matched)},
                          "frame_names": arts[0].attrs.get("frame_names")})
     return f"fuse: {seq} ({T} frames, {K} objects, sources {'+'.join(names)}, {cfg.weighting}) -> {out}"

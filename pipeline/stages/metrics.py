@@ -5,8 +5,9 @@ masks and params did not change is not re-scored (its fingerprint says so).
 Per sequence: ``data/<ds>/eval/<method>/<seq>.json`` (per-object rows, per-frame J and F, the
 matching, the lineage of the masks). Then ``results/<ds>/metrics/<method>/``: ``summary.json`` (DVC
 metrics), ``per_sequence.csv`` (DVC plot), ``per_object.csv`` and ``per_sequence.png``; the folder
-``results/<ds>/metrics`` is the stage's one results output (it is rewritten whole on every run, so a
-method removed from ``eval.methods`` leaves no stale tables). Params: ``eval`` (``match_on``,
+``results/<ds>/metrics`` is the stage's one results output (``dvc repro`` deletes it before the stage
+runs, so a method removed from ``eval.methods`` leaves no stale tables; the per-sequence scores in
+``data/<ds>/eval`` persist, so the tables are rebuilt without re-scoring). Params: ``eval`` (``match_on``,
 ``resize``, ``bound_th``) and ``dataset.protocol``.
 """
 

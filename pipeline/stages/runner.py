@@ -207,7 +207,8 @@ def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None
         seqs = dataset_sequences(ctx) if stage.inputs else []
         fp = hashlib.sha256(json.dumps([fingerprint(stage, ctx, q) for q in seqs] or
                                        [fingerprint(stage, ctx, "", None)]).encode()).hexdigest()
-        declared = [ctx.root / path.format(dataset=ctx.dataset) for kind in ("outs", "metrics", "plots")
+        declared = [ctx.root / path.format(dataset=ctx.dataset) for kind in
+                    ("outs", "metrics", "plots", "top_metrics", "top_plots")
                     for d in stage.dvc.get(kind, []) for path in d]
         present = (out is None or out.exists()) and all(p.exists() for p in declared)
         if present and led.exists() and json.loads(led.read_text()).get("fingerprint") == fp:
