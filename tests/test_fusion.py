@@ -134,6 +134,18 @@ def _write(root, stage, probs):
         wr.attrs["frame_names"] = [f"{t:05d}" for t in range(probs.shape[0])]
 
 
+def _fuse_toy(tmp_path, monkeypatch, sources: list[str]) -> dict:
+    """Run the fuse stage on the toy project's seq-a with equal weights; returns the params written."""
+    params = {"dataset": {"name": "toy"},
+              "fuse": {"sources": sources, "weighting": "equal", "weight_floor": 0.05, "threshold": 0.5,
+                       "min_iou": 0.0},
+              "quality": {"threshold": 0.7, "dilation": 0.0, "max_width": 0.8, "max_height": 0.9}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))
+    run_stage_on("fuse", tmp_path, "seq-a")
+    return params
+
+
 def test_stage_writes_fused_store(tmp_path, monkeypatch):
     T = 2
     a = np.stack([LEFT * 0.8, RIGHT * 0.8])[None].repeat(T, 0)
@@ -141,13 +153,7 @@ def test_stage_writes_fused_store(tmp_path, monkeypatch):
     imas = (RIGHT * 0.2)[None, None].repeat(T, 0)
     for name, p in (("adapted", a), ("propagate", b), ("imas", imas)):
         _write(tmp_path, name, p)
-    params = {"dataset": {"name": "toy"},
-              "fuse": {"sources": ["adapted", "propagate", "imas"], "weighting": "equal", "weight_floor": 0.05,
-                       "threshold": 0.5, "min_iou": 0.0},
-              "quality": {"threshold": 0.7, "dilation": 0.0, "max_width": 0.8, "max_height": 0.9}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))
-    run_stage_on("fuse", tmp_path, "seq-a")
+    params = _fuse_toy(tmp_path, monkeypatch, ["adapted", "propagate", "imas"])
     art = open_artifact(tmp_path / "data" / "toy" / "fuse" / "seq-a.zarr", stage="fuse")
     p = art.require("probs", dims=("frame", "object", "y", "x"), shape=(T, 2, H, W))[...]
     # inside the boxes (away from the edges the half-size source blurs when resized back)
@@ -200,13 +206,7 @@ def test_a_label_store_joins_as_zero_one_probabilities(tmp_path, monkeypatch):
     with ArtifactWriter(tmp_path / "data" / "toy" / "motion_baseline" / "seq-a.zarr", stage="motion_baseline") as wr:
         wr.create("labels", base.shape, "uint8", ("frame", "y", "x"))[...] = base
         wr.attrs.update({"num_objects": 2, "frame_names": [f"{t:05d}" for t in range(T)]})
-    params = {"dataset": {"name": "toy"},
-              "fuse": {"sources": ["adapted", "motion_baseline"], "weighting": "equal", "weight_floor": 0.05,
-                       "threshold": 0.5, "min_iou": 0.0},
-              "quality": {"threshold": 0.7, "dilation": 0.0, "max_width": 0.8, "max_height": 0.9}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.setenv("MOTIONSEG_ROOT", str(tmp_path))
-    run_stage_on("fuse", tmp_path, "seq-a")
+    _fuse_toy(tmp_path, monkeypatch, ["adapted", "motion_baseline"])
     art = open_artifact(tmp_path / "data" / "toy" / "fuse" / "seq-a.zarr", stage="fuse")
     p = art["probs"][...].astype(np.float32)
     assert np.allclose(p[:, 0][:, LEFT > 0], 0.9, atol=1e-3)                 # (0.8 + 1) / 2
