@@ -90,12 +90,12 @@ def _stages(doc: dict) -> dict[str, dict]:
     return out
 
 
-def _cmd_module(cmd: str) -> str:
+def _cmd_modules(cmd: str) -> list[str]:
     parts = cmd.split()
     assert parts[:2] == ["python", "-m"], cmd
     if parts[2] == "pipeline.stages":
-        return stage_module(parts[3])
-    return parts[2]
+        return [stage_module(s) for s in parts[3].split(",")]
+    return [parts[2]]
 
 
 def _covered(f: Path, deps: list[str]) -> bool:
@@ -110,8 +110,7 @@ def test_declared_deps_cover_the_imported_modules(path):
     stages = _stages(doc)
     assert stages
     for name, st in stages.items():
-        mod = _cmd_module(st["cmd"])
-        files = {f for f in map(module_file, closure(mod)) if not is_marker(f)}
+        files = {f for mod in _cmd_modules(st["cmd"]) for f in map(module_file, closure(mod)) if not is_marker(f)}
         missing = sorted(f.relative_to(ROOT).as_posix() for f in files if not _covered(f, st["deps"]))
         assert not missing, f"{path}:{name} imports code it does not declare: {missing}"
 
@@ -135,12 +134,38 @@ def test_only_package_markers_are_left_out_of_deps(tmp_path):
 def test_every_inference_stage_is_in_the_demo_pipeline():
     from pipeline.stages.registry import OPTIONAL
 
-    stages = _stages(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    def steps(doc: dict) -> set[str]:                      # the steps each DVC stage's command runs
+        return {s for st in _stages(doc).values() for s in st["cmd"].split()[3].split(",")}
+
+    demo = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     # IMAS: only where a methods list names it; fuse: the default crf.input
-    assert set(stages) == set(ORDER) - OPTIONAL | {"fuse"}
-    nested = _stages(yaml.safe_load(render("davis2016")))
-    assert set(nested) == set(ORDER) - {"demo_data"}          # the demo's generator only in the demo; DAVIS has IMAS
-    assert all(st.get("wdir") == "../.." for st in nested.values())
+    assert steps(demo) == set(ORDER) - OPTIONAL | {"fuse"}
+    nested = yaml.safe_load(render("davis2016"))
+    assert steps(nested) == set(ORDER) - {"demo_data"}          # the demo's generator only in the demo; DAVIS has IMAS
+    assert all(st.get("wdir") == "../.." for st in _stages(nested).values())
+    # a combined stage runs its steps in graph order, and a step runs in one DVC stage only
+    assert _stages(demo)["propagate"]["cmd"].split()[3] == "propagate_gt,propagate"
+    assert _stages(demo)["adapted"]["cmd"].split()[3] == "corrector,adapted"
+    assert not {"propagate_gt", "corrector"} & set(_stages(demo))
+
+
+def test_a_combined_stage_declares_the_union_of_its_steps():
+    from pipeline.core.stage import dataset_overrides, _leaves, load_dataset_params
+    from pipeline.stages.dvcgen import combined_entry, stage_entry
+
+    merged, keys = load_dataset_params("davis2016", ROOT), _leaves(dataset_overrides("davis2016", ROOT))
+    one = [stage_entry(n, "davis2016", merged, keys, "datasets/davis2016/dataset.yaml", True)
+           for n in ("propagate_gt", "propagate")]
+    both = combined_entry(one)
+    assert both["cmd"] == "python -m pipeline.stages propagate_gt,propagate davis2016"
+    assert both["wdir"] == "../.."
+    for k in ("deps", "outs"):
+        assert [x for e in one for x in e[k] if x not in both[k]] == []
+        assert len(both[k]) == len({str(x) for x in both[k]})            # each once
+    assert [o for o in both["outs"]] == [{"data/davis2016/propagate_gt": {"persist": True}},
+                                         {"data/davis2016/propagate": {"persist": True}}]
+    assert "mamp" in both["params"]
+    assert combined_entry(one[:1]) is one[0]
 
 
 def test_every_parameter_is_documented_in_params_yaml():

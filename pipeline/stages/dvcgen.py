@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.core.config import PARAMS_KEYS_FILE, load_params, param_leaves, project_root
-from pipeline.stages.registry import get_stage, used_stages
+from pipeline.stages.registry import dvc_stages, get_stage, used_stages
 from pipeline.core.stage import (
     DATASET_FILE,
     DATASETS_DIR,
@@ -111,6 +111,39 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     return entry
 
 
+def combined_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One DVC stage running several steps (:data:`~pipeline.stages.registry.COMBINED`): one command naming
+    them all, and the union of their deps, params and outs (each once, in order)."""
+    if len(entries) == 1:
+        return entries[0]
+    if any("foreach" in e for e in entries):
+        raise ValueError("a combined stage cannot have variants")
+    first = entries[0]
+    words = first["cmd"].split()
+    steps = ",".join(e["cmd"].split()[3] for e in entries)
+    out: dict[str, Any] = {k: first[k] for k in ("wdir",) if k in first}
+    out["cmd"] = " ".join(words[:3] + [steps] + words[4:])
+    out["deps"] = list(dict.fromkeys(d for e in entries for d in e["deps"]))
+    root_keys, ds_keys = [], {}
+    for e in entries:
+        for p in e["params"]:
+            if isinstance(p, dict):
+                for f, keys in p.items():
+                    ds_keys.setdefault(f, [])
+                    ds_keys[f] += [k for k in keys if k not in ds_keys[f]]
+            elif p not in root_keys:
+                root_keys.append(p)
+    out["params"] = root_keys + [{f: sorted(k)} for f, k in ds_keys.items()]
+    outs = [o for e in entries for o in e.get("outs", [])]
+    if outs:
+        out["outs"] = [o for i, o in enumerate(outs) if o not in outs[:i]]
+    for e in entries:
+        for k, v in e.items():
+            if k not in ("wdir", "cmd", "deps", "params", "outs"):
+                out[k] = out.get(k, []) + [x for x in v if x not in out.get(k, [])]
+    return out
+
+
 def top_level(dataset: str, merged: dict, prefix: str, names: list[str]) -> dict[str, list]:
     """dvc.yaml's top-level ``metrics`` / ``plots``: files inside a stage's output folder, one entry per
     variant (a stage-level entry would be one more output per file in dvc.lock). Paths are relative to
@@ -143,10 +176,11 @@ def render(dataset: str, root: Path | None = None) -> str:
         doc["vars"] = [f"../../params.yaml:{','.join(sections)}"]
     stages = {}
     names = used_stages(merged, dataset)
-    for name in names:
-        e = stage_entry(name, dataset, merged, dataset_keys, ds_file, nested)
-        if e is not None:
-            stages[name] = e
+    for host, steps in dvc_stages(names).items():
+        entries = [e for e in (stage_entry(n, dataset, merged, dataset_keys, ds_file, nested) for n in steps)
+                   if e is not None]
+        if entries:
+            stages[host] = combined_entry(entries)
     doc["stages"] = stages
     doc.update(top_level(dataset, merged, "../../" if nested else "", names))
     body = yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None)

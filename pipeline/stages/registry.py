@@ -34,6 +34,31 @@ ORDER: dict[str, tuple[str, str]] = {
 }
 
 
+#: DVC stages that run more than one step, one after the other in one process: a step and its diagnostic
+#: companion that read the same inputs (the oracle propagation from the first frame's ground truth; the
+#: corrector before adaptation). Each step keeps its own output folder, fingerprint and skip check, so a
+#: params change that reaches only one of them reruns only that one; the pair costs one process start
+#: and one dvc.lock entry.
+COMBINED: dict[str, tuple[str, ...]] = {
+    "propagate": ("propagate_gt", "propagate"),
+    "adapted": ("corrector", "adapted"),
+}
+
+
+def dvc_stages(names: list[str]) -> dict[str, list[str]]:
+    """DVC stage name -> the steps it runs, for the steps ``names`` of a dataset's graph (graph order;
+    a combined stage sits where its last step is, and runs the steps of it the graph uses)."""
+    host = {m: h for h, ms in COMBINED.items() for m in ms}
+    out: dict[str, list[str]] = {}
+    for name in names:
+        h = host.get(name, name)
+        if h in names or h == name:
+            out.setdefault(h, []).append(name)
+        else:                                  # the host is not in this graph: the step is a stage of its own
+            out[name] = [name]
+    return {h: out[h] for h in sorted(out, key=lambda h: names.index(h))}
+
+
 def stage_module(name: str) -> str:
     if name not in ORDER:
         raise KeyError(f"unknown stage {name!r} (one of: {', '.join(ORDER)})")

@@ -257,7 +257,7 @@ def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.stages STAGE DATASET [VARIANT] [--executor K] [--workers N]``."""
+    """``python -m pipeline.stages STAGE[,STAGE...] DATASET [VARIANT] [--executor K] [--workers N]``."""
     import argparse
 
     from pipeline.core.runtime import report_errors
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.core.stage import load_dataset_params
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.stages", description=main.__doc__)
-    ap.add_argument("stage")
+    ap.add_argument("stage", help="a stage, or several separated by commas (run in that order)")
     ap.add_argument("dataset")
     ap.add_argument("variant", nargs="?")
     ap.add_argument("--executor", choices=EXECUTORS)
@@ -276,12 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from pipeline.core.config import project_root
 
-        stage = get_stage(a.stage)
         params = load_dataset_params(a.dataset)
-        if stage.variants and not a.variant and stage.foreach:
-            raise KeyError(f"stage {a.stage} needs a variant (one of params {stage.variants})")
-        variants = [a.variant] if a.variant or not stage.variants else list(get_key(params, stage.variants))
-        infos = [run(stage, Ctx(a.dataset, params, project_root(), v), a.executor, a.workers) for v in variants]
+        infos = []
+        for stage in [get_stage(n) for n in a.stage.split(",")]:   # a combined DVC stage: its steps in turn
+            if stage.variants and not a.variant and stage.foreach:
+                raise KeyError(f"stage {stage.name} needs a variant (one of params {stage.variants})")
+            variants = [a.variant] if a.variant or not stage.variants else list(get_key(params, stage.variants))
+            infos += [run(stage, Ctx(a.dataset, params, project_root(), v), a.executor, a.workers) for v in variants]
         if a.timings:
             write_json_atomic(a.timings, infos[0] if len(infos) == 1 else infos)
 
