@@ -246,3 +246,17 @@ def test_tuner_refuses_what_would_change_its_own_yardstick():
         tune("demo", "quality.threshold", [0.6, 0.8], root=ROOT, target="fuse")
     with pytest.raises(ValueError, match="no candidate"):
         tune("demo", "proposals.threshold", [], root=ROOT)
+
+
+def test_sync_drops_lock_entries_of_stages_no_longer_in_the_pipeline(tmp_path):
+    from pipeline.stages.dvcgen import prune_lock
+
+    lock = tmp_path / "dvc.lock"
+    kept = ("schema: '2.0'\nstages:\n  frames:\n    cmd: python -m pipeline.stages frames demo\n    deps:\n"
+            "    - path: pipeline/core\n      md5: a.dir\n  synth@train:\n    cmd: x\n")
+    gone = "  corrector:\n    cmd: python -m pipeline.stages corrector demo\n    outs:\n    - path: data/demo/corrector\n"
+    lock.write_text(kept[:kept.index("  synth@train")] + gone + kept[kept.index("  synth@train"):])
+    assert prune_lock(lock, {"frames", "synth"}) == ["corrector"]
+    assert lock.read_text() == kept                      # the rest byte for byte
+    assert prune_lock(lock, {"frames", "synth"}) == [] and lock.read_text() == kept
+    assert prune_lock(tmp_path / "none.lock", {"frames"}) == []

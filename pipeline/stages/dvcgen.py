@@ -6,7 +6,8 @@ has ``datasets/<name>/dvc.yaml`` (stages run from the project root, ``wdir: ../.
 ``params.yaml`` (shared) and ``datasets/<name>/dataset.yaml`` (the dataset and its overrides): each
 stage lists exactly the keys it reads, from the file that sets them. Code deps are the component
 folders the stage imports (:mod:`pipeline.stages.deps`). Run ``motionseg dataset sync`` after
-editing a dataset's params file; a test checks the committed files are in sync.
+editing a dataset's params file (it also drops the ``dvc.lock`` entries of stages no longer in a
+``dvc.yaml``, which DVC keeps); a test checks the committed files are in sync.
 """
 
 from __future__ import annotations
@@ -187,6 +188,25 @@ def render(dataset: str, root: Path | None = None) -> str:
     return HEADER.format(params=f"params.yaml + {ds_file}") + body
 
 
+def prune_lock(lock: Path, stages: set[str]) -> list[str]:
+    """Drop the entries of ``dvc.lock`` whose stage is no longer in its ``dvc.yaml`` (DVC keeps them
+    forever); returns their names. Text surgery, so what stays is byte for byte as DVC wrote it."""
+    if not lock.exists():
+        return []
+    out, dropped, skip = [], [], False
+    for line in lock.read_text().splitlines(keepends=True):
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            name = line.strip()[:-1].strip("'\"")
+            skip = name.split("@")[0] not in stages
+            if skip:
+                dropped.append(name)
+        if not skip:
+            out.append(line)
+    if dropped:
+        lock.write_text("".join(out))
+    return dropped
+
+
 def datasets(root: Path | None = None) -> list[str]:
     root = root or project_root()
     return sorted(p.parent.name for p in (root / DATASETS_DIR).glob("*/" + DATASET_FILE))
@@ -214,4 +234,6 @@ def sync(root: Path | None = None, check: bool = False, schema: bool = False) ->
             if not check:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
+        if not check:
+            prune_lock(path.with_name("dvc.lock"), set(yaml.safe_load(text)["stages"]))
     return stale
