@@ -214,6 +214,33 @@ def test_determinism_and_time_budget(data, tmp_path):
     assert m["resumed_from"] == 1 and m["iterations"] == 3 and m["completed"]
 
 
+def test_init_starts_from_an_exported_checkpoint(data, tmp_path):
+    """oclr.init (fine-tuning, e.g. on another flow): iteration 1 of the new run sees the exported weights,
+    so its loss is the loss of the source run's weights (not of a random start); the source is recorded;
+    a checkpoint of another model shape is refused."""
+    train_oclr(tiny_cfg(data, iterations=6, val_split=None), tmp_path / "src", progress=False)
+    src = export_checkpoint(tmp_path / "src" / "last.pt", tmp_path / "src.pt", fp16=False)
+    cold = train_oclr(tiny_cfg(data, iterations=1, val_split=None, lr=0.0, warmup_iters=0), tmp_path / "cold",
+                      progress=False)
+    warm = train_oclr(tiny_cfg(data, iterations=1, val_split=None, lr=0.0, warmup_iters=0,
+                               init=str(tmp_path / "src.pt")), tmp_path / "warm", progress=False)
+    assert warm["init"] == {"path": str(tmp_path / "src.pt"), "file_sha256": src["file_sha256"]}
+    assert cold["init"] is None
+    model, _ = load_oclr(tmp_path / "src.pt")
+    ck = torch.load(tmp_path / "warm" / "last.pt", weights_only=False)
+    assert ck["init"] == warm["init"]
+    assert all(torch.equal(v, ck["model"][k]) for k, v in model.state_dict().items())   # lr 0: unchanged
+    assert warm["loss"] < cold["loss"]                       # 6 trained iterations beat random weights
+    # resuming keeps the record; another model shape is refused, naming the key
+    again = train_oclr(tiny_cfg(data, iterations=2, val_split=None, lr=0.0, warmup_iters=0,
+                                init=str(tmp_path / "src.pt")), tmp_path / "warm", progress=False)
+    assert again["resumed_from"] == 1 and again["init"] == warm["init"]
+    other = tiny_cfg(data, iterations=1, val_split=None, init=str(tmp_path / "src.pt"))
+    other["model"] = {**other["model"], "d_model": 64}
+    with pytest.raises(ValueError, match="oclr.init"):
+        train_oclr(other, tmp_path / "other", progress=False)
+
+
 def test_paper_preset_export_fits_25mb(tmp_path):
     from pipeline.oclr.model import OCLRConfig
     from pipeline.oclr.train import CHECKPOINT_FORMAT, normalize_train_config

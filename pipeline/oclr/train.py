@@ -77,7 +77,7 @@ from pipeline.core.config import project_path
 from pipeline.core.device import autocast, restored_torch_settings, rng_state
 from pipeline.core.store import ArtifactError, open_artifact, write_json_atomic
 from pipeline.oclr.losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
-from pipeline.oclr.model import EXPORT_FORMAT, OCLR, OCLRConfig, modal_labels
+from pipeline.oclr.model import EXPORT_FORMAT, OCLR, OCLRConfig, load_oclr, modal_labels
 from pipeline.train.scaffold import (
     CsvLog,
     RangeSampler,
@@ -95,7 +95,7 @@ CHECKPOINT_FORMAT = "motionseg-oclr-train/1"
 
 #: every key of the ``oclr`` params section (documented there); no defaults in code
 CONFIG_KEYS: tuple[str, ...] = (
-    "preset", "model", "train_split", "val_split", "flow_source", "clip_len", "size", "flip", "batch_size",
+    "preset", "model", "init", "train_split", "val_split", "flow_source", "clip_len", "size", "flip", "batch_size",
     "lr", "weight_decay", "warmup_iters", "decay_every", "decay_factor", "grad_clip", "iterations",
     "time_budget_s", "ckpt_every", "val_every", "val_clips", "val_seed", "log_every", "loss_weights",
     "boundary_width", "order_pairs", "seed", "device", "amp", "deterministic", "num_workers", "threads",
@@ -127,6 +127,7 @@ def normalize_train_config(cfg: Mapping[str, Any] | None) -> dict:
     lw.update({k: float(v) for k, v in (out["loss_weights"] or {}).items()})
     out["loss_weights"] = lw
     out["model"] = dict(out["model"] or {})
+    out["init"] = None if out["init"] in (None, "") else str(out["init"])
     if out["size"] is not None:
         out["size"] = [int(s) for s in out["size"]]
         if len(out["size"]) != 2 or min(out["size"]) < 16 or any(s % 16 for s in out["size"]):
@@ -382,6 +383,14 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
 
     # model, optimiser, schedule
     model = OCLR(mcfg).to(dev)
+    init = None
+    if cfg["init"] and not (resume and ckpt_path.exists()):   # fine-tuning from an exported checkpoint
+        init_model, info = load_oclr(project_path(cfg["init"]))
+        if info["model_config"] != mcfg.to_dict():
+            raise ValueError(f"oclr.init {cfg['init']}: its model config differs from this run's "
+                             f"(preset {cfg['preset']!r}, model {cfg['model']})")
+        model.load_state_dict(init_model.state_dict())
+        init = {"path": cfg["init"], "file_sha256": info["file_sha256"]}
     n_params = model.param_count()
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -389,13 +398,13 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
     start, prev_seconds, last_val, resumed = 0, 0.0, None, False
     if resume and ckpt_path.exists():
         ck = load_train_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "an OCLR")
-        diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
+        diff = config_diff({"init": None, **ck["config"]}, cfg, RESUME_FREE_KEYS)   # runs from before `init`
         if diff:
             raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
                              f"({'; '.join(diff)}). Delete {out_dir}, set oclr.resume: false, or restore "
                              f"those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
         start, prev_seconds, last_val = restore_training(ck, model, opt, sched)
-        resumed = True
+        resumed, init = True, ck.get("init")
     keep = start if resumed else None
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
     vlog = CsvLog(log_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
@@ -417,7 +426,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "iteration": it, "rng": rng_state(),
                             "config": cfg, "model_config": mcfg.to_dict(), "train_seconds": seconds(),
-                            "last_val": last_val, "param_count": n_params, "device": str(dev),
+                            "last_val": last_val, "param_count": n_params, "device": str(dev), "init": init,
                             "package_version": __version__}, ckpt_path)
 
     def run_val(it: int) -> dict:
@@ -471,6 +480,7 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         "amp": "bf16" if (cfg["amp"] and dev.type == "cuda") else "fp32",
         "param_count": n_params, "preset": cfg["preset"], "seed": cfg["seed"], "skipped_steps": loop.guard.skipped,
         "clip_len": cfg["clip_len"], "size": cfg["size"], "batch_size": B, "flow_source": cfg["flow_source"],
+        "init": init,
         "loss": last_row.get("loss"), "loss_amodal": last_row.get("amodal"), "loss_boundary": last_row.get("boundary"),
         "loss_modal": last_row.get("modal"), "loss_order": last_row.get("order"),
         "val_J_modal": last_val["val_J_modal"] if last_val else None,
