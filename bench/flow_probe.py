@@ -29,7 +29,7 @@ SCORED = ("motion_baseline", "proposals")
 
 def main(ds: str, out: Path, cands: list[str]) -> None:
     root = project_root()
-    params = _set(load_dataset_params(ds, root), "executor.kind", "inprocess")
+    params = load_dataset_params(ds, root)     # its executor too: the flow stores stay reusable by the dataset
     ctx = Ctx(ds, params, root)
     cur = {k: get_key(params, k) for k in ("flow.method", "flow.iters", "flow.infer_size")}
     rows = [{"set": cur, "current": True}]

@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-every", type=int, default=1000)
     ap.add_argument("--time-budget", type=float, default=None)
+    ap.add_argument("--no-val", action="store_true", help="no validation split (score the export on a dataset instead)")
     a = ap.parse_args()
     params = load_params()
     sp = section(params, "synth")
@@ -48,15 +49,15 @@ def main() -> None:
                     sources=sources)
     if not (train / "flow").is_dir():
         build_split_flow(train / "render", train / "flow", fp)
-    val = work / "val"
-    if not (val / "flow").is_dir():
+    val = None if a.no_val else work / "val"
+    if val is not None and not (val / "flow").is_dir():
         val.mkdir(parents=True, exist_ok=True)
         if not (val / "render").exists():
             (val / "render").symlink_to(project_path("data/synth/val/render"), target_is_directory=True)
         build_split_flow(val / "render", val / "flow", fp)
 
     cfg = {k: v for k, v in section(params, "oclr").items() if k not in ("resume", "export", "export_max_mb")}
-    cfg.update(train_split=str(train), val_split=str(val), init=cfg.get("init") or "checkpoints/oclr_cpu.pt",
+    cfg.update(train_split=str(train), val_split=None if val is None else str(val), init=cfg.get("init") or "checkpoints/oclr_cpu.pt",
                iterations=a.iterations, lr=a.lr, warmup_iters=a.warmup, decay_every=a.decay_every,
                time_budget_s=a.time_budget)
     m = train_oclr(cfg, work / "oclr_train", log_dir=work / "oclr_log")

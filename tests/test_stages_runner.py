@@ -106,6 +106,37 @@ def test_rerun_skips_fresh_sequences_and_a_param_change_redoes_them(project):
     assert _sha(project, "flow") == first
 
 
+def test_a_training_stage_resumes_after_a_params_change_but_never_from_state_of_other_inputs(project, monkeypatch):
+    """Dataset-level stages keep resumable state in their output folder (``last.pt``): a params change
+    (more iterations) continues from it, new inputs (other flow) start over; the imas training once
+    resumed a model trained on the old flow and reported it as new."""
+    from pipeline.core.stage import Stage
+
+    ctx = _ctx(project)
+    run(get_stage("frames"), ctx)
+    run(get_stage("flow"), ctx)
+    seen = []
+
+    def whole(c: Ctx) -> str:                     # a toy trainer: counts up from its saved state
+        state = c.data / "toy" / "last.json"
+        it = json.loads(state.read_text())["it"] if state.exists() else 0
+        seen.append(it)
+        state.write_text(json.dumps({"it": it + c.params["flow"]["batch_size"]}))
+        return "toy"
+
+    toy = Stage("toy", params=("flow.batch_size",), inputs=("flow",), whole=whole, out="toy")
+    monkeypatch.setattr("pipeline.stages.runner.code_checksum", lambda st: "toy code")   # not a registered stage
+    assert run(toy, ctx)["ran"] == 1 and run(toy, ctx)["ran"] == 0        # fresh: skipped
+    ctx.params["flow"]["batch_size"] = 3                                    # params only: resumes
+    assert run(toy, ctx)["ran"] == 1 and seen == [0, 4]
+    ctx.params["flow"]["gap"] = 2                                           # the flow stores change
+    assert run(get_stage("flow"), ctx)["ran"] == 3
+    assert run(toy, ctx)["ran"] == 1 and seen == [0, 4, 0]                  # started over
+    (project / "data" / "tiny" / "toy" / ".inputs.json").unlink()           # unknown inputs: start over too
+    ctx.params["flow"]["batch_size"] = 5
+    assert run(toy, ctx)["ran"] == 1 and seen == [0, 4, 0, 0]
+
+
 def test_sequences_that_left_the_dataset_are_removed(project):
     ctx = _ctx(project)
     run(get_stage("frames"), ctx)

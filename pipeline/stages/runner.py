@@ -85,6 +85,33 @@ def fingerprint(stage: Stage, ctx: Ctx, sequence: str, source: Any = None) -> st
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: in a dataset-level stage's output folder: the checksum of the inputs its (resumable) state was made from
+INPUTS_MARK = ".inputs.json"
+
+
+def _inputs_checksum(stage: Stage, ctx: Ctx, seqs: list[str]) -> str:
+    doc = {"stores": {q: {d: _store_checksum(ctx.data / d / f"{q}.zarr") for d in stage.input_dirs(ctx)}
+                      for q in seqs},
+           "files": {str(p.name): _store_checksum(p) for p in stage.file_paths(ctx)}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _start_over_if_inputs_changed(stage: Stage, ctx: Ctx, out: Path, seqs: list[str]) -> None:
+    """A dataset-level stage resumes its training from the state in its output folder (``last.pt``) when
+    only its params changed (e.g. more iterations); state made from other inputs (new flow, new
+    proposals, another checkpoint), or from unknown ones, is removed first, so it is never resumed."""
+    ins = _inputs_checksum(stage, ctx, seqs)
+    mark = out / INPUTS_MARK
+    if out.exists():
+        old = json.loads(mark.read_text()).get("inputs") if mark.exists() else None
+        if old != ins:
+            if any(out.iterdir()):
+                print(f"{stage.name}: its inputs changed since {out} was written: starting over", flush=True)
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(mark, {"inputs": ins})        # an interrupted run resumes from what it saved
+
+
 def _clean_leftovers(out_dir: Path) -> None:
     """Staging folders of writers killed before they could clean up (``.<name>.tmp-*``)."""
     if out_dir.is_dir():
@@ -215,7 +242,11 @@ def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None
             print(f"{stage.name}: up to date", flush=True)
             return {"stage": stage.name, "ran": 0, "skipped": 1, "wall_s": time.perf_counter() - t0}
         led.unlink(missing_ok=True)
+        if out is not None:
+            _start_over_if_inputs_changed(stage, ctx, out, seqs)
         print(stage.whole(ctx), flush=True)
+        if out is not None:
+            write_json_atomic(out / INPUTS_MARK, {"inputs": _inputs_checksum(stage, ctx, seqs)})
         write_json_atomic(led, {"stage": stage.name, "fingerprint": fp})
         return {"stage": stage.name, "ran": 1, "skipped": 0, "wall_s": time.perf_counter() - t0}
     missing = [f for f in stage.file_paths(ctx) if not f.exists()]
