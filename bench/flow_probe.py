@@ -6,12 +6,17 @@ the dataset's own stores stay as they are).
         "flow.method=raft_small;flow.checkpoint=raft-small.pth;flow.iters=12" "flow.method=raft_large;flow.iters=12"
 
 Each candidate is ``KEY=VALUE;KEY=VALUE`` (params keys, YAML values). The first row is the dataset's
-current flow, read from its committed metrics.
+current flow, read from its committed metrics. The scratch folders (``data/<ds>/tune/flow_probe-<i>``)
+are removed afterwards unless ``KEEP_SCRATCH=1`` (their flow stores, with the dataset's executor and
+the same params, are what the dataset's own flow stage would write: moved into ``data/<ds>/flow`` they
+count as fresh).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,6 +57,8 @@ def main(ds: str, out: Path, cands: list[str]) -> None:
             s = json.loads((base / "results" / ds / "metrics" / m / "summary.json").read_text())
             row[m] = {"J": round(s["J_mean"], 4), "JF": round(s["JF_mean"], 4)}
         rows.append(row)
+        if os.environ.get("KEEP_SCRATCH") != "1":
+            shutil.rmtree(base, ignore_errors=True)
         print(json.dumps(row), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"dataset": ds, "checkpoint": get_key(params, "proposals.checkpoint"),

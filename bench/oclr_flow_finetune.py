@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -41,6 +42,12 @@ def main() -> None:
     work = project_path(a.work)
     fp = {**sp["flow"], **{k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.flow)}}
 
+    settings = {"videos": a.videos, "flow": fp}
+    made = work / "settings.json"          # what the folder's render and flow were made with
+    if made.exists() and json.loads(made.read_text()) != json.loads(json.dumps(settings)):
+        sys.exit(f"{work} was made with {made.read_text().strip()}; use another --work for {settings}")
+    work.mkdir(parents=True, exist_ok=True)
+    made.write_text(json.dumps(settings))
     train = work / "train"
     if not (train / "render").is_dir():
         bank, sources = make_source_bank(sp["sources"], base=project_root())

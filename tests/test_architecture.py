@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import pipeline
-from pipeline.stages.registry import ORDER, stage_module
+from pipeline.stages.registry import ORDER, get_stage, stage_module
 from pipeline.stages.deps import closure, direct_imports, is_marker, module_file
 from pipeline.stages.dvcgen import datasets, dvc_file, render, sync
 
@@ -138,15 +138,37 @@ def test_every_inference_stage_is_in_the_demo_pipeline():
         return {s for st in _stages(doc).values() for s in st["cmd"].split()[3].split(",")}
 
     demo = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    # IMAS: only where a methods list names it; fuse: the default crf.input
-    assert steps(demo) == set(ORDER) - OPTIONAL | {"fuse"}
+    # IMAS: only where a methods list names it; fuse: the default crf.input; propagate_gt: eval.methods
+    assert steps(demo) == set(ORDER) - OPTIONAL | {"fuse", "propagate_gt"}
     nested = yaml.safe_load(render("davis2016"))
     assert steps(nested) == set(ORDER) - {"demo_data"}          # the demo's generator only in the demo; DAVIS has IMAS
     assert all(st.get("wdir") == "../.." for st in _stages(nested).values())
     # a combined stage runs its steps in graph order, and a step runs in one DVC stage only
     assert _stages(demo)["propagate"]["cmd"].split()[3] == "propagate_gt,propagate"
-    assert _stages(demo)["adapted"]["cmd"].split()[3] == "corrector,adapted"
-    assert not {"propagate_gt", "corrector"} & set(_stages(demo))
+    assert "propagate_gt" not in _stages(demo)
+    # without ground truth to evaluate (eval.methods not naming it) the oracle is left out: propagate alone
+    synthval = _stages(yaml.safe_load(render("synthval")))
+    assert synthval["propagate"]["cmd"].split()[3] == "propagate"
+
+
+def test_no_stage_depends_on_itself_through_a_params_key_naming_a_stage():
+    """A key naming a mask stage (adapt.pseudo_labels, crf.input) may be set to any earlier mask stage
+    with `dvc exp run -S`; no DVC stage may then read its own output (a combined stage whose later step
+    feeds an input of an earlier stage in between would)."""
+    from pipeline.core.stage import Ctx, load_dataset_params
+    from pipeline.stages.registry import COMBINED
+
+    ctx = Ctx("davis2016", load_dataset_params("davis2016", ROOT), ROOT)
+    for host, steps in COMBINED.items():
+        between = list(ORDER)[list(ORDER).index(steps[0]):list(ORDER).index(steps[-1]) + 1]
+        outs = {(get_stage(s).out or s) for s in steps}
+        for name in between:
+            if name in steps:
+                continue
+            reads = set(get_stage(name).input_dirs(ctx)) | {i.strip("{}") for i in get_stage(name).inputs}
+            assert not reads & outs, f"{name} sits between the steps of {host} and reads {reads & outs}"
+            assert not any(i.startswith("{") for i in get_stage(name).inputs), \
+                f"{name} sits between the steps of {host} and reads a stage named by params"
 
 
 def test_a_combined_stage_declares_the_union_of_its_steps():

@@ -235,6 +235,16 @@ def test_init_starts_from_an_exported_checkpoint(data, tmp_path):
     again = train_oclr(tiny_cfg(data, iterations=2, val_split=None, lr=0.0, warmup_iters=0,
                                 init=str(tmp_path / "src.pt")), tmp_path / "warm", progress=False)
     assert again["resumed_from"] == 1 and again["init"] == warm["init"]
+    assert load_oclr(export_checkpoint(tmp_path / "warm" / "last.pt", tmp_path / "w.pt")["path"])[1]["train"][
+        "init"] == warm["init"]                                                  # the export names its source
+    # a new file at the init path: no resuming from state fine-tuned from the old one
+    export_checkpoint(tmp_path / "cold" / "last.pt", tmp_path / "src.pt", fp16=False)
+    with pytest.raises(ResumeError, match="another"):
+        train_oclr(tiny_cfg(data, iterations=3, val_split=None, lr=0.0, warmup_iters=0,
+                            init=str(tmp_path / "src.pt")), tmp_path / "warm", progress=False)
+    with pytest.raises(ValueError, match="own export"):
+        train_oclr(tiny_cfg(data, iterations=1, val_split=None, init=str(tmp_path / "src.pt"),
+                            export=str(tmp_path / "src.pt")), tmp_path / "self", progress=False)
     other = tiny_cfg(data, iterations=1, val_split=None, init=str(tmp_path / "src.pt"))
     other["model"] = {**other["model"], "d_model": 64}
     with pytest.raises(ValueError, match="oclr.init"):

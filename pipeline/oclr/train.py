@@ -75,7 +75,7 @@ from pipeline.core.checkpoint import (
 )
 from pipeline.core.config import project_path
 from pipeline.core.device import autocast, restored_torch_settings, rng_state
-from pipeline.core.store import ArtifactError, open_artifact, write_json_atomic
+from pipeline.core.store import ArtifactError, open_artifact, sha256_file, write_json_atomic
 from pipeline.oclr.losses import DEFAULT_LOSS_WEIGHTS, oclr_loss
 from pipeline.oclr.model import EXPORT_FORMAT, OCLR, OCLRConfig, load_oclr, modal_labels
 from pipeline.train.scaffold import (
@@ -364,6 +364,7 @@ def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool 
 
 def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_dir) -> dict:
     t_start = time.monotonic()
+    export = cfg.get("export")
     cfg = normalize_train_config(cfg)
     out_dir, log_dir, dev = start_run(cfg, out_dir, log_dir)
     ckpt_path = out_dir / "last.pt"
@@ -384,6 +385,9 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
     # model, optimiser, schedule
     model = OCLR(mcfg).to(dev)
     init = None
+    if cfg["init"] and export and project_path(cfg["init"]) == project_path(export):
+        raise ValueError(f"oclr.init {cfg['init']} is this run's own export (DVC removes it before the run): "
+                         "point it at a copy")
     if cfg["init"] and not (resume and ckpt_path.exists()):   # fine-tuning from an exported checkpoint
         init_model, info = load_oclr(project_path(cfg["init"]))
         if info["model_config"] != mcfg.to_dict():
@@ -403,8 +407,13 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
             raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
                              f"({'; '.join(diff)}). Delete {out_dir}, set oclr.resume: false, or restore "
                              f"those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
+        init = ck.get("init")
+        if init and cfg["init"] and project_path(cfg["init"]).exists() and \
+                sha256_file(project_path(cfg["init"])) != init["file_sha256"]:
+            raise ResumeError(f"{ckpt_path}: cannot resume, it was fine-tuned from another {cfg['init']} (sha256 "
+                              f"{init['file_sha256'][:12]}...). Delete {out_dir} to start over from the new file.")
         start, prev_seconds, last_val = restore_training(ck, model, opt, sched)
-        resumed, init = True, ck.get("init")
+        resumed = True
     keep = start if resumed else None
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
     vlog = CsvLog(log_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
@@ -517,9 +526,10 @@ def export_checkpoint(last_pt: str | os.PathLike, path: str | os.PathLike, fp16:
                "source_checkpoint": str(last_pt)}
     train = {k: cfg.get(k) for k in ("preset", "clip_len", "size", "flow_source", "batch_size", "lr", "seed",
                                      "train_split", "val_split", "loss_weights")}
+    if ck.get("init"):
+        train["init"] = ck["init"]                 # fine-tuned from (path, file sha256)
     doc = write_export(EXPORT_FORMAT, ck["model"], {"model_config": ck["model_config"], "train": train,
                        "summary": summary}, path, fp16=fp16, max_mb=max_mb, what="OCLR")
-    from pipeline.core.store import sha256_file
 
     return {"path": str(path), "encoding": doc["encoding"], "bytes": path.stat().st_size,
             "weights_sha256": doc["weights_sha256"], "file_sha256": sha256_file(path), **summary}

@@ -190,7 +190,8 @@ def render(dataset: str, root: Path | None = None) -> str:
 
 def prune_lock(lock: Path, stages: set[str]) -> list[str]:
     """Drop the entries of ``dvc.lock`` whose stage is no longer in its ``dvc.yaml`` (DVC keeps them
-    forever); returns their names. Text surgery, so what stays is byte for byte as DVC wrote it."""
+    forever); returns their names. A ``foreach`` stage's items (``name@item``) stay while the stage does.
+    Text surgery, so what stays is byte for byte as DVC wrote it."""
     if not lock.exists():
         return []
     out, dropped, skip = [], [], False

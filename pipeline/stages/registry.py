@@ -35,13 +35,13 @@ ORDER: dict[str, tuple[str, str]] = {
 
 
 #: DVC stages that run more than one step, one after the other in one process: a step and its diagnostic
-#: companion that read the same inputs (the oracle propagation from the first frame's ground truth; the
-#: corrector before adaptation). Each step keeps its own output folder, fingerprint and skip check, so a
-#: params change that reaches only one of them reruns only that one; the pair costs one process start
-#: and one dvc.lock entry.
+#: companion that read the same inputs and model (the oracle propagation from the first frame's ground
+#: truth). Each step keeps its own output folder, fingerprint and skip check, so a params change that
+#: reaches only one of them reruns only that one; the pair costs one process start, one model load and
+#: one dvc.lock entry. (Not ``corrector`` with ``adapted``: with ``adapt.pseudo_labels: corrector`` the
+#: adaptation reads the corrector's masks, which would make the pair depend on itself.)
 COMBINED: dict[str, tuple[str, ...]] = {
     "propagate": ("propagate_gt", "propagate"),
-    "adapted": ("corrector", "adapted"),
 }
 
 
@@ -83,8 +83,9 @@ def named_inputs(st: Stage, params: dict) -> list[str]:
     return out
 
 
-#: stages in a dataset's graph only when something uses them (:func:`used_stages`)
-OPTIONAL = frozenset({"train_imas", "imas", "fuse"})
+#: stages in a dataset's graph only when something uses them (:func:`used_stages`); ``propagate_gt``
+#: (a diagnostic that needs ground truth) when ``eval.methods`` names it
+OPTIONAL = frozenset({"train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "export.methods", "crf.input", "adapt.pseudo_labels")
 

@@ -239,6 +239,8 @@ def run(stage: Stage, ctx: Ctx, executor: str | None = None, workers: int | None
                     for d in stage.dvc.get(kind, []) for path in d]
         present = (out is None or out.exists()) and all(p.exists() for p in declared)
         if present and led.exists() and json.loads(led.read_text()).get("fingerprint") == fp:
+            if out is not None and not (out / INPUTS_MARK).exists():     # a folder from before the mark:
+                write_json_atomic(out / INPUTS_MARK, {"inputs": _inputs_checksum(stage, ctx, seqs)})  # fresh
             print(f"{stage.name}: up to date", flush=True)
             return {"stage": stage.name, "ran": 0, "skipped": 1, "wall_s": time.perf_counter() - t0}
         led.unlink(missing_ok=True)
