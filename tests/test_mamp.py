@@ -347,3 +347,13 @@ def test_capping_the_given_references_changes_only_queries_that_had_more():
     full, three, one = run(None), run(3), run(1)
     assert all(torch.equal(full[t], three[t]) for t in range(T))
     assert sorted(one) == list(range(T)) and any(not torch.equal(full[t], one[t]) for t in range(T))
+
+
+@pytest.mark.parametrize("bad, culprit", [({"given_refs": 0}, "mamp.given_refs"), ({"topk": 0}, "mamp.topk"),
+                                          ({"radius": 0}, "mamp.radius"), ({"short_term": (0,)}, "mamp.short_term"),
+                                          ({"align": "bilinear"}, "mamp.align")])
+def test_a_bad_propagation_setting_is_an_error_naming_the_key(bad, culprit):
+    ok = dict(radius=2, topk=5, temperature=0.05, similarity="l2", short_term=(1,), given_refs=1)
+    PropagationConfig(**ok)
+    with pytest.raises(ValueError, match=culprit):
+        PropagationConfig(**{**ok, **bad})

@@ -50,6 +50,27 @@ class PropagationConfig:
     align: str = "size_aware"  # 'size_aware' | 'naive'
     given_refs: int | None = None     # given frames a query matches against: the nearest in time (None = all)
 
+    def __post_init__(self) -> None:
+        bad = []
+        if self.radius < 1:
+            bad.append(f"mamp.radius must be >= 1, got {self.radius}")
+        if self.topk < 1:
+            bad.append(f"mamp.topk must be >= 1, got {self.topk}")
+        if not self.temperature > 0:
+            bad.append(f"the affinity temperature must be > 0, got {self.temperature}")
+        if self.similarity not in ("dot", "l2"):
+            bad.append(f"similarity must be 'dot' or 'l2', got {self.similarity!r}")
+        if self.align not in ("size_aware", "naive"):
+            bad.append(f"mamp.align must be 'size_aware' or 'naive', got {self.align!r}")
+        if self.given_refs is not None and self.given_refs < 1:
+            bad.append(f"mamp.given_refs must be >= 1 or null (all given frames), got {self.given_refs}")
+        if any(k < 0 for k in self.long_term):
+            bad.append(f"mamp.long_term holds pass positions >= 0, got {list(self.long_term)}")
+        if any(k < 1 for k in self.short_term):
+            bad.append(f"mamp.short_term holds frame distances >= 1, got {list(self.short_term)}")
+        if bad:
+            raise ValueError("; ".join(bad))
+
     @classmethod
     def from_params(cls, p: Mapping[str, Any], temperature: float) -> "PropagationConfig":
         return cls(radius=int(p["radius"]), topk=int(p["topk"]), temperature=float(temperature),
@@ -284,7 +305,7 @@ def _nearest_given(long: set, given: Mapping[int, Any], t: int, n: int | None) -
     ``n`` nearest to ``t`` in time (all when ``n`` is None; ties to the earlier frame)."""
     if n is None:
         return set(long)
-    near = sorted(given, key=lambda g: (abs(g - t), g))[:max(1, int(n))]
+    near = sorted(given, key=lambda g: (abs(g - t), g))[:int(n)]
     return {r for r in long if r not in given} | set(near)
 
 
