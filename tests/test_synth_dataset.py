@@ -129,6 +129,13 @@ def test_determinism(tmp_path, split):
     assert D.split_render_seed("train", 5) != D.split_render_seed("val", 5)
 
 
+def test_parallel_render_writes_the_same_bytes(tmp_path, split):
+    # two worker processes render the fixture's split (3 videos): same stores, same index
+    par = D.build_split("val", 3, 5, cfg(p_occluder=1.0), None, tmp_path / "par", progress=False, workers=2)
+    assert shas(par) == shas(split)
+    assert (par / D.INDEX_NAME).read_bytes() == (split / D.INDEX_NAME).read_bytes()
+
+
 def test_split_is_atomic(tmp_path, monkeypatch):
     out = tmp_path / "train" / "render"
     real = D.render_video

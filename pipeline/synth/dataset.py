@@ -231,9 +231,33 @@ def _summary(meta: dict) -> dict:
             "occluder": meta.get("occluder") is not None}
 
 
+_WORKER: dict = {}
+
+
+def _init_render_worker(cfg: SynthConfig, rseed: int, bank: SourceBank, split: str, params: Mapping,
+                        sources: Mapping, seed: int, one_thread: bool = False) -> None:
+    if one_thread:                     # a worker process: one core each
+        import torch
+
+        torch.set_num_threads(1)
+    _WORKER.update(cfg=cfg, rseed=rseed, bank=bank, split=split, params=params, sources=sources, seed=seed)
+
+
+def _render_one(i: int, tmp: str | os.PathLike) -> dict:
+    """Render video ``i`` into ``tmp`` (in a render worker, or in-process with ``_WORKER`` set)."""
+    w = _WORKER
+    video = render_video(w["cfg"], i, w["rseed"], w["bank"])
+    name = video_name(w["split"], i)
+    store = write_synth_video(video, Path(tmp) / f"{name}.zarr", w["params"], {"sources": w["sources"]},
+                              split=w["split"], attrs={"seed": w["seed"], "render_seed": w["rseed"],
+                                                       "sources": w["sources"]})
+    sha = open_artifact(store).attrs["content_sha256"]
+    return {"name": name, "store": f"{name}.zarr", "index": i, "content_sha256": sha, **_summary(video["meta"])}
+
+
 def build_split(split: str, count: int, seed: int, cfg: SynthConfig, bank: SourceBank | None,
                 out_dir: str | os.PathLike, progress: bool = True, *, params: Mapping | None = None,
-                sources: Mapping | None = None) -> Path:
+                sources: Mapping | None = None, workers: int = 1) -> Path:
     """Render videos ``0..count-1`` of ``split`` into ``out_dir`` (atomically, as a whole).
 
     Writes ``<out_dir>/<split>-<index:05d>.zarr`` (:func:`write_synth_video`)
@@ -244,7 +268,9 @@ def build_split(split: str, count: int, seed: int, cfg: SynthConfig, bank: Sourc
 
     ``params``: recorded as each store's provenance params (default: split,
     count, seed and the config); ``sources``: the record of
-    :func:`make_source_bank` (default: ``bank.describe()``).
+    :func:`make_source_bank` (default: ``bank.describe()``). ``workers`` > 1
+    renders in that many processes (each video depends only on its index, so the
+    stores are the same bytes whatever the number of workers).
     """
     from tqdm.auto import tqdm
 
@@ -260,18 +286,28 @@ def build_split(split: str, count: int, seed: int, cfg: SynthConfig, bank: Sourc
         params = {"split": split, "count": count, "seed": seed, "config": cfg.to_dict()}
     rseed = split_render_seed(split, seed)
     out_dir = Path(out_dir)
-    videos = []
+    init = (cfg, rseed, bank, split, params, sources, seed)
+    workers = max(1, min(int(workers), count))
     with atomic_dir(out_dir) as tmp:
-        for i in tqdm(range(count), desc=f"synth {split}", unit="video", disable=not progress):
-            video = render_video(cfg, i, rseed, bank)
-            name = video_name(split, i)
-            store = write_synth_video(
-                video, tmp / f"{name}.zarr", params, {"sources": sources}, split=split,
-                attrs={"seed": seed, "render_seed": rseed, "sources": sources})
-            sha = open_artifact(store).attrs["content_sha256"]
-            videos.append({"name": name, "store": f"{name}.zarr", "index": i,
-                           "content_sha256": sha, **_summary(video["meta"])})
-            del video
+        bar = tqdm(total=count, desc=f"synth {split}", unit="video", disable=not progress)
+        if workers == 1:
+            _init_render_worker(*init)
+            videos = []
+            for i in range(count):
+                videos.append(_render_one(i, tmp))
+                bar.update()
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_render_worker,
+                                     initargs=(*init, True)) as ex:
+                futures = [ex.submit(_render_one, i, tmp) for i in range(count)]
+                for f in futures:
+                    f.result()
+                    bar.update()
+            videos = [f.result() for f in futures]
+        bar.close()
         counts = np.bincount([v["num_objects"] for v in videos]).tolist()
         write_json_atomic(tmp / INDEX_NAME, {
             "split": split, "count": count, "seed": seed, "render_seed": rseed,
