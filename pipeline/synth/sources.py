@@ -51,7 +51,7 @@ class SourceBank:
         if not img_dir.is_dir() and not ann_dir.is_dir():
             raise FileNotFoundError(f"{self.root}: no JPEGImages/{resolution} or Annotations/{resolution}")
         skip = set(self.exclude)
-        for d, store, exts in ((img_dir, self.frames, (".jpg", ".jpeg", ".png")),
+        for d, store, exts in ((img_dir, self.frames, (".jpg", ".jpeg", ".png", ".webp")),
                                (ann_dir, self.annotations, (".png",))):
             if not d.is_dir():
                 continue
