@@ -231,26 +231,27 @@ def _summary(meta: dict) -> dict:
             "occluder": meta.get("occluder") is not None}
 
 
-_WORKER: dict = {}
+_WORKER: dict = {}    # a render worker process's job (set once by its initializer)
 
 
-def _init_render_worker(cfg: SynthConfig, rseed: int, bank: SourceBank, split: str, params: Mapping,
-                        sources: Mapping, seed: int, one_thread: bool = False) -> None:
-    if one_thread:                     # a worker process: one core each
-        import torch
+def _init_render_worker(job: dict) -> None:
+    import torch
 
-        torch.set_num_threads(1)
-    _WORKER.update(cfg=cfg, rseed=rseed, bank=bank, split=split, params=params, sources=sources, seed=seed)
+    torch.set_num_threads(1)           # one core per worker process
+    _WORKER.update(job)
 
 
-def _render_one(i: int, tmp: str | os.PathLike) -> dict:
-    """Render video ``i`` into ``tmp`` (in a render worker, or in-process with ``_WORKER`` set)."""
-    w = _WORKER
-    video = render_video(w["cfg"], i, w["rseed"], w["bank"])
-    name = video_name(w["split"], i)
-    store = write_synth_video(video, Path(tmp) / f"{name}.zarr", w["params"], {"sources": w["sources"]},
-                              split=w["split"], attrs={"seed": w["seed"], "render_seed": w["rseed"],
-                                                       "sources": w["sources"]})
+def _render_in_worker(i: int) -> dict:
+    return _render_one(i, **_WORKER)
+
+
+def _render_one(i: int, tmp: Path, cfg: SynthConfig, rseed: int, bank: SourceBank, split: str, params: Mapping,
+                sources: Mapping, seed: int) -> dict:
+    """Render video ``i`` of a split into ``tmp``; its entry of ``index.json``."""
+    video = render_video(cfg, i, rseed, bank)
+    name = video_name(split, i)
+    store = write_synth_video(video, tmp / f"{name}.zarr", params, {"sources": sources}, split=split,
+                              attrs={"seed": seed, "render_seed": rseed, "sources": sources})
     sha = open_artifact(store).attrs["content_sha256"]
     return {"name": name, "store": f"{name}.zarr", "index": i, "content_sha256": sha, **_summary(video["meta"])}
 
@@ -286,27 +287,24 @@ def build_split(split: str, count: int, seed: int, cfg: SynthConfig, bank: Sourc
         params = {"split": split, "count": count, "seed": seed, "config": cfg.to_dict()}
     rseed = split_render_seed(split, seed)
     out_dir = Path(out_dir)
-    init = (cfg, rseed, bank, split, params, sources, seed)
     workers = max(1, min(int(workers), count))
     with atomic_dir(out_dir) as tmp:
+        job = dict(tmp=tmp, cfg=cfg, rseed=rseed, bank=bank, split=split, params=params, sources=sources, seed=seed)
         bar = tqdm(total=count, desc=f"synth {split}", unit="video", disable=not progress)
+        videos = []
         if workers == 1:
-            _init_render_worker(*init)
-            videos = []
             for i in range(count):
-                videos.append(_render_one(i, tmp))
+                videos.append(_render_one(i, **job))
                 bar.update()
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_render_worker,
-                                     initargs=(*init, True)) as ex:
-                futures = [ex.submit(_render_one, i, tmp) for i in range(count)]
-                for f in futures:
-                    f.result()
+                                     initargs=(job,)) as ex:
+                for entry in ex.map(_render_in_worker, range(count)):   # in index order
+                    videos.append(entry)
                     bar.update()
-            videos = [f.result() for f in futures]
         bar.close()
         counts = np.bincount([v["num_objects"] for v in videos]).tolist()
         write_json_atomic(tmp / INDEX_NAME, {
