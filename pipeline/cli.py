@@ -24,9 +24,12 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(weights_app, name="weights")
 app.add_typer(ckpt_app, name="checkpoints")
 
-# model -> (params section whose `export` names the trained file, published name)
-PUBLISHABLE = {"oclr": ("oclr", "oclr_cpu.pt"), "selector": ("train_selector", "selector_cpu.pt"),
-               "corrector": ("train_corrector", "corrector_cpu.pt"), "mamp": ("train_mamp", "mamp.pt")}
+# model -> (params section whose `export` names the trained file, published name, training stage)
+PUBLISHABLE = {"oclr": ("oclr", "oclr_cpu.pt", "train_oclr"),
+               "selector": ("train_selector", "selector_cpu.pt", "train_selector"),
+               "corrector": ("train_corrector", "corrector_cpu.pt", "train_corrector"),
+               "mamp": ("train_mamp", "mamp.pt", "train_mamp"),
+               "oclr_flow": ("oclr_flow", "oclr_raft_cpu.pt", "finetune_oclr")}
 
 
 def _fail(msg: str) -> None:
@@ -278,11 +281,11 @@ def checkpoints_publish(
 
     if model not in PUBLISHABLE:
         _fail(f"unknown model {model!r} (known: {', '.join(PUBLISHABLE)})")
-    sect, default_name = PUBLISHABLE[model]
+    sect, default_name, stage = PUBLISHABLE[model]
     params = load_params()
     src = source or Path(params[sect]["export"])
     if not src.is_file():
-        _fail(f"{src}: no exported checkpoint (train it: dvc repro -s training/dvc.yaml:train_{model})")
+        _fail(f"{src}: no exported checkpoint (train it: dvc repro -s training/dvc.yaml:{stage})")
     size_mb = src.stat().st_size / 2**20
     if size_mb > max_mb:
         _fail(f"{src}: {size_mb:.1f} MB is over the {max_mb} MB limit for committed checkpoints")

@@ -303,3 +303,42 @@ def test_stage_trains_and_exports(data, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"oclr": cfg}))
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "cannot resume" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_finetune_on_another_flow_renders_the_same_videos_resumes_and_refuses_a_changed_folder(data, tmp_path):
+    """finetune_on_flow (stage finetune_oclr): the first N videos of the training split again (the
+    drawn options of a bigger split's first N), their flow by the configured estimator, `init`
+    continued; a rerun with more iterations resumes without rendering again; another flow for the
+    same folder is an error, never a mix."""
+    from pipeline.oclr.finetune import FINETUNE_KEYS, finetune_on_flow
+
+    train_oclr(tiny_cfg(data, iterations=2, val_split=None), tmp_path / "src", progress=False)
+    export_checkpoint(tmp_path / "src" / "last.pt", tmp_path / "src.pt", fp16=False)
+    synth = {"train": {"count": 99, "seed": 5}, "sources": {"root": None},
+             "config": dict(num_frames=T, height=H, width=W, max_speed=2.0, max_point_speed=4.0)}
+    flow = {"method": "dis", "checkpoint": None, "weights": None, "iters": 1, "gap": 1, "batch_size": 4,
+            "device": "cpu"}
+    ft = {"init": str(tmp_path / "src.pt"), "videos": 2, "flow": flow, "iterations": 3, "lr": 1e-4,
+          "warmup_iters": 1, "decay_every": 10, "time_budget_s": None}
+    assert sorted(ft) == sorted(FINETUNE_KEYS)
+    oclr = tiny_cfg(data)
+    work = tmp_path / "ft"
+    m = finetune_on_flow(work, oclr, ft, synth, progress=False)
+    assert m["iterations"] == 3 and m["init"]["path"] == ft["init"] and m["flow"] == flow
+    assert m["val_J_modal"] is None                                        # no validation split
+    # the same videos as the first two of the training split itself
+    D.build_split("train", 3, 5, D.synth_config(synth["config"]), None, tmp_path / "full", progress=False)
+    drawn = [json.loads((p / "index.json").read_text())["videos"] for p in (work / "split" / "render",
+                                                                             tmp_path / "full")]
+    assert len(drawn[0]) == 2 and drawn[0] == drawn[1][:2]                # options and content_sha256
+    assert sorted(p.name for p in (work / "split" / "flow").glob("*.zarr")) == [e["store"] for e in drawn[0]]
+    stamp = (work / "split" / "render" / "index.json").stat().st_mtime_ns
+    again = finetune_on_flow(work, oclr, {**ft, "iterations": 5}, synth, progress=False)
+    assert again["resumed_from"] == 3 and again["iterations"] == 5
+    assert (work / "split" / "render" / "index.json").stat().st_mtime_ns == stamp    # not rendered again
+    with pytest.raises(ValueError, match="was made with"):
+        finetune_on_flow(work, oclr, {**ft, "flow": {**flow, "method": "farneback"}}, synth, progress=False)
+    with pytest.raises(KeyError, match="missing key"):
+        finetune_on_flow(work, oclr, {k: v for k, v in ft.items() if k != "lr"}, synth, progress=False)
+    with pytest.raises(ValueError, match="oclr_flow.init"):
+        finetune_on_flow(tmp_path / "other", oclr, {**ft, "init": None}, synth, progress=False)
