@@ -274,7 +274,11 @@ def checkpoints_publish(
     training run. A JSON sidecar records sha256, size, the training params and
     metrics and the code version.
     """
+    import os
+    import platform
     import shutil
+
+    import torch
 
     from pipeline.core.config import load_params
     from pipeline.core.store import code_version, sha256_file, write_json_atomic
@@ -295,11 +299,16 @@ def checkpoints_publish(
     shutil.copyfile(src, tmp)
     tmp.replace(dest)
     metrics_path = project_root() / "results" / model / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    trained = None if metrics is None else {     # the short answer: how much training, on what, how long
+        "iterations": metrics.get("iterations"), "device": metrics.get("device"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores" + (
+            f", {torch.cuda.get_device_name(0)}" if metrics.get("device") == "cuda" and torch.cuda.is_available()
+            else ""),
+        "hours": round(float(metrics.get("train_time_s") or 0.0) / 3600, 3)}
     sidecar = {"model": model, "file": dest.name, "sha256": sha256_file(dest),
                "size_mb": round(size_mb, 3), "source": str(src), "params": params[sect],
-               "training_metrics": json.loads(metrics_path.read_text())
-               if metrics_path.exists() else None,
-               "code_version": code_version()}
+               "trained": trained, "training_metrics": metrics, "code_version": code_version()}
     write_json_atomic(dest.with_suffix(".json"), sidecar)
     typer.echo(f"published {src} -> {dest} ({size_mb:.1f} MB, sha256 {sidecar['sha256'][:12]})")
 

@@ -342,3 +342,39 @@ def test_finetune_on_another_flow_renders_the_same_videos_resumes_and_refuses_a_
         finetune_on_flow(work, oclr, {k: v for k, v in ft.items() if k != "lr"}, synth, progress=False)
     with pytest.raises(ValueError, match="oclr_flow.init"):
         finetune_on_flow(tmp_path / "other", oclr, {**ft, "init": None}, synth, progress=False)
+
+
+def test_publish_copies_the_export_with_a_sidecar_and_refuses_a_large_file(tmp_path):
+    """`motionseg checkpoints publish`: the copy's sha256 in the sidecar, the training's iterations,
+    machine and hours from the stage's metrics; a file over --max-mb or an unknown model is one error line."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"oclr_flow": {"export": "data/oclr_flow/x.pt"}}))
+    (tmp_path / "data" / "oclr_flow").mkdir(parents=True)
+    (tmp_path / "data" / "oclr_flow" / "x.pt").write_bytes(b"\x01" * 3000)
+    (tmp_path / "results" / "oclr_flow").mkdir(parents=True)
+    (tmp_path / "results" / "oclr_flow" / "metrics.json").write_text(
+        json.dumps({"iterations": 7, "device": "cpu", "train_time_s": 5400.0}))
+    env = {**os.environ, "MOTIONSEG_ROOT": str(tmp_path)}
+
+    def publish(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "checkpoints", "publish", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    r = publish("oclr_flow")
+    assert r.returncode == 0, r.stderr
+    dest = tmp_path / "checkpoints" / "oclr_raft_cpu.pt"
+    side = json.loads(dest.with_suffix(".json").read_text())
+    assert side["sha256"] == hashlib.sha256(b"\x01" * 3000).hexdigest() == hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert side["trained"]["iterations"] == 7 and side["trained"]["hours"] == 1.5
+    assert side["trained"]["machine"].endswith(f"{os.cpu_count()} CPU cores")
+    assert side["params"] == {"export": "data/oclr_flow/x.pt"}
+    r = publish("oclr_flow", "--max-mb", "0.001")
+    assert r.returncode == 1 and "over the 0.001 MB limit" in r.stderr and "Traceback" not in r.stderr
+    r = publish("oclr_raft")
+    assert r.returncode == 1 and "unknown model 'oclr_raft'" in r.stderr
