@@ -21,7 +21,13 @@ from typing import Any, Mapping
 
 from pipeline.core.config import project_path, project_root
 from pipeline.oclr.train import train_oclr
-from pipeline.synth.dataset import build_split, build_split_flow, make_source_bank, synth_config
+from pipeline.synth.dataset import (
+    build_split,
+    build_split_flow,
+    make_source_bank,
+    synth_config,
+)
+from pipeline.train.scaffold import check_keys
 
 #: keys of the ``oclr_flow`` params section (documented there)
 FINETUNE_KEYS = ("init", "videos", "flow", "iterations", "lr", "warmup_iters", "decay_every", "time_budget_s")
@@ -30,11 +36,7 @@ FINETUNE_KEYS = ("init", "videos", "flow", "iterations", "lr", "warmup_iters", "
 def finetune_config(oclr: Mapping[str, Any], finetune: Mapping[str, Any], work: str | os.PathLike) -> dict:
     """The :func:`train_oclr` config: ``oclr``'s training settings with ``finetune``'s run (init,
     iterations, schedule, budget) on ``work``'s split, without validation."""
-    unknown = sorted(set(finetune) - set(FINETUNE_KEYS))
-    missing = [k for k in FINETUNE_KEYS if k not in finetune]
-    if unknown or missing:
-        raise KeyError(f"oclr_flow config: unknown key(s) {unknown}, missing key(s) {missing} "
-                       "(every key is set and documented in params.yaml, section 'oclr_flow')")
+    finetune = check_keys(finetune, FINETUNE_KEYS, "oclr_flow")
     if not finetune["init"]:
         raise ValueError("oclr_flow.init: a fine-tuning run needs an exported OCLR checkpoint to start from")
     if int(finetune["videos"]) < 1:
