@@ -132,16 +132,17 @@ def test_only_package_markers_are_left_out_of_deps(tmp_path):
 
 
 def test_every_inference_stage_is_in_the_demo_pipeline():
-    from pipeline.stages.registry import OPTIONAL
+    from pipeline.stages.registry import OPTIONAL, SWITCHED
 
     def steps(doc: dict) -> set[str]:                      # the steps each DVC stage's command runs
         return {s for st in _stages(doc).values() for s in st["cmd"].split()[3].split(",")}
 
     demo = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     # IMAS: only where a methods list names it; fuse: the default crf.input; propagate_gt: eval.methods
-    assert steps(demo) == set(ORDER) - OPTIONAL | {"fuse", "propagate_gt"}
+    assert steps(demo) == set(ORDER) - OPTIONAL - set(SWITCHED) | {"fuse", "propagate_gt"}
     nested = yaml.safe_load(render("davis2016"))
-    assert steps(nested) == set(ORDER) - {"demo_data"}          # the demo's generator only in the demo; DAVIS has IMAS
+    # the demo's generator only in the demo; DAVIS has IMAS; a switched stage (adapt_oclr) only where it is on
+    assert steps(nested) == set(ORDER) - {"demo_data"} - set(SWITCHED)
     assert all(st.get("wdir") == "../.." for st in _stages(nested).values())
     # a combined stage runs its steps in graph order, and a step runs in one DVC stage only
     assert _stages(demo)["propagate"]["cmd"].split()[3] == "propagate_gt,propagate"

@@ -146,3 +146,26 @@ def test_short_videos_need_batch_size_one(real, tmp_path):
     with pytest.raises(ArtifactError, match="fewer frames than the window of 20.*batch_size 1"):
         adapt_corrector(_cfg(real, window=20, batch_size=2, iterations=1), real / "data/toy", SEQS,
                         tmp_path / "a", progress=False)
+
+
+def test_per_sequence_adaptation_fits_that_sequence_and_leaves_the_model_alone(real):
+    """adapt.per_sequence (stage adapted): a copy of the corrector trained on one sequence's own exemplar
+    windows fits that sequence's pseudo-labels better; the given model is unchanged; no iterations = the
+    same predictions; the same call gives the same weights (seeded)."""
+    from pipeline.corrector.adapt import adapt_to_sequence, pseudo_label_j
+
+    model, _ = load_corrector(real / "corrector.pt")
+    model.proposal_inputs = False                  # as the dataset-adapted corrector the stage starts from
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = _cfg(real)
+    check = AdaptWindowDataset(real / "data/toy", ["s0"], window=4, seed=99, pseudo_labels="corrector")
+    j0 = pseudo_label_j(model, check, 6, torch.device("cpu"), False)
+    tuned, rec = adapt_to_sequence(model, real / "data/toy", "s0", cfg, 30, torch.device("cpu"))
+    assert rec["iterations"] == 30 and rec["last_loss"] < rec["first_loss"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())       # a copy was trained
+    assert not tuned.training and tuned is not model
+    assert pseudo_label_j(tuned, check, 6, torch.device("cpu"), False) > j0 + 0.1
+    again, _ = adapt_to_sequence(model, real / "data/toy", "s0", cfg, 30, torch.device("cpu"))
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in tuned.state_dict().items())
+    same, rec0 = adapt_to_sequence(model, real / "data/toy", "s0", cfg, 0, torch.device("cpu"))
+    assert rec0["iterations"] == 0 and all(torch.equal(v, same.state_dict()[k]) for k, v in before.items())

@@ -276,3 +276,49 @@ def test_outputs_of_whole_dataset_stages_persist_so_dvc_keeps_what_the_skip_chec
             for d in st.dvc.get(kind, []):
                 for path in d:
                     assert any(path == k or path.startswith(k + "/") for k in kept), f"{st.name}: {path}"
+
+
+def test_a_second_round_reuses_the_stages_before_proposals_and_links_their_stores(project):
+    """``dataset.reuse``: a dataset over the same videos takes every stage that does not depend on the
+    proposals from its source (no DVC stage of its own; deps name the source's folders; the runner links
+    them), runs the proposals and all below again, and refuses params that would make the reused stores
+    wrong or a real folder where a link goes."""
+    from pipeline.stages.dvcgen import render
+    from pipeline.stages.registry import link_reused, reused_stages, used_stages
+
+    src = yaml.safe_load((project / "datasets" / "tiny" / "dataset.yaml").read_text())
+    doc = {**src, "dataset": {**src["dataset"], "name": "tiny2", "reuse": "tiny"},
+           "proposals": {"checkpoint": "data/tiny/adapt_oclr/oclr_adapted.pt"}}
+    (project / "datasets" / "tiny2").mkdir()
+    (project / "datasets" / "tiny2" / "dataset.yaml").write_text(yaml.safe_dump(doc))
+    p2 = load_dataset_params("tiny2", project)
+    reused = reused_stages(p2, "tiny2", project)
+    assert {"frames", "flow", "motion_baseline", "features"} <= set(reused)
+    assert not {"proposals", "selector", "exemplars", "corrector", "crf", "metrics"} & set(reused)
+    names = used_stages(p2, "tiny2", project)
+    assert not set(reused) & set(names) and {"proposals", "corrector", "crf"} <= set(names)
+    stages = yaml.safe_load(render("tiny2", project))["stages"]
+    assert "frames" not in stages and "flow" not in stages
+    assert "data/tiny/flow" in stages["proposals"]["deps"]
+    assert "data/tiny/adapt_oclr/oclr_adapted.pt" in stages["proposals"]["deps"]
+    assert stages["proposals"]["outs"] == [{"data/tiny2/proposals": {"persist": True}}]
+    assert "data/tiny/features" in stages["selector"]["deps"] and "data/tiny2/proposals" in stages["selector"]["deps"]
+    # the stages run on the source's stores through links
+    ctx = _ctx(project)
+    for n in ("frames", "flow"):
+        run(get_stage(n), ctx)
+    ctx2 = Ctx("tiny2", p2, project)
+    made = link_reused(ctx2)
+    assert (project / "data" / "tiny2" / "flow").is_symlink() and project / "data" / "tiny2" / "flow" in made
+    assert link_reused(ctx2) == []                                             # already there
+    assert sorted(p.name for p in (project / "data" / "tiny2" / "flow").glob("*.zarr")) == \
+        ["seq0.zarr", "seq1.zarr", "seq2.zarr"]
+    # a reused stage's params must be the source's; a folder in a link's way is an error
+    bad = {**doc, "flow": {**doc["flow"], "gap": 2}}
+    (project / "datasets" / "tiny2" / "dataset.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="flow.gap differs"):
+        used_stages(load_dataset_params("tiny2", project), "tiny2", project)
+    (project / "data" / "tiny2" / "flow").unlink()
+    (project / "data" / "tiny2" / "flow").mkdir()
+    with pytest.raises(FileExistsError, match="remove it"):
+        link_reused(ctx2)

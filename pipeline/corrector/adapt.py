@@ -79,7 +79,7 @@ from pipeline.train.scaffold import (
 )
 
 __all__ = ["CONFIG_KEYS", "ADAPT_LOSS_WEIGHTS", "AdaptWindowDataset", "adapt_loss", "adapt_corrector",
-           "export_adapted", "normalize_adapt_config", "CHECKPOINT_FORMAT"]
+           "adapt_to_sequence", "export_adapted", "normalize_adapt_config", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "motionseg-corrector-adapt/1"
 
@@ -101,7 +101,7 @@ TRAIN_CURVE_COLUMNS = ["iteration", "loss", "mask", "recon", "alpha", "lr", "gra
 def normalize_adapt_config(cfg: Mapping[str, Any] | None) -> dict:
     """``cfg`` (exactly :data:`CONFIG_KEYS`: the ``adapt`` section plus ``checkpoint`` and ``window``
     from ``corrector``, see :func:`check_keys`), checked and typed."""
-    out = check_keys(cfg, CONFIG_KEYS, "adapt", frozenset({"resume", "export", "export_max_mb"}))
+    out = check_keys(cfg, CONFIG_KEYS, "adapt", frozenset({"resume", "export", "export_max_mb", "per_sequence"}))
     out["loss_weights"] = merge_loss_weights(ADAPT_LOSS_WEIGHTS, out["loss_weights"])
     for k in ("window", "batch_size", "iterations", "warmup_iters", "ckpt_every", "log_every", "check_windows",
               "seed"):
@@ -360,6 +360,43 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
                "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(Path(log_dir) / "metrics.json", metrics)
     return metrics
+
+
+def adapt_to_sequence(model: torch.nn.Module, data_dir: str | os.PathLike, sequence: str, cfg: Mapping[str, Any],
+                      iterations: int, dev: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Per-sequence test-time adaptation (paper app. A.3, about 200 iterations): a copy of ``model`` (the
+    dataset-adapted corrector) trained ``iterations`` more iterations on ``sequence``'s own exemplar windows,
+    as :func:`adapt_corrector` does on the dataset (same loss, lr, warm-up, clipping; ``cfg``: the
+    :data:`CONFIG_KEYS`). Returns the copy in eval mode and a record (iterations, seconds, first and last
+    loss); ``model`` itself is untouched. A sequence with no exemplar frame gets ``model`` back."""
+    t0 = time.monotonic()
+    cfg = normalize_adapt_config(cfg)
+    try:
+        ds = AdaptWindowDataset(data_dir, [sequence], cfg["window"], cfg["seed"], cfg["pseudo_labels"],
+                                model.cfg.num_objects)
+    except ArtifactError:                                  # nothing to adapt on
+        return model, {"iterations": 0, "seconds": 0.0, "first_loss": None, "last_loss": None}
+    with restored_torch_settings():
+        torch.manual_seed(cfg["seed"])
+        m = copy.deepcopy(model).float().to(dev)
+        m.train()
+        opt = torch.optim.Adam(m.parameters(), lr=cfg["lr"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, cfg["warmup_iters"], 10 ** 9, 1.0))
+        losses = []
+        with torch.enable_grad():
+            for it in range(int(iterations)):
+                batch = _collate([ds[it * cfg["batch_size"] + j] for j in range(cfg["batch_size"])])
+                loss, _ = adapt_loss(forward_batch(m, batch, dev, cfg["amp"]), batch["targets"], batch["weight"],
+                                     batch["tokens"], cfg["loss_weights"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(m.parameters(), cfg["grad_clip"])
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+        m.eval()
+    return m, {"iterations": int(iterations), "seconds": round(time.monotonic() - t0, 3),
+               "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 
 def export_adapted(last_pt: str | os.PathLike, path: str | os.PathLike, max_mb: float | None = 25.0) -> dict:

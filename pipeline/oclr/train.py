@@ -273,14 +273,21 @@ class SynthClipDataset(Dataset):
         amodal = torch.from_numpy(np.asarray(amodal_a[s:s + L], dtype=bool))
         modal = torch.from_numpy(np.asarray(modal_a[s:s + L], dtype=bool))
         order = torch.from_numpy(np.asarray(order_a[...], dtype=np.int64))
-        if self.size is not None:
-            flow, (amodal, modal) = _resize_clip(flow, [amodal, modal], self.size)
-        if flipped:
-            flow = torch.flip(flow, dims=[-1])
-            flow[:, 0::2] *= -1.0
-            amodal, modal = torch.flip(amodal, dims=[-1]), torch.flip(modal, dims=[-1])
-        return {"flow": flow.contiguous(), "amodal": amodal.contiguous(), "modal": modal.contiguous(),
-                "order": order, "video": self.names[v], "start": s, "flipped": flipped}
+        return finish_clip(flow, amodal, modal, order, self.size, flipped, self.names[v], s)
+
+
+def finish_clip(flow: torch.Tensor, amodal: torch.Tensor, modal: torch.Tensor, order: torch.Tensor,
+                size: Sequence[int] | None, flipped: bool, video: str, start: int) -> dict:
+    """A training clip's dict (see :class:`SynthClipDataset`): resized to ``size`` (None: as it is) and
+    mirrored when ``flipped`` (u negated)."""
+    if size is not None:
+        flow, (amodal, modal) = _resize_clip(flow, [amodal, modal], size)
+    if flipped:
+        flow = torch.flip(flow, dims=[-1])
+        flow[:, 0::2] *= -1.0
+        amodal, modal = torch.flip(amodal, dims=[-1]), torch.flip(modal, dims=[-1])
+    return {"flow": flow.contiguous(), "amodal": amodal.contiguous(), "modal": modal.contiguous(),
+            "order": order, "video": video, "start": start, "flipped": flipped}
 
 
 def collate_clips(items: list[dict]) -> dict:
@@ -349,20 +356,23 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
 
 # --------------------------------------------------------------------------- training
 def train_oclr(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
-               progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
+               progress: bool = True, log_dir: str | os.PathLike | None = None,
+               train_ds: Dataset | None = None) -> dict:
     """Train OCLR as configured by ``cfg`` (every key of :data:`CONFIG_KEYS`, documented in params.yaml) into ``out_dir``.
 
     ``last.pt`` goes to ``out_dir``; ``train_curve.csv``, ``val_curve.csv`` and
     ``metrics.json`` to ``log_dir`` (default ``out_dir``; the stage puts them in
     ``results/oclr`` because DVC outputs may not overlap). Returns the dict written to
     ``metrics.json``. Relative data paths are taken from the project root
-    (:func:`pipeline.core.config.project_root`).
+    (:func:`pipeline.core.config.project_root`). ``train_ds``: clips to train on instead of
+    ``cfg["train_split"]``'s (a dataset returning :class:`SynthClipDataset`'s dicts, e.g. the
+    pseudo-labelled clips of :mod:`pipeline.oclr.adapt`); ``train_split`` then only names them.
     """
     with restored_torch_settings():  # threads, determinism: as they were afterwards
-        return _train_oclr(cfg, out_dir, resume, progress, log_dir)
+        return _train_oclr(cfg, out_dir, resume, progress, log_dir, train_ds)
 
 
-def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_dir) -> dict:
+def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_dir, train_ds) -> dict:
     t_start = time.monotonic()
     export = cfg.get("export")
     cfg = normalize_train_config(cfg)
@@ -373,9 +383,10 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
         raise ValueError(f"clip_len {cfg['clip_len']} exceeds the model's max_frames {mcfg.max_frames}")
 
     # data
-    train_split = project_path(cfg["train_split"])
-    train_ds = SynthClipDataset(train_split / "render", train_split / "flow", cfg["clip_len"], cfg["size"],
-                                cfg["flow_source"], seed=cfg["seed"], flip=cfg["flip"])
+    if train_ds is None:
+        train_split = project_path(cfg["train_split"])
+        train_ds = SynthClipDataset(train_split / "render", train_split / "flow", cfg["clip_len"], cfg["size"],
+                                    cfg["flow_source"], seed=cfg["seed"], flip=cfg["flip"])
     val_ds = None
     if cfg["val_split"] and cfg["val_clips"] > 0:
         val_split = project_path(cfg["val_split"])

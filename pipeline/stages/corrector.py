@@ -4,8 +4,8 @@ Reads ``frames`` (``rgb``), ``proposals`` (``labels``), ``features`` (``tokens``
 ``exemplars`` (``frames``, ``scores``) and a corrector checkpoint; writes ``probs`` [T,K,H,W] f16 and
 ``labels`` [T,H,W] u8 (:mod:`pipeline.corrector.infer`). ``corrector`` runs the synthetically trained
 checkpoint (``corrector.checkpoint``); ``adapted`` the one adapted to this dataset by
-``adapt_corrector`` (``data/<ds>/adapt/corrector_adapted.pt``). ``corrector.t`` belongs to the
-exemplars stage.
+``adapt_corrector`` (``data/<ds>/adapt/corrector_adapted.pt``; stage module
+:mod:`pipeline.stages.adapted`). ``corrector.t`` belongs to the exemplars stage.
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ def _setup(ctx: Ctx, adapted: bool = False):
     return model, info, cp, dev, "adapted" if adapted else "corrector"
 
 
-def _run(state, ctx: Ctx, seq: str, out: Path) -> str:
-    model, info, cp, dev, stage = state
+def _run(state, ctx: Ctx, seq: str, out: Path, model=None, cp: dict | None = None, note: str = "") -> str:
+    """One sequence; ``model``/``cp`` replace the state's (the ``adapted`` stage's per-sequence copy)."""
+    m, info, cp0, dev, stage = state
+    model, cp = model or m, cp or cp0
     run = write_corrected(ctx.store("frames", seq), ctx.store("proposals", seq), ctx.store("features", seq),
                           ctx.store("exemplars", seq), out, model, info, cp, device=dev, sequence=seq, stage=stage)
     fb = f", proposals kept for objects {run['fallback']} (no exemplars)" if run.get("fallback") else ""
     return (f"{stage}: {seq} ({run['T']} frames, {len(run.get('windows') or [])} windows of "
-            f"{run['window']}{fb}) -> {out}")
+            f"{run['window']}{fb}{note}) -> {out}")
 
 
 INPUTS = ("frames", "proposals", "features", "exemplars")
 STAGE = Stage("corrector", params=tuple(f"corrector.{k}" for k in KEYS), inputs=INPUTS,
               files=("corrector.checkpoint",), setup=_setup, run=_run, gpu=True)
-ADAPTED_STAGE = Stage("adapted", params=("corrector.window", "corrector.threshold", "corrector.device"),
-                      inputs=INPUTS, files=(ADAPTED,), setup=lambda ctx: _setup(ctx, True), run=_run, gpu=True)

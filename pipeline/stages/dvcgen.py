@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from pipeline.core.config import PARAMS_KEYS_FILE, load_params, param_leaves, project_root
-from pipeline.stages.registry import dvc_stages, get_stage, used_stages
+from pipeline.stages.registry import dvc_stages, get_stage, reuse_folders, used_stages
 from pipeline.core.stage import (
     DATASET_FILE,
     DATASETS_DIR,
@@ -54,11 +54,19 @@ def _template(key: str, dataset_keys: list[str], merged: dict) -> str:
 
 
 def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], ds_file: str,
-                nested: bool) -> dict[str, Any] | None:
+                nested: bool, folders: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """``folders``: output folder -> the dataset holding it, for those read from a reused dataset."""
     st = get_stage(name)
     if st.datasets is not None and dataset not in st.datasets:
         return None
     data = f"data/{dataset}"
+    folders = folders or {}
+
+    def at(path: str) -> str:                      # data/<ds>/<folder>/...: the reused dataset's when it holds it
+        parts = path.split("/")
+        if len(parts) > 2 and parts[0] == "data" and parts[1] == dataset and parts[2] in folders:
+            parts[1] = folders[parts[2]]
+        return "/".join(parts)
     item = "${item}" if st.variants and st.foreach else None
     items = list(get_key(merged, st.variants)) if st.variants and not st.foreach else [item]
     if not items:                                  # e.g. eval.methods: [] (no ground truth): no stage
@@ -82,6 +90,7 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
                 deps.append(_template(f, dataset_keys, merged))
         else:
             deps.append(f.format(dataset=dataset))
+    deps = [at(d) for d in deps]
     reads = st.reads + ((st.variants,) if items != [item] else ())
     root_keys = [k for k in reads if not k.startswith("dataset") and k not in dataset_keys]
     ds_keys = sorted({k for k in dataset_keys for p in reads if _covers(p, k) and
@@ -176,10 +185,11 @@ def render(dataset: str, root: Path | None = None) -> str:
         sections = sorted({k.split(".")[0] for k in STRUCTURAL_KEYS})
         doc["vars"] = [f"../../params.yaml:{','.join(sections)}"]
     stages = {}
-    names = used_stages(merged, dataset)
+    names = used_stages(merged, dataset, root)
+    folders = reuse_folders(merged, dataset, root)
     for host, steps in dvc_stages(names).items():
-        entries = [e for e in (stage_entry(n, dataset, merged, dataset_keys, ds_file, nested) for n in steps)
-                   if e is not None]
+        entries = [e for e in (stage_entry(n, dataset, merged, dataset_keys, ds_file, nested, folders)
+                               for n in steps) if e is not None]
         if entries:
             stages[host] = combined_entry(entries)
     doc["stages"] = stages

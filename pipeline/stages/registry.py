@@ -4,6 +4,7 @@ dataset's graph uses."""
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 from pipeline.core.stage import Ctx, Stage, get_key
@@ -20,13 +21,14 @@ ORDER: dict[str, tuple[str, str]] = {
     "exemplars": ("exemplars", "STAGE"),
     "corrector": ("corrector", "STAGE"),
     "adapt_corrector": ("adapt_corrector", "STAGE"),
-    "adapted": ("corrector", "ADAPTED_STAGE"),
+    "adapted": ("adapted", "STAGE"),
     "propagate_gt": ("propagate", "GT_STAGE"),
     "propagate": ("propagate", "STAGE"),
     "train_imas": ("train_imas", "STAGE"),
     "imas": ("imas", "STAGE"),
     "fuse": ("fuse", "STAGE"),
     "crf": ("crf", "STAGE"),
+    "adapt_oclr": ("adapt_oclr", "STAGE"),
     "selection_eval": ("selection_eval", "STAGE"),
     "metrics": ("metrics", "STAGE"),
     "quality": ("quality", "STAGE"),
@@ -87,13 +89,18 @@ def named_inputs(st: Stage, params: dict) -> list[str]:
 #: (a diagnostic that needs ground truth) when ``eval.methods`` names it
 OPTIONAL = frozenset({"train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
-USE_KEYS = ("eval.methods", "quality.methods", "export.methods", "crf.input", "adapt.pseudo_labels")
+USE_KEYS = ("eval.methods", "quality.methods", "export.methods", "crf.input", "adapt.pseudo_labels",
+            "adapt_oclr.pseudo_labels")
+#: stages in a dataset's graph only when their params key is not null
+SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
 
 
-def used_stages(params: dict, dataset: str) -> list[str]:
+def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[str]:
     """The stages in the graph of ``dataset`` (graph order): all but those restricted to other datasets
-    (``Stage.datasets``) and the :data:`OPTIONAL` ones nothing uses: a methods list of
+    (``Stage.datasets``), those it takes from the dataset it reuses (:func:`reused_stages`), the
+    :data:`SWITCHED` ones switched off and the :data:`OPTIONAL` ones nothing uses: a methods list of
     :data:`USE_KEYS` names it, or a kept stage reads its output folder or a file in it."""
+    reused = set(reused_stages(params, dataset, root))
     named: set[str] = set()
     for k in USE_KEYS:
         v = get_key(params, k)
@@ -102,7 +109,8 @@ def used_stages(params: dict, dataset: str) -> list[str]:
     keep: list[Stage] = []
     for name in reversed(ORDER):
         st = get_stage(name)
-        if st.datasets is not None and dataset not in st.datasets:
+        if st.datasets is not None and dataset not in st.datasets or name in reused or \
+                name in SWITCHED and get_key(params, SWITCHED[name]) is None:
             continue
         out = (st.out or st.name).split("/")[0]
         if name in OPTIONAL and name not in named and not any(
@@ -110,3 +118,107 @@ def used_stages(params: dict, dataset: str) -> list[str]:
             continue
         keep.append(st)
     return [st.name for st in reversed(keep)]
+
+
+# --------------------------------------------------------------------------- second rounds
+#: a dataset with ``dataset.reuse: <source>`` (a second round: e.g. proposals of an OCLR adapted on the source,
+#: stage adapt_oclr) takes from the source every stage that does not depend on this one, and runs it and all
+#: below it again
+ROUND_ROOT = "proposals"
+
+
+def _out(name: str) -> str:
+    st = get_stage(name)
+    return (st.out or st.name).split("/")[0]
+
+
+def _read_folders(st: Stage, params: dict) -> set[str]:
+    """The ``data/<ds>/`` folders a stage reads: its inputs and the folders of its literal files."""
+    out = {i.split("/")[0] for i in named_inputs(st, params)}
+    for f in st.files:
+        parts = f.split("/")
+        if len(parts) > 2 and parts[0] == "data":          # data/{dataset}/<folder>/<file>
+            out.add(parts[2])
+    return out
+
+
+def round_independent(names: list[str], params: dict) -> list[str]:
+    """The stages of ``names`` (a graph, in order) that depend neither on :data:`ROUND_ROOT` nor on a
+    variant (evaluation stages belong to each dataset)."""
+    outs = {_out(n): n for n in names}
+    dependent: set[str] = set()
+    for n in names:
+        st = get_stage(n)
+        if n == ROUND_ROOT or st.variants or any(outs.get(d) in dependent for d in _read_folders(st, params)):
+            dependent.add(n)
+    return [n for n in names if n not in dependent]
+
+
+def reuse_source(params: dict, dataset: str) -> str | None:
+    src = (params.get("dataset") or {}).get("reuse")
+    if src in (None, ""):
+        return None
+    if str(src) == dataset:
+        raise ValueError(f"dataset {dataset!r}: dataset.reuse names the dataset itself")
+    return str(src)
+
+
+def reused_stages(params: dict, dataset: str, root: Path | None = None) -> list[str]:
+    """The stages ``dataset`` takes from ``dataset.reuse`` (none without it): those of the source's graph
+    that are :func:`round_independent`. Their params must be the same in both datasets (else the stores
+    would not be what this dataset's params say): a difference is an error naming the key."""
+    src = reuse_source(params, dataset)
+    if src is None:
+        return []
+    from pipeline.core.config import project_root
+    from pipeline.core.stage import load_dataset_params
+
+    sp = load_dataset_params(src, root or project_root())
+    if reuse_source(sp, src) is not None:
+        raise ValueError(f"dataset {dataset!r} reuses {src!r}, which reuses another dataset: reuse its source")
+    from pipeline.core.config import param_leaves
+
+    names = round_independent(used_stages(sp, src, root), sp)
+    for n in names:
+        for k in get_stage(n).reads:
+            a, b = get_key(params, k), get_key(sp, k)
+            if a == b:
+                continue
+            if isinstance(a, dict) and isinstance(b, dict):     # name the leaf that differs
+                k = next((f"{k}.{x}" for x in sorted(set(param_leaves(a)) | set(param_leaves(b)))
+                          if _leaf(a, x) != _leaf(b, x)), k)
+                a, b = _leaf(params, k), _leaf(sp, k)
+            raise ValueError(f"dataset {dataset!r} reuses stage {n} of {src!r}, but {k} differs ({a!r} here, "
+                             f"{b!r} there): set it as {src!r} does")
+    return names
+
+
+def _leaf(d: dict, dotted: str):
+    try:
+        return get_key(d, dotted)
+    except KeyError:
+        return None
+
+
+def reuse_folders(params: dict, dataset: str, root: Path | None = None) -> dict[str, str]:
+    """Output folder -> the dataset holding it, for the folders ``dataset`` reads from the one it reuses."""
+    src = reuse_source(params, dataset)
+    return {_out(n): src for n in reused_stages(params, dataset, root)} if src else {}
+
+
+def link_reused(ctx: Ctx) -> list[Path]:
+    """Make ``data/<ds>/<folder>`` a link to the source dataset's folder for each reused stage, so code
+    reading ``ctx.data`` sees them; returns the links made. A real folder in the way is an error."""
+    made = []
+    for folder, src in reuse_folders(ctx.params, ctx.dataset, ctx.root).items():
+        link = ctx.data / folder
+        target = Path("..") / src / folder
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.exists() or link.is_symlink():
+            raise FileExistsError(f"{link}: in the way of the link to {ctx.root / 'data' / src / folder} "
+                                  f"(dataset {ctx.dataset!r} reuses {src!r}'s {folder}): remove it")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+        made.append(link)
+    return made

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from pipeline.core.runtime import report_errors
-    from pipeline.stages.registry import get_stage
+    from pipeline.stages.registry import get_stage, link_reused
     from pipeline.core.stage import load_dataset_params
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.stages", description=main.__doc__)
@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.core.config import project_root
 
         params = load_dataset_params(a.dataset)
+        link_reused(Ctx(a.dataset, params, project_root()))   # a second round: the source's stores it reuses
         infos = []
         for stage in [get_stage(n) for n in a.stage.split(",")]:   # a combined DVC stage: its steps in turn
             if stage.variants and not a.variant and stage.foreach:
