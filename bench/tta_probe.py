@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import open_artifact, write_json_atomic  # noqa: E402
-from pipeline.corrector.adapt import CONFIG_KEYS, adapt_to_sequence  # noqa: E402
+from pipeline.corrector.adapt import adapt_to_sequence, tta_config  # noqa: E402
 from pipeline.corrector.infer import write_corrected  # noqa: E402
 from pipeline.corrector.model import load_corrector  # noqa: E402
 from pipeline.metrics.evaluation import evaluate_sequence  # noqa: E402
@@ -48,8 +48,7 @@ def main() -> None:
     cp["checkpoint"] = f"data/{a.dataset}/adapt/corrector_adapted.pt"
     dev = resolve_device(cp["device"])
     model, info = load_corrector(ROOT / cp["checkpoint"], dev)
-    cfg = {k: p["adapt"][k] for k in CONFIG_KEYS if k in p["adapt"]}
-    cfg.update(checkpoint=cp["checkpoint"], window=cp["window"])
+    cfg = tta_config(p["adapt"], cp["checkpoint"], cp["window"])
     seqs = sorted(q.name[:-5] for q in (data / "frames").glob("*.zarr"))[:a.sequences]
     rows: dict[str, list] = {"0": [], **{str(n): [] for n in a.iterations}}
     cost: dict[str, dict] = {str(n): {"adapt_s": 0.0, "correct_s": 0.0} for n in [0] + a.iterations}

@@ -79,7 +79,7 @@ from pipeline.train.scaffold import (
 )
 
 __all__ = ["CONFIG_KEYS", "ADAPT_LOSS_WEIGHTS", "AdaptWindowDataset", "adapt_loss", "adapt_corrector",
-           "adapt_to_sequence", "export_adapted", "normalize_adapt_config", "CHECKPOINT_FORMAT"]
+           "adapt_to_sequence", "tta_config", "export_adapted", "normalize_adapt_config", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "motionseg-corrector-adapt/1"
 
@@ -360,6 +360,12 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
                "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(Path(log_dir) / "metrics.json", metrics)
     return metrics
+
+
+def tta_config(adapt: Mapping[str, Any], checkpoint: str, window: int) -> dict:
+    """The :func:`adapt_to_sequence` config of the ``adapt`` params section: its :data:`CONFIG_KEYS`, with the
+    dataset-adapted ``checkpoint`` and the corrector's ``window``."""
+    return {**{k: adapt[k] for k in CONFIG_KEYS if k in adapt}, "checkpoint": checkpoint, "window": window}
 
 
 def adapt_to_sequence(model: torch.nn.Module, data_dir: str | os.PathLike, sequence: str, cfg: Mapping[str, Any],

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from pipeline.core.store import ArtifactError, open_artifact
-from pipeline.oclr.train import export_checkpoint, finish_clip, train_oclr
+from pipeline.oclr.train import export_checkpoint, finish_clip, model_config_from, train_oclr
 from pipeline.train.scaffold import check_keys
 
 #: keys of the ``adapt_oclr`` params section (documented there)
@@ -118,12 +118,9 @@ def adapt_oclr(oclr: Mapping[str, Any], adapt: Mapping[str, Any], init: str, flo
     """Fine-tune ``init`` on the pseudo-labelled clips into ``work`` (``last.pt``, resumed when
     ``adapt.resume`` and the config is the same) and export ``work/oclr_adapted.pt``; returns the
     training metrics plus ``export`` (the export's summary)."""
-    from pipeline.oclr.model import load_oclr
-
     cfg = adapt_config(oclr, adapt, init, name)
-    _, info = load_oclr(init)
-    ds = PseudoClipDataset(flow_stores, label_stores, int(cfg["clip_len"]), cfg["size"],
-                           int(info["model_config"]["num_queries"]), seed=cfg["seed"],
+    slots = model_config_from(cfg).num_queries          # train_oclr checks that init has this config
+    ds = PseudoClipDataset(flow_stores, label_stores, int(cfg["clip_len"]), cfg["size"], slots, seed=cfg["seed"],
                            flip=bool(cfg["flip"]))
     work = Path(work)
     m = train_oclr(cfg, work, resume=bool(adapt["resume"]), progress=progress, log_dir=log_dir, train_ds=ds)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.stage import Ctx, Stage
-from pipeline.corrector.adapt import CONFIG_KEYS, adapt_to_sequence
+from pipeline.corrector.adapt import adapt_to_sequence, tta_config
 from pipeline.stages.corrector import ADAPTED, INPUTS, _run, _setup
 
 #: the adapt keys the per-sequence test-time adaptation reads (adapt.per_sequence > 0)
@@ -23,9 +23,7 @@ def _run_adapted(state, ctx: Ctx, seq: str, out: Path) -> str:
     if n <= 0:
         return _run(state, ctx, seq, out)
     model, _, cp, dev, _ = state
-    ap = ctx.section("adapt")
-    cfg = {k: ap[k] for k in CONFIG_KEYS if k in ap}
-    cfg.update(checkpoint=ADAPTED.format(dataset=ctx.dataset), window=cp["window"])
+    cfg = tta_config(ctx.section("adapt"), ADAPTED.format(dataset=ctx.dataset), cp["window"])
     tuned, rec = adapt_to_sequence(model, ctx.data, seq, cfg, n, dev)
     return _run(state, ctx, seq, out, tuned, {**cp, "per_sequence": n},
                 f", adapted to the sequence: {rec['iterations']} iterations in {rec['seconds']:.0f} s")
