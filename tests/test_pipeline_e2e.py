@@ -90,10 +90,12 @@ def test_quality_report_scores_every_method_without_labels(project):
         q = proj / "results/demo/quality" / method
         summary = json.loads((q / "summary.json").read_text())
         assert 0.0 <= summary["alignment_mean"] <= 1.0 and summary["backbone"] == "mobilenetv2_imagenet"
+        assert 0.0 <= summary["agreement_mean"] <= 1.0 and summary["flag_on"] == "agreement"
+        assert method not in summary["scores"]["agreement"]          # a method is not compared with itself
         rows = list(csv.DictReader(open(q / "per_frame.csv")))
         assert len(rows) == 12 and {r["sequence"] for r in rows} == {"demo-01", "demo-02"}
         assert sum(int(r["flagged"]) for r in rows) == summary["flagged_frames"]
-        assert all((float(r["alignment"]) < summary["flag_below"]) == (r["flagged"] == "1") for r in rows)
+        assert all((float(r["agreement"]) < summary["flag_below"]) == (r["flagged"] == "1") for r in rows)
         assert (q / "per_sequence.png").stat().st_size > 0
 
 

@@ -89,8 +89,8 @@ def named_inputs(st: Stage, params: dict) -> list[str]:
 #: (a diagnostic that needs ground truth) when ``eval.methods`` names it
 OPTIONAL = frozenset({"train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
-USE_KEYS = ("eval.methods", "quality.methods", "export.methods", "crf.input", "adapt.pseudo_labels",
-            "adapt_oclr.pseudo_labels")
+USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
+            "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
 #: stages in a dataset's graph only when their params key is not null
 SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
 
