@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import open_artifact  # noqa: E402
 from pipeline.quality.agreement import VOID, label_agreement  # noqa: E402
+from quality_scores_vs_j import frame_j  # noqa: E402  (bench/, the script's folder)
 
 FORMS = ("objects", "foreground", "best_pair")
 SIZE = (224, 128)                       # cv2 (w, h)
@@ -53,7 +54,7 @@ def _fg(a: np.ndarray) -> np.ndarray:
 
 def best_pair(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.where(a == VOID, 0, a), np.where(b == VOID, 0, b)
-    ia, ib = np.unique(a)[1:], np.unique(b)[1:]
+    ia, ib = np.setdiff1d(np.unique(a), [0]), np.setdiff1d(np.unique(b), [0])
     if len(ia) == 0 or len(ib) == 0:
         return 1.0 if len(ia) == len(ib) else 0.0
     return max(_iou(a == i, b == j) for i in ia for j in ib)
@@ -65,17 +66,8 @@ def agreements(a: np.ndarray, others: list[np.ndarray]) -> list[float]:
             float(np.mean([best_pair(a, o) for o in others]))]
 
 
-def _eval_j(data: Path, method: str, seq: str) -> dict[str, float]:
-    doc = json.loads((data / "eval" / method / f"{seq}.json").read_text())
-    per: dict[str, list[float]] = {}
-    for ob in doc["objects"]:
-        for f, j in zip(ob["frames"], ob["J"]):
-            if j is not None:
-                per.setdefault(str(f), []).append(float(j))
-    return {f: float(np.mean(v)) for f, v in per.items()}
-
-
-def rows_of(data: Path, method: str, sources: list[str], seqs: list[str], single: bool) -> list[tuple]:
+def rows_of(dataset: str, method: str, sources: list[str], seqs: list[str], single: bool) -> list[tuple]:
+    data = ROOT / "data" / dataset
     rows = []
     for s in seqs:
         lab = open_artifact(data / method / f"{s}.zarr", stage=method)["labels"]
@@ -83,7 +75,7 @@ def rows_of(data: Path, method: str, sources: list[str], seqs: list[str], single
         fr = open_artifact(data / "frames" / f"{s}.zarr", stage="frames")
         names = list(fr.attrs["frame_names"])
         if single:
-            fj = _eval_j(data, method, s)
+            fj = frame_j(dataset, method, s)
             for t in range(lab.shape[0]):
                 if names[t] in fj:
                     rows.append((s, fj[names[t]], *agreements(_rs(lab[t]), [_rs(o[t]) for o in oth])))
@@ -93,7 +85,7 @@ def rows_of(data: Path, method: str, sources: list[str], seqs: list[str], single
         for t in range(lab.shape[0]):
             if valid[t]:
                 a, g = _rs(lab[t]), _fg(_rs(gt[t]))
-                per.append(({k: _iou(a == k, g) for k in range(1, int(a.max(initial=0)) + 2)},
+                per.append(({int(k): _iou(a == k, g) for k in np.unique(a) if k not in (0, VOID)},
                             agreements(a, [_rs(o[t]) for o in oth])))
         ks = sorted({k for p, _ in per for k in p})
         kbest = max(ks, key=lambda k: np.mean([p.get(k, 0.0) for p, _ in per])) if ks else 1
@@ -138,7 +130,7 @@ def main() -> None:
               "bad_frame": f"J < {a.bad}", "methods": {}}
     for m in a.methods:
         srcs = [str(s) for s in p["quality"]["agree_with"] if str(s) != m]
-        report["methods"][m] = summarize(rows_of(data, m, srcs, seqs, single), a.bad, a.thresholds)
+        report["methods"][m] = summarize(rows_of(a.dataset, m, srcs, seqs, single), a.bad, a.thresholds)
         print(m, json.dumps(report["methods"][m]), flush=True)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
