@@ -32,6 +32,13 @@ from pipeline.quality.report import score_sequence  # noqa: E402
 from pipeline.stages.fuse import source_reader  # noqa: E402
 
 
+def score(results: list, seqs: list[str]) -> dict:
+    """J, J&F (object-level means, as the metrics stage reports) and per-sequence J of one variant."""
+    summ = summarize(results)
+    return {"J": round(float(summ["J_mean"]), 4), "JF": round(float(summ["JF_mean"]), 4),
+            "per_sequence_J": {q: round(r.stats()["J_mean"], 4) for q, r in zip(seqs, results)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset")
@@ -77,11 +84,8 @@ def main() -> None:
     out = {"dataset": a.dataset, "protocol": protocol, "sequences": len(seqs), "wall_s": round(time.time() - t0, 1),
            "backbone": "features stage tokens (alignment)", "variants": {}}
     for k, v in rows.items():
-        summ = summarize(v["results"])           # object-level means, as the metrics stage reports
         out["variants"][k] = {"sources": v["sources"], "weighting": v["weighting"], "min_iou": v["min_iou"],
-                              "J": round(float(summ["J_mean"]), 4), "JF": round(float(summ["JF_mean"]), 4),
-                              "alignment": round(float(np.mean(v["alignment"])), 4),
-                              "per_sequence_J": {q: round(r.stats()["J_mean"], 4) for q, r in zip(seqs, v["results"])}}
+                              **score(v["results"], seqs), "alignment": round(float(np.mean(v["alignment"])), 4)}
         print(f"{k:40s} J {out['variants'][k]['J']:.4f}  J&F {out['variants'][k]['JF']:.4f}  "
               f"alignment {out['variants'][k]['alignment']:.4f}")
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -249,6 +249,38 @@ def test_tuner_reruns_the_stages_a_key_reaches_up_to_the_scored_one():
     assert affected("crf.iterations", "proposals", ctx) == []
 
 
+def test_tuner_trains_from_scratch_when_the_copied_state_cannot_be_resumed(tmp_path, monkeypatch):
+    import pipeline.stages.tune as tune_mod
+    from pipeline.core.store import ArtifactError
+
+    calls = []
+
+    def fake_run(stage, ctx):               # a trainer that refuses a state made with another config
+        calls.append(copied.exists())
+        if copied.exists():
+            raise ArtifactError(f"{copied}/last.pt: cannot resume, it was trained with a different config")
+
+    monkeypatch.setattr(tune_mod, "run", fake_run)
+    stage = get_stage("train_imas")
+    copied = tmp_path / "imas_train"
+    copied.mkdir()
+    (copied / "last.pt").write_bytes(b"state")
+    logs = []
+    tune_mod.run_from_copy(stage, None, copied, logs.append)
+    assert calls == [True, False] and not copied.exists() and "from scratch" in logs[0]
+    copied.mkdir()                          # without a copy the refusal is the user's to see
+    with pytest.raises(ArtifactError, match="cannot resume"):
+        tune_mod.run_from_copy(stage, None, None, logs.append)
+
+    def other_error(stage, ctx):
+        raise ArtifactError("frames: missing")
+
+    monkeypatch.setattr(tune_mod, "run", other_error)
+    with pytest.raises(ArtifactError, match="missing"):
+        tune_mod.run_from_copy(stage, None, copied, logs.append)
+    assert copied.exists()                  # any other error leaves the copy alone
+
+
 def test_a_stage_over_no_methods_is_left_out_of_dvc_yaml():
     from pipeline.core.stage import load_dataset_params
     from pipeline.stages.dvcgen import stage_entry
@@ -257,6 +289,28 @@ def test_a_stage_over_no_methods_is_left_out_of_dvc_yaml():
     assert stage_entry("metrics", "demo", merged, [], "datasets/demo/dataset.yaml", False) is not None
     merged["eval"]["methods"] = []                 # a dataset without ground truth
     assert stage_entry("metrics", "demo", merged, [], "datasets/demo/dataset.yaml", False) is None
+
+
+def test_tuner_measures_agreement_only_with_stores_it_has(tmp_path):
+    from pipeline.core.stage import Ctx, load_dataset_params
+    from pipeline.stages.tune import scoring_params
+
+    params = load_dataset_params("demo", ROOT)
+    params["quality"].update(agree_with=["proposals", "adapted", "imas"], flag_on="agreement")
+    ctx = Ctx("demo", params, tmp_path)
+    for q in ("a", "b"):
+        (ctx.store("proposals", q)).mkdir(parents=True)
+    (ctx.store("adapted", "a")).mkdir(parents=True)      # adapted lacks video b
+    logs = []
+    out = scoring_params(params, ctx, ["train_imas", "imas"], "imas", ["a", "b"], logs.append)
+    assert out["quality"]["agree_with"] == ["proposals", "imas"] and out["quality"]["flag_on"] == "agreement"
+    assert "without adapted" in logs[0] and params["quality"]["agree_with"] == ["proposals", "adapted", "imas"]
+    # nothing but the scored stage left: frames are flagged on alignment
+    out = scoring_params(params, ctx, ["imas"], "imas", ["a", "c"], logs.append)
+    assert out["quality"]["agree_with"] == ["imas"] and out["quality"]["flag_on"] == "alignment"
+    # a stage the candidates rewrite counts as present; all present: the params are returned as they are
+    assert scoring_params(params, ctx, ["adapted", "imas"], "imas", ["a", "b"], logs.append) is params
+    assert len(logs) == 2
 
 
 def test_tuner_refuses_what_would_change_its_own_yardstick():

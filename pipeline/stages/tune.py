@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
-from pipeline.core.store import open_artifact, write_json_atomic
+from pipeline.core.store import ArtifactError, open_artifact, write_json_atomic
 from pipeline.stages.registry import ORDER, get_stage, used_stages
 from pipeline.stages.runner import run
 from pipeline.stages.sequences import dataset_sequences
 
-__all__ = ["affected", "scratch_project", "tune"]
+__all__ = ["affected", "run_from_copy", "scratch_project", "scoring_params", "tune"]
 
 SCORING = ("metrics", "quality", "export", "selection_eval")
 #: params sections that define the score itself: never tuned by it
@@ -91,6 +91,42 @@ def scratch_project(ctx: Ctx, base: Path, fresh: set[str]) -> Path:
     return base
 
 
+def run_from_copy(stage: Stage, ctx: Ctx, copied: Path | None, log: Callable[[str], None] = print) -> None:
+    """Run ``stage`` in a candidate's scratch project. ``copied``: the training state copied from the
+    dataset's own run; when the trainer refuses to resume it (the candidate changes what the state was
+    trained with, e.g. ``imas.channels``: the trainers' "cannot resume" error) it is removed and the stage
+    trains from scratch."""
+    try:
+        run(stage, ctx)
+    except (ArtifactError, ValueError) as e:
+        if copied is None or "cannot resume" not in str(e):
+            raise
+        log(f"{stage.name}: the copied state cannot be resumed with this value; training from scratch")
+        shutil.rmtree(copied)
+        run(stage, ctx)
+
+
+def scoring_params(params: dict, ctx: Ctx, rerun: Sequence[str], target: str, seqs: Sequence[str],
+                   log: Callable[[str], None] = print) -> dict:
+    """The candidates are chosen by alignment alone; the quality stage also measures agreement with the
+    stages of ``quality.agree_with``. Those whose stores the dataset lacks (and no candidate rewrites) are
+    left out of it, with a line in the log, instead of failing the candidate after its run; when none is
+    left and frames are flagged on agreement, they are flagged on alignment."""
+    made = {get_stage(n).out or n for n in rerun}
+    agree = [str(s) for s in params["quality"].get("agree_with") or []]
+    missing = [s for s in agree if s != target and s not in made
+               and not all(ctx.store(get_stage(s).out or s, q).exists() for q in seqs)]
+    if not missing:
+        return params
+    kept = [s for s in agree if s not in missing]
+    log(f"agreement measured without {', '.join(missing)} (no stores in data/{ctx.dataset}/; the pick is by "
+        f"alignment either way)")
+    params = _set(params, "quality.agree_with", kept)
+    if not [s for s in kept if s != target] and params["quality"].get("flag_on") == "agreement":
+        params = _set(params, "quality.flag_on", "alignment")
+    return params
+
+
 def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = None, root: Path | None = None,
          overrides: dict | None = None, log: Callable[[str], None] = print) -> dict:
     """Run the tuner (see the module docstring); returns the report (also written to results)."""
@@ -116,6 +152,7 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
         raise ValueError(f"{key} does not change the masks of stage {target!r} (it is read by none of the stages "
                          f"up to it); pick the scored stage with --method")
     seqs = dataset_sequences(ctx)
+    params = scoring_params(params, ctx, rerun, target, seqs, log)
     has_gt = all(open_artifact(ctx.store("frames", s)).attrs.get("has_gt") for s in seqs)
     log(f"tune {key} on {dataset}: {len(values)} values, rerunning {', '.join(rerun)} on {len(seqs)} sequences, "
         f"scoring {target} by motion-semantic alignment" + (" (J beside it)" if has_gt else ""))
@@ -123,14 +160,15 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     for i, value in enumerate(values):
         p = _set(params, key, value)
         base = scratch_project(ctx, ctx.data / "tune" / f"{key}-{i}", fresh)
+        copied = {}
         for n in rerun:     # a training stage starts from a copy of its state (IMAS redoes only what the key reaches)
             out = get_stage(n).out or n
             if get_stage(n).whole is not None and (ctx.data / out).is_dir():
-                shutil.copytree(ctx.data / out, base / "data" / dataset / out)
+                copied[n] = shutil.copytree(ctx.data / out, base / "data" / dataset / out)
         sctx = Ctx(dataset, p, base)
         t0 = time.perf_counter()
         for n in rerun:
-            run(get_stage(n), sctx)
+            run_from_copy(get_stage(n), sctx, copied.get(n), log)
         secs = time.perf_counter() - t0
         run(get_stage("quality"), Ctx(dataset, p, base, target))
         q = json.loads((base / "results" / dataset / "quality" / target / "summary.json").read_text())
