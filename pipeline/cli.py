@@ -135,9 +135,13 @@ def tune(key: str = typer.Argument(..., help="A params key, e.g. proposals.thres
          values: list[str] = typer.Argument(..., help="Candidate values (YAML: 0.3, null, [1, 2], true)."),
          dataset: str = typer.Option("demo", help="The dataset to tune on (its stores up to the key's stages must exist)."),
          method: Optional[str] = typer.Option(None, help="The mask stage whose alignment chooses (default crf)."),
-         set_: list[str] = typer.Option([], "--set", help="KEY=VALUE applied to every candidate.")) -> None:
-    """Label-free tuning: the value whose masks have the best motion-semantic alignment (J beside it when
-    the dataset has ground truth; never used to choose). Table in results/<dataset>/tune/<key>.csv."""
+         set_: list[str] = typer.Option([], "--set", help="KEY=VALUE applied to every candidate."),
+         score: str = typer.Option("alignment", help="The label-free score that picks: alignment (motion-semantic "
+                                   "alignment of the masks) or agreement (IoU with the other mask stages of "
+                                   "quality.agree_with; their stores must exist).")) -> None:
+    """Label-free tuning: the value whose masks have the best motion-semantic alignment, or agreement (J beside
+    it when the dataset has ground truth; never used to choose). Table in results/<dataset>/tune/<key>.csv
+    (<key>.by_agreement.csv)."""
     import yaml
 
     from pipeline.core.runtime import report_errors
@@ -150,7 +154,7 @@ def tune(key: str = typer.Argument(..., help="A params key, e.g. proposals.thres
         k, v = kv.split("=", 1)
         over[k] = yaml.safe_load(v)
     code = report_errors(lambda: run_tune(dataset, key, [yaml.safe_load(v) for v in values], method,
-                                          overrides=over, log=typer.echo))
+                                          overrides=over, log=typer.echo, score=score))
     if code:
         raise typer.Exit(code)
 

@@ -114,6 +114,13 @@ def test_tuner_picks_by_alignment_and_leaves_the_stores_alone(project):
     assert rep["choice"] == max(rep["rows"], key=lambda r: r["alignment"])["value"]
     assert all(r["J"] is not None for r in rep["rows"])            # the demo has ground truth: J beside it
     assert rep["rows"][0]["alignment"] != rep["rows"][1]["alignment"]
+    _run([sys.executable, "-m", "pipeline.cli", "tune", "proposals.threshold", "0.2", "0.5", "--dataset", "demo",
+          "--method", "proposals", "--score", "agreement"], proj, env)
+    by_agree = json.loads((proj / "results/demo/tune/proposals.threshold.by_agreement.json").read_text())
+    assert by_agree["score"] == "agreement" and rep["score"] == "alignment"
+    assert all(r["agreement"] is not None for r in by_agree["rows"])
+    assert by_agree["choice"] == max(by_agree["rows"], key=lambda r: r["agreement"])["value"]
+    assert [r["alignment"] for r in by_agree["rows"]] == [r["alignment"] for r in rep["rows"]]   # same candidates
     assert json.loads((store / "zarr.json").read_text())["attributes"]["content_sha256"] == before
     assert scored() == before_scores                              # the project's own scores untouched too
 

@@ -1,5 +1,6 @@
 """The label-free tuner: run the part of the pipeline a params key affects once per candidate value and
-pick the value whose masks have the best mean motion-semantic alignment (no labels). When the dataset
+pick the value whose masks have the best mean motion-semantic alignment, or with ``score="agreement"`` the
+best agreement with the other mask stages (no labels either way). When the dataset
 has ground truth, J is computed beside it (reported, never used to choose).
 
 Each candidate runs in a scratch project under ``data/<ds>/tune/``: the stores the key does not affect
@@ -108,8 +109,8 @@ def run_from_copy(stage: Stage, ctx: Ctx, copied: Path | None, log: Callable[[st
 
 def scoring_params(params: dict, ctx: Ctx, rerun: Sequence[str], target: str, seqs: Sequence[str],
                    log: Callable[[str], None] = print) -> dict:
-    """The candidates are chosen by alignment alone; the quality stage also measures agreement with the
-    stages of ``quality.agree_with``. Those whose stores the dataset lacks (and no candidate rewrites) are
+    """The quality stage that scores the candidates measures agreement with the stages of
+    ``quality.agree_with``. Those whose stores the dataset lacks (and no candidate rewrites) are
     left out of it, with a line in the log, instead of failing the candidate after its run; when none is
     left and frames are flagged on agreement, they are flagged on alignment."""
     made = {get_stage(n).out or n for n in rerun}
@@ -119,17 +120,24 @@ def scoring_params(params: dict, ctx: Ctx, rerun: Sequence[str], target: str, se
     if not missing:
         return params
     kept = [s for s in agree if s not in missing]
-    log(f"agreement measured without {', '.join(missing)} (no stores in data/{ctx.dataset}/; the pick is by "
-        f"alignment either way)")
+    log(f"agreement measured without {', '.join(missing)} (no stores in data/{ctx.dataset}/)")
     params = _set(params, "quality.agree_with", kept)
     if not [s for s in kept if s != target] and params["quality"].get("flag_on") == "agreement":
         params = _set(params, "quality.flag_on", "alignment")
     return params
 
 
+SCORES = ("alignment", "agreement")
+
+
 def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = None, root: Path | None = None,
-         overrides: dict | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run the tuner (see the module docstring); returns the report (also written to results)."""
+         overrides: dict | None = None, log: Callable[[str], None] = print, score: str = "alignment") -> dict:
+    """Run the tuner (see the module docstring); returns the report (also written to results). ``score``:
+    the label-free score that picks, ``alignment`` (motion-semantic alignment of the scored stage's masks)
+    or ``agreement`` (their matched-object IoU with the other mask stages of ``quality.agree_with``, which
+    must have stores)."""
+    if score not in SCORES:
+        raise ValueError(f"score {score!r}: expected one of {', '.join(SCORES)}")
     from pipeline.core.config import project_root
 
     root = root or project_root()
@@ -153,9 +161,13 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
                          f"up to it); pick the scored stage with --method")
     seqs = dataset_sequences(ctx)
     params = scoring_params(params, ctx, rerun, target, seqs, log)
+    if score == "agreement" and not [s for s in params["quality"]["agree_with"] or [] if s != target]:
+        raise ValueError(f"--score agreement: none of quality.agree_with has stores in data/{dataset}/ "
+                         f"(run those stages first)")
     has_gt = all(open_artifact(ctx.store("frames", s)).attrs.get("has_gt") for s in seqs)
     log(f"tune {key} on {dataset}: {len(values)} values, rerunning {', '.join(rerun)} on {len(seqs)} sequences, "
-        f"scoring {target} by motion-semantic alignment" + (" (J beside it)" if has_gt else ""))
+        f"scoring {target} by {'motion-semantic alignment' if score == 'alignment' else 'agreement'}"
+        + (" (J beside it)" if has_gt else ""))
     rows = []
     for i, value in enumerate(values):
         p = _set(params, key, value)
@@ -172,7 +184,9 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
         secs = time.perf_counter() - t0
         run(get_stage("quality"), Ctx(dataset, p, base, target))
         q = json.loads((base / "results" / dataset / "quality" / target / "summary.json").read_text())
-        row = {"value": value, "alignment": round(q["alignment_mean"], 4), "J": None, "JF": None,
+        agree = q.get("agreement_mean")
+        row = {"value": value, "alignment": round(q["alignment_mean"], 4),
+               "agreement": None if agree is None else round(agree, 4), "J": None, "JF": None,
                "flagged_frames": q["flagged_frames"], "seconds": round(secs, 1)}
         if has_gt:
             run(get_stage("metrics"), Ctx(dataset, p, base, target))
@@ -181,20 +195,22 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
         rows.append(row)
         log(json.dumps(row))
         shutil.rmtree(base, ignore_errors=True)          # the candidate's stores: scored, no longer needed
-    best = max(rows, key=lambda r: r["alignment"])
+    best = max(rows, key=lambda r: r[score])
     report = {"dataset": dataset, "key": key, "current": get_key(params, key), "scored_stage": target,
-              "reran": rerun, "overrides": overrides or {}, "backbone": q.get("backbone"),
+              "reran": rerun, "overrides": overrides or {}, "backbone": q.get("backbone"), "score": score,
+              "agree_with": params["quality"]["agree_with"],
               "choice": best["value"], "rows": rows,
               "best_J": max(rows, key=lambda r: r["J"])["value"] if has_gt else None}
     out = root / "results" / dataset / "tune"
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / f"{key}.json", report)
-    cols = ["value", "alignment", "J", "JF", "flagged_frames", "seconds"]
-    with open(out / f"{key}.csv", "w", newline="") as f:
+    name = key if score == "alignment" else f"{key}.by_{score}"
+    write_json_atomic(out / f"{name}.json", report)
+    cols = ["value", "alignment", "agreement", "J", "JF", "flagged_frames", "seconds"]
+    with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         w.writerows([(r[c] if isinstance(r[c], str) else json.dumps(r[c])) if c == "value" else ("" if r[c] is None else r[c]) for c in cols]
                      for r in rows)
-    log(f"tune {key}: best alignment at {best['value']!r} (now {report['current']!r})"
-        + (f"; best J at {report['best_J']!r}" if has_gt else "") + f" -> {out / (key + '.csv')}")
+    log(f"tune {key}: best {score} at {best['value']!r} (now {report['current']!r})"
+        + (f"; best J at {report['best_J']!r}" if has_gt else "") + f" -> {out / (name + '.csv')}")
     return report
