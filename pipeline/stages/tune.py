@@ -32,6 +32,8 @@ __all__ = ["affected", "run_from_copy", "scratch_project", "scoring_params", "tu
 SCORING = ("metrics", "quality", "export", "selection_eval")
 #: params sections that define the score itself: never tuned by it
 YARDSTICK = ("dataset", "features", "quality")
+#: the label-free scores that can pick a candidate (columns of the quality stage's summary)
+SCORES = ("alignment", "agreement")
 
 
 def _covers(read: str, key: str) -> bool:
@@ -107,6 +109,11 @@ def run_from_copy(stage: Stage, ctx: Ctx, copied: Path | None, log: Callable[[st
         run(stage, ctx)
 
 
+def _references(params: dict, target: str) -> list[str]:
+    """The stages the scored stage's agreement is measured against."""
+    return [str(s) for s in params["quality"].get("agree_with") or [] if str(s) != target]
+
+
 def scoring_params(params: dict, ctx: Ctx, rerun: Sequence[str], target: str, seqs: Sequence[str],
                    log: Callable[[str], None] = print) -> dict:
     """The quality stage that scores the candidates measures agreement with the stages of
@@ -122,12 +129,9 @@ def scoring_params(params: dict, ctx: Ctx, rerun: Sequence[str], target: str, se
     kept = [s for s in agree if s not in missing]
     log(f"agreement measured without {', '.join(missing)} (no stores in data/{ctx.dataset}/)")
     params = _set(params, "quality.agree_with", kept)
-    if not [s for s in kept if s != target] and params["quality"].get("flag_on") == "agreement":
+    if not _references(params, target) and params["quality"].get("flag_on") == "agreement":
         params = _set(params, "quality.flag_on", "alignment")
     return params
-
-
-SCORES = ("alignment", "agreement")
 
 
 def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = None, root: Path | None = None,
@@ -161,7 +165,7 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
                          f"up to it); pick the scored stage with --method")
     seqs = dataset_sequences(ctx)
     params = scoring_params(params, ctx, rerun, target, seqs, log)
-    if score == "agreement" and not [s for s in params["quality"]["agree_with"] or [] if s != target]:
+    if score == "agreement" and not _references(params, target):
         raise ValueError(f"--score agreement: none of quality.agree_with has stores in data/{dataset}/ "
                          f"(run those stages first)")
     has_gt = all(open_artifact(ctx.store("frames", s)).attrs.get("has_gt") for s in seqs)
