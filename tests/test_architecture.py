@@ -313,6 +313,33 @@ def test_tuner_measures_agreement_only_with_stores_it_has(tmp_path):
     assert len(logs) == 2
 
 
+def test_tuner_leaves_out_references_the_key_changes_but_the_candidates_do_not_rerun(tmp_path):
+    from pipeline.core.stage import Ctx, load_dataset_params
+    from pipeline.stages.tune import affected, reached, scoring_params
+
+    params = load_dataset_params("demo", ROOT)
+    ctx = Ctx("demo", params, ROOT)
+    # corrector.t picks exemplars: the corrector scored on its own is reached through exemplars, and so are
+    # the stages after it that it does not feed (adaptation, propagation from the exemplars, the CRF)
+    assert affected("corrector.t", "corrector", ctx) == ["exemplars", "corrector"]
+    hit = reached("corrector.t", ctx)
+    assert {"exemplars", "corrector", "adapt_corrector", "adapted", "propagate", "crf"} <= hit
+    assert not hit & {"frames", "flow", "proposals", "features", "selector", "motion_baseline"}
+    params["quality"].update(agree_with=["proposals", "adapted", "propagate", "motion_baseline"], flag_on="agreement")
+    tctx = Ctx("demo", params, tmp_path)
+    for s in ("proposals", "adapted", "propagate", "motion_baseline"):
+        tctx.store(s, "a").mkdir(parents=True)
+    logs = []
+    stale = sorted(hit - {"exemplars", "corrector"})
+    out = scoring_params(params, tctx, ["exemplars", "corrector"], "corrector", ["a"], logs.append, stale)
+    # adapted and propagate hold the masks of the current corrector.t: every candidate would be pulled to it
+    assert out["quality"]["agree_with"] == ["proposals", "motion_baseline"]
+    assert logs == ["agreement measured without adapted, propagate (the key changes them; their stores hold "
+                    "the current value's masks)"]
+    # the same stores scored for a key that does not reach them: all kept
+    assert scoring_params(params, tctx, ["crf"], "crf", ["a"], logs.append, []) is params
+
+
 def test_tuner_refuses_what_would_change_its_own_yardstick():
     from pipeline.stages.tune import tune
 

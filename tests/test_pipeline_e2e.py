@@ -119,6 +119,8 @@ def test_tuner_picks_by_alignment_and_leaves_the_stores_alone(project):
     by_agree = json.loads((proj / "results/demo/tune/proposals.threshold.by_agreement.json").read_text())
     assert by_agree["score"] == "agreement" and rep["score"] == "alignment"
     assert all(r["agreement"] is not None for r in by_agree["rows"])
+    # adapted and propagate are made from the proposals: their stores hold the current threshold's masks
+    assert by_agree["agree_with"] == ["proposals", "motion_baseline"]
     assert by_agree["choice"] == max(by_agree["rows"], key=lambda r: r["agreement"])["value"]
     assert [r["alignment"] for r in by_agree["rows"]] == [r["alignment"] for r in rep["rows"]]   # same candidates
     assert json.loads((store / "zarr.json").read_text())["attributes"]["content_sha256"] == before

@@ -7,7 +7,8 @@ Each candidate runs in a scratch project under ``data/<ds>/tune/``: the stores t
 are links to the dataset's own (which are never touched), the affected stages (those reading the key
 and everything downstream of them up to the scored stage) run with the candidate value; a training
 stage among them starts from a copy of its folder, so a resumable one redoes only what the key reaches
-(``train_imas``: stage 2 alone for a stage-2 key). Writes
+(``train_imas``: stage 2 alone for a stage-2 key). Agreement is measured only with stages whose stores
+are valid for every candidate: the rerun ones and those the key does not reach. Writes
 ``results/<ds>/tune/<key>.csv`` and ``.json``.
 """
 
@@ -27,7 +28,7 @@ from pipeline.stages.registry import ORDER, get_stage, used_stages
 from pipeline.stages.runner import run
 from pipeline.stages.sequences import dataset_sequences
 
-__all__ = ["affected", "run_from_copy", "scratch_project", "scoring_params", "tune"]
+__all__ = ["affected", "reached", "run_from_copy", "scratch_project", "scoring_params", "tune"]
 
 SCORING = ("metrics", "quality", "export", "selection_eval")
 #: params sections that define the score itself: never tuned by it
@@ -49,16 +50,24 @@ def _upstream(st: Stage, ctx: Ctx) -> set[str]:
     return ups
 
 
+def reached(key: str, ctx: Ctx) -> set[str]:
+    """The (non-scoring) stages whose outputs a new value of ``key`` changes: those reading ``key`` and
+    everything downstream of them."""
+    names = [n for n in used_stages(ctx.params, ctx.dataset) if n not in SCORING]
+    hit: set[str] = set()
+    for n in names:
+        st = get_stage(n)
+        if any(_covers(r, key) for r in st.reads) or any((get_stage(m).out or m) in _upstream(st, ctx) for m in hit):
+            hit.add(n)
+    return hit
+
+
 def affected(key: str, target: str, ctx: Ctx) -> list[str]:
     """Stages (graph order) to rerun for a new value of ``key`` before scoring stage ``target``: those
     reading ``key`` or downstream of one that does, and upstream of (or equal to) ``target``."""
     names = [n for n in used_stages(ctx.params, ctx.dataset) if n not in SCORING]
     outs = {n: (get_stage(n).out or n) for n in names}
-    hit: set[str] = set()
-    for n in names:
-        st = get_stage(n)
-        if any(_covers(r, key) for r in st.reads) or any(outs[m] in _upstream(st, ctx) for m in hit):
-            hit.add(n)
+    hit = reached(key, ctx)
     need, todo = set(), [target]
     while todo:                                    # ancestors of the target
         n = todo.pop()
@@ -115,19 +124,26 @@ def _references(params: dict, target: str) -> list[str]:
 
 
 def scoring_params(params: dict, ctx: Ctx, rerun: Sequence[str], target: str, seqs: Sequence[str],
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = print, stale: Sequence[str] = ()) -> dict:
     """The quality stage that scores the candidates measures agreement with the stages of
-    ``quality.agree_with``. Those whose stores the dataset lacks (and no candidate rewrites) are
-    left out of it, with a line in the log, instead of failing the candidate after its run; when none is
-    left and frames are flagged on agreement, they are flagged on alignment."""
+    ``quality.agree_with``. Left out of it, with a line in the log: those whose stores the dataset lacks
+    (and no candidate rewrites), instead of failing the candidate after its run, and the ``stale`` ones:
+    stages the key changes that the candidates do not rerun (downstream of the rerun stages, not upstream
+    of the scored one), whose stores were made with the current value and would pull every candidate
+    towards it. When none is left and frames are flagged on agreement, they are flagged on alignment."""
     made = {get_stage(n).out or n for n in rerun}
     agree = [str(s) for s in params["quality"].get("agree_with") or []]
-    missing = [s for s in agree if s != target and s not in made
+    missing = [s for s in agree if s != target and s not in made and s not in stale
                and not all(ctx.store(get_stage(s).out or s, q).exists() for q in seqs)]
-    if not missing:
+    biased = [s for s in agree if s != target and s in stale]
+    if not missing and not biased:
         return params
-    kept = [s for s in agree if s not in missing]
-    log(f"agreement measured without {', '.join(missing)} (no stores in data/{ctx.dataset}/)")
+    kept = [s for s in agree if s not in missing and s not in biased]
+    if missing:
+        log(f"agreement measured without {', '.join(missing)} (no stores in data/{ctx.dataset}/)")
+    if biased:
+        log(f"agreement measured without {', '.join(biased)} (the key changes them; their stores hold the "
+            "current value's masks)")
     params = _set(params, "quality.agree_with", kept)
     if not _references(params, target) and params["quality"].get("flag_on") == "agreement":
         params = _set(params, "quality.flag_on", "alignment")
@@ -155,8 +171,8 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
         params = _set(params, k, v)
     ctx = Ctx(dataset, params, root)
     target = target or "crf"
-    reached = {n for k in [key, *(overrides or {})] for n in affected(k, target, ctx)}
-    rerun = [n for n in ORDER if n in reached]
+    hit = {n for k in [key, *(overrides or {})] for n in affected(k, target, ctx)}
+    rerun = [n for n in ORDER if n in hit]
     # the rerun stages and the scoring stages write in the scratch project; its own folder is not linked
     fresh = ({get_stage(n).out or n for n in rerun} | {"tune"}
              | {(get_stage(n).out or n).split("/")[0] for n in SCORING})
@@ -164,7 +180,8 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
         raise ValueError(f"{key} does not change the masks of stage {target!r} (it is read by none of the stages "
                          f"up to it); pick the scored stage with --method")
     seqs = dataset_sequences(ctx)
-    params = scoring_params(params, ctx, rerun, target, seqs, log)
+    stale = sorted({n for k in [key, *(overrides or {})] for n in reached(k, ctx)} - set(rerun))
+    params = scoring_params(params, ctx, rerun, target, seqs, log, stale)
     if score == "agreement" and not _references(params, target):
         raise ValueError(f"--score agreement: none of quality.agree_with has stores in data/{dataset}/ "
                          f"(run those stages first)")
