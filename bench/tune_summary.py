@@ -1,7 +1,7 @@
 """How far can a user trust the label-free tuner? One table over every key tuned on a dataset.
 
-For each ``results/<ds>/tune/<key>[.by_agreement].json`` the tuner wrote (the newest run of a key wins,
-and a ``.by_agreement`` run carries both scores), per score (alignment, agreement): the value it picks,
+For each ``results/<ds>/tune/<key>[.by_agreement].json`` the tuner wrote (a ``.by_agreement`` run carries
+both scores and wins over the alignment-only one), per score (alignment, agreement): the value it picks,
 the value true J picks, the J lost by trusting the score, and the Spearman correlation between the score
 and J over the candidates.
 
@@ -31,11 +31,7 @@ def summarize(report: dict) -> dict:
         if any(r.get(s) is None for r in rows):
             continue
         pick = max(rows, key=lambda r: r[s])
-        if len(rows) > 2:
-            rho = spearmanr([r[s] for r in rows], [r["J"] for r in rows])[0]
-        else:                                  # two candidates: do the score and J order them the same way?
-            d = (rows[0][s] - rows[1][s]) * (rows[0]["J"] - rows[1]["J"])
-            rho = float("nan") if d == 0 else (1.0 if d > 0 else -1.0)
+        rho = spearmanr([r[s] for r in rows], [r["J"] for r in rows])[0]   # two candidates: +-1, nan on a tie
         out[s] = {"pick": pick["value"], "J": pick["J"], "J_lost": round(best["J"] - pick["J"], 4),
                   "spearman": None if rho != rho else round(float(rho), 2)}
     return out
@@ -44,12 +40,12 @@ def summarize(report: dict) -> dict:
 def load(dataset: str, root: Path) -> list[dict]:
     reports: dict[str, dict] = {}
     folder = root / "results" / dataset / "tune"
-    for f in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+    for f in sorted(folder.glob("*.json")):
         if f.name == "summary.json":
             continue
         r = json.loads(f.read_text())
-        if "rows" in r and r.get("key") and (r["key"] not in reports or f.name.endswith(".by_agreement.json")
-                                              or "agreement" not in reports[r["key"]]["rows"][0]):
+        # a .by_agreement run carries both scores: it wins over an alignment-only run of the same key
+        if r.get("key") and (r["key"] not in reports or f.name.endswith(".by_agreement.json")):
             reports[r["key"]] = r
     return [summarize(r) for r in reports.values()]
 

@@ -57,7 +57,7 @@ def reached(key: str, ctx: Ctx) -> set[str]:
     hit: set[str] = set()
     for n in names:
         st = get_stage(n)
-        if any(_covers(r, key) for r in st.reads) or any((get_stage(m).out or m) in _upstream(st, ctx) for m in hit):
+        if any(_covers(r, key) for r in st.reads) or {get_stage(m).out or m for m in hit} & _upstream(st, ctx):
             hit.add(n)
     return hit
 
