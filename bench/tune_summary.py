@@ -44,6 +44,8 @@ def load(dataset: str, root: Path) -> list[dict]:
         if f.name == "summary.json":
             continue
         r = json.loads(f.read_text())
+        if len(r.get("rows", [])) < 2:     # one candidate (a single measured setting) chooses nothing
+            continue
         # a .by_agreement run carries both scores: it wins over an alignment-only run of the same key
         if r.get("key") and (r["key"] not in reports or f.name.endswith(".by_agreement.json")):
             reports[r["key"]] = r
