@@ -139,12 +139,18 @@ def test_every_inference_stage_is_in_the_demo_pipeline():
 
     demo = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     # IMAS: only where a methods list names it; fuse: the default crf.input; propagate_gt: eval.methods
-    assert steps(demo) == set(ORDER) - OPTIONAL - set(SWITCHED) | {"fuse", "propagate_gt"}
+    # selection_eval: a switched stage, there because the demo has ground truth (eval.methods)
+    assert steps(demo) == set(ORDER) - OPTIONAL - set(SWITCHED) | {"fuse", "propagate_gt", "selection_eval"}
     nested = yaml.safe_load(render("davis2016"))
-    # the demo's generator only in the demo; DAVIS has IMAS and the OCLR adaptation of a second round (a switched
-    # stage: only where its key is set; not in the demo)
-    assert steps(nested) == set(ORDER) - {"demo_data"}
-    assert not set(SWITCHED) & steps(demo)
+    # the demo's generator only in the demo; DAVIS has IMAS; the OCLR adaptation (a switched stage: only where
+    # its key is set) is the second round's first step, in the second round's pipeline
+    assert steps(nested) == set(ORDER) - {"demo_data", "adapt_oclr"}
+    assert "adapt_oclr" not in steps(demo)
+    r2 = _stages(yaml.safe_load(render("davis2016_r2")))
+    assert "data/davis2016/crf" in r2["adapt_oclr"]["deps"] and "data/davis2016/flow" in r2["adapt_oclr"]["deps"]
+    assert "data/davis2016_r2/adapt_oclr/oclr_adapted.pt" in r2["proposals"]["deps"]
+    # a combined stage: the label-based evaluations in one DVC stage
+    assert _stages(demo)["metrics"]["cmd"].split()[3] == "selection_eval,metrics"
     assert all(st.get("wdir") == "../.." for st in _stages(nested).values())
     # a combined stage runs its steps in graph order, and a step runs in one DVC stage only
     assert _stages(demo)["propagate"]["cmd"].split()[3] == "propagate_gt,propagate"
@@ -252,13 +258,14 @@ def test_tuner_reruns_the_stages_a_key_reaches_up_to_the_scored_one():
 def test_tuner_trains_from_scratch_when_the_copied_state_cannot_be_resumed(tmp_path, monkeypatch):
     import pipeline.stages.tune as tune_mod
     from pipeline.core.store import ArtifactError
+    from pipeline.train.scaffold import ResumeError, refuse_resume
 
     calls = []
 
     def fake_run(stage, ctx):               # a trainer that refuses a state made with another config
         calls.append(copied.exists())
         if copied.exists():
-            raise ArtifactError(f"{copied}/last.pt: cannot resume, it was trained with a different config")
+            refuse_resume(copied / "last.pt", ["lr: 0.001 -> 0.002"], "Delete it.")
 
     monkeypatch.setattr(tune_mod, "run", fake_run)
     stage = get_stage("train_imas")
@@ -269,16 +276,34 @@ def test_tuner_trains_from_scratch_when_the_copied_state_cannot_be_resumed(tmp_p
     tune_mod.run_from_copy(stage, None, copied, logs.append)
     assert calls == [True, False] and not copied.exists() and "from scratch" in logs[0]
     copied.mkdir()                          # without a copy the refusal is the user's to see
-    with pytest.raises(ArtifactError, match="cannot resume"):
+    with pytest.raises(ResumeError, match=r"cannot resume, it was trained with a different config \(lr: 0.001"):
         tune_mod.run_from_copy(stage, None, None, logs.append)
 
     def other_error(stage, ctx):
-        raise ArtifactError("frames: missing")
+        raise ArtifactError("frames: missing (cannot resume)")      # not a ResumeError, whatever it says
 
     monkeypatch.setattr(tune_mod, "run", other_error)
     with pytest.raises(ArtifactError, match="missing"):
         tune_mod.run_from_copy(stage, None, copied, logs.append)
     assert copied.exists()                  # any other error leaves the copy alone
+
+
+def test_every_trainer_refuses_a_resume_with_the_one_resume_error():
+    """The tuner tells "train this candidate from scratch" from any other failure by the class alone, so no
+    trainer may say "cannot resume" with another exception."""
+    import importlib
+    import re
+
+    from pipeline.train.scaffold import ResumeError
+
+    for mod in ("oclr.train", "selector.train", "corrector.train", "mamp.train"):
+        assert getattr(importlib.import_module(f"pipeline.{mod}"), "ResumeError", ResumeError) is ResumeError, mod
+    bad = []
+    for f in sorted((ROOT / "pipeline").rglob("*.py")):
+        for m in re.finditer(r"raise (\w+)\([^)]*?cannot resume", f.read_text(), re.S):
+            if m.group(1) != "ResumeError":
+                bad.append(f"{f.relative_to(ROOT)}: {m.group(1)}")
+    assert not bad
 
 
 def test_a_stage_over_no_methods_is_left_out_of_dvc_yaml():

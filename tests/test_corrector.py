@@ -25,9 +25,9 @@ from pipeline.corrector.model import (
     load_corrector,
     slot_attention_weights,
 )
+from pipeline.corrector.batch import collate_windows
 from pipeline.corrector.train import (
     CorrectorClipDataset,
-    collate_windows,
     corrector_loss,
     export_checkpoint,
     oracle_exemplars,

@@ -113,5 +113,5 @@ def test_adapt_oclr_fits_the_pseudo_labels_and_exports_a_loadable_checkpoint(tmp
     assert _j(out, flows, labels) > _j(init, flows, labels) + 0.2
     with pytest.raises(KeyError, match="adapt_oclr"):
         adapt_config(oclr, {**adapt, "iters": 3}, str(init), "toy")
-    with pytest.raises(ValueError, match="proposals.checkpoint"):
+    with pytest.raises(ValueError, match="adapt_oclr.checkpoint"):
         adapt_config(oclr, adapt, "", "toy")

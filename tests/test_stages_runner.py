@@ -288,7 +288,8 @@ def test_a_second_round_reuses_the_stages_before_proposals_and_links_their_store
 
     src = yaml.safe_load((project / "datasets" / "tiny" / "dataset.yaml").read_text())
     doc = {**src, "dataset": {**src["dataset"], "name": "tiny2", "reuse": "tiny"},
-           "proposals": {"checkpoint": "data/tiny/adapt_oclr/oclr_adapted.pt"}}
+           "adapt_oclr": {"pseudo_labels": "../tiny/crf"},
+           "proposals": {"checkpoint": "data/tiny2/adapt_oclr/oclr_adapted.pt"}}
     (project / "datasets" / "tiny2").mkdir()
     (project / "datasets" / "tiny2" / "dataset.yaml").write_text(yaml.safe_dump(doc))
     p2 = load_dataset_params("tiny2", project)
@@ -300,7 +301,16 @@ def test_a_second_round_reuses_the_stages_before_proposals_and_links_their_store
     stages = yaml.safe_load(render("tiny2", project))["stages"]
     assert "frames" not in stages and "flow" not in stages
     assert "data/tiny/flow" in stages["proposals"]["deps"]
-    assert "data/tiny/adapt_oclr/oclr_adapted.pt" in stages["proposals"]["deps"]
+    assert "data/tiny2/adapt_oclr/oclr_adapted.pt" in stages["proposals"]["deps"]
+    # the round's first step is its own: the OCLR adapted on the source's flow and final masks (paths normalised)
+    assert "adapt_oclr" not in used_stages(load_dataset_params("tiny", project), "tiny", project)
+    assert {"data/tiny/flow", "data/tiny/crf", "${adapt_oclr.checkpoint}"} <= set(stages["adapt_oclr"]["deps"])
+    assert stages["adapt_oclr"]["outs"][0] == {"data/tiny2/adapt_oclr": {"persist": True}}
+    from pipeline.stages.adapt_oclr import _check_source
+
+    _check_source(Ctx("tiny2", p2, project), p2["adapt_oclr"])          # the source's proposals checkpoint: fine
+    with pytest.raises(ValueError, match="set adapt_oclr.checkpoint: "):
+        _check_source(Ctx("tiny2", p2, project), {**p2["adapt_oclr"], "checkpoint": "other.pt"})
     assert stages["proposals"]["outs"] == [{"data/tiny2/proposals": {"persist": True}}]
     assert "data/tiny/features" in stages["selector"]["deps"] and "data/tiny2/proposals" in stages["selector"]["deps"]
     # the stages run on the source's stores through links

@@ -66,7 +66,7 @@ from pipeline.core.store import (
     write_json_atomic,
 )
 from pipeline.corrector.model import pool_masks
-from pipeline.corrector.train import collate_windows, forward_batch
+from pipeline.corrector.batch import collate_windows, forward_batch
 from pipeline.oclr.losses import bce_probs, merge_loss_weights
 from pipeline.train.scaffold import (
     CsvLog,
@@ -74,6 +74,7 @@ from pipeline.train.scaffold import (
     check_keys,
     config_diff,
     lr_factor,
+    refuse_resume,
     restore_training,
     start_run,
 )
@@ -302,9 +303,7 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
         diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
         if ck.get("source_sha256") != info["file_sha256"]:
             diff.append("checkpoint (file changed)")
-        if diff:
-            raise ArtifactError(f"{ckpt_path}: cannot resume, it was adapted with a different config "
-                                f"({'; '.join(diff)}); delete {out_dir} to start over")
+        refuse_resume(ckpt_path, diff, f"Delete {out_dir} to start over.", made="adapted")
         start, prev_seconds, _ = restore_training(ck, model, opt, sched)
         resumed = True
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, start if resumed else None)

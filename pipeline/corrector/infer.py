@@ -47,7 +47,7 @@ from pipeline.exemplars.scoring import exemplar_weights
 from pipeline.core.arrays import normalize_rgb, proposal_masks
 
 __all__ = ["CorrectedFrame", "window_starts", "exemplar_weights", "gather_exemplars", "with_fallback", "label_map",
-           "correct_sequence", "write_corrected"]
+           "correct_sequence", "write_corrected", "STAGE_INPUTS", "correct_stores"]
 
 
 class CorrectedFrame(NamedTuple):
@@ -260,3 +260,18 @@ def write_corrected(frames_store: Any, proposals_store: Any, features_store: Any
             "model_config": info["model_config"], "device": str(dev),
             "frame_names": frames_art.attrs.get("frame_names")})
     return {"T": T, "window": window, **run}
+
+
+#: the stores the ``corrector`` and ``adapted`` stages read per sequence, in :func:`write_corrected`'s order
+STAGE_INPUTS = ("frames", "proposals", "features", "exemplars")
+
+
+def correct_stores(data: Path, seq: str, out: Path, model: torch.nn.Module, info: dict, cp: dict, device: Any,
+                   stage: str, note: str = "") -> str:
+    """One sequence of stage ``corrector`` or ``adapted``: :func:`write_corrected` on the stores
+    ``data/<input>/<seq>.zarr`` of :data:`STAGE_INPUTS`; returns the stage's log line."""
+    run = write_corrected(*(Path(data) / i / f"{seq}.zarr" for i in STAGE_INPUTS), out, model, info, cp,
+                          device=device, sequence=seq, stage=stage)
+    fb = f", proposals kept for objects {run['fallback']} (no exemplars)" if run.get("fallback") else ""
+    return (f"{stage}: {seq} ({run['T']} frames, {len(run.get('windows') or [])} windows of "
+            f"{run['window']}{fb}{note}) -> {out}")

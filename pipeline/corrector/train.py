@@ -94,8 +94,9 @@ from pipeline.core.checkpoint import (
     write_export,
 )
 from pipeline.core.config import project_path
-from pipeline.core.device import autocast, restored_torch_settings, rng_state
+from pipeline.core.device import restored_torch_settings, rng_state
 from pipeline.core.store import ArtifactError, write_json_atomic
+from pipeline.corrector.batch import collate_windows, forward_batch
 from pipeline.corrector.model import (
     EXPORT_FORMAT,
     Corrector,
@@ -127,6 +128,7 @@ from pipeline.train.scaffold import (
     lr_factor,
     one_thread_worker,
     read_csv,
+    refuse_resume,
     restore_training,
     start_run,
 )
@@ -156,10 +158,6 @@ _PASSTHROUGH = frozenset({"resume", "export", "export_max_mb"})
 
 TRAIN_CURVE_COLUMNS = ["iteration", "loss", "mask", "boundary", "recon", "alpha", "lr", "grad_norm", "seconds"]
 VAL_CURVE_COLUMNS = ["iteration", "val_J_proposals", "val_J_corrected", "val_J_gain", "val_loss", "seconds"]
-
-
-class ResumeError(ArtifactError):
-    """``last.pt`` exists but was trained with another config (reported as one line by stages)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -331,36 +329,6 @@ class CorrectorClipDataset(Dataset):
                 "video": self.names[v], "start": s, "slot_to_gt": vid.slot_to_gt.copy()}
 
 
-def collate_windows(items: list[dict]) -> dict:
-    """Stack samples; exemplar axes padded to the largest E (``ex_frame = -1``, zero weight)."""
-    E = max(int(it["ex_frame"].shape[0]) for it in items)
-    out: dict[str, Any] = {}
-    for key in ("rgb", "masks", "targets", "tokens", "tgt_frame"):
-        out[key] = torch.stack([it[key] for it in items])
-
-    def pad(x, fill):
-        n = E - x.shape[0]
-        return x if n == 0 else torch.cat([x, torch.full((n, *x.shape[1:]), fill, dtype=x.dtype)])
-
-    out["ex_tokens"] = torch.stack([pad(it["ex_tokens"], 0.0) for it in items])
-    out["ex_masks"] = torch.stack([pad(it["ex_masks"], 0.0) for it in items])
-    out["ex_weight"] = torch.stack([pad(it["ex_weight"], 0.0) for it in items])
-    out["ex_frame"] = torch.stack([pad(it["ex_frame"], -1) for it in items])
-    for key in ("video", "start", "slot_to_gt"):
-        out[key] = [it[key] for it in items]
-    return out
-
-
-MODEL_INPUTS = ("rgb", "masks", "tokens", "ex_tokens", "ex_masks", "ex_weight", "ex_frame", "tgt_frame")
-
-
-def forward_batch(model: torch.nn.Module, batch: Mapping, dev: torch.device, amp: bool) -> dict:
-    """The corrector on a collated batch (:data:`MODEL_INPUTS` moved to ``dev``), autocast when ``amp``."""
-    args = [batch[k].to(dev, non_blocking=True) for k in MODEL_INPUTS]
-    with autocast(dev, amp):
-        return model(*args)
-
-
 # --------------------------------------------------------------------------- loss
 def corrector_loss(out: Mapping[str, torch.Tensor], targets: torch.Tensor, tokens: torch.Tensor,
                    weights: Mapping[str, float] | None = None, boundary_width: int = 3
@@ -475,10 +443,8 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
         if ck.get("model_config") != mcfg.to_dict():
             diff.append("model_config (features: token_dim / backbone / grid)")
-        if diff:
-            raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
-                              f"({'; '.join(diff)}). Delete {out_dir}, set train_corrector.resume: false, or "
-                              f"restore those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
+        refuse_resume(ckpt_path, diff, f"Delete {out_dir}, set train_corrector.resume: false, or restore those "
+                                       f"values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
         start, prev_seconds, last_val = restore_training(ck, model, opt, sched)
         resumed = True
     keep = start if resumed else None

@@ -55,7 +55,8 @@ from pipeline.imas.losses import FLOW_LOSSES, appearance_loss, flow_loss, flow_s
 from pipeline.imas.model import EXPORT_FORMAT, ImasConfig, ImasNet, rgb_input
 from pipeline.oclr.losses import merge_loss_weights
 from pipeline.quality.alignment import AlignmentConfig, alignment, semantic_response
-from pipeline.train.scaffold import CsvLog, TrainLoop, check_keys, config_diff, restore_training, start_run
+from pipeline.train.scaffold import (CsvLog, TrainLoop, check_keys, config_diff, refuse_resume, restore_training,
+                                     start_run)
 
 __all__ = ["CONFIG_KEYS", "FrameBank", "normalize_config", "train_imas", "export_imas", "choose_object_channel",
            "refined_masks", "CHECKPOINT_FORMAT"]
@@ -323,9 +324,8 @@ def _train(cfg, crf, align, bank, out_dir, log_dir, progress) -> dict:
             diff.append("sequences")
         if diff and s1 is None and {d.split(":")[0] for d in diff} <= STAGE2_KEYS and ck["state"]["stage"] == 1:
             diff = []                                   # stage 1 does not read them: it just continues
-        if diff and s1 is None:
-            raise ArtifactError(f"{ckpt}: cannot resume, it was trained with a different config ({'; '.join(diff)}); "
-                                f"delete {out_dir} to start over")
+        if s1 is None:
+            refuse_resume(ckpt, diff, f"Delete {out_dir} to start over.")
         if diff or ck["state"]["stage"] == 1 and s1 is not None:
             ck = None                                   # stage 2 is redone from the finished stage 1 below
         else:

@@ -55,7 +55,9 @@ from pipeline.train.scaffold import (
     CsvLog,
     TrainLoop,
     config_diff,
+    ResumeError,
     lr_factor,
+    refuse_resume,
     restore_training,
     start_run,
 )
@@ -75,10 +77,6 @@ CONFIG_KEYS = ("sources", "max_videos", "load_height", "size", "max_gap", "radiu
 #: keys that may change between a run and its resumption
 RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "log_every", "device", "amp",
                               "threads", "resume", "export", "export_max_mb", "deterministic"})
-
-
-class ResumeError(ValueError):
-    """``last.pt`` was trained with a config that differs in a key that matters."""
 
 
 def check_config(cfg: Mapping[str, Any]) -> dict:
@@ -261,9 +259,7 @@ def _train(cfg: dict, out_dir, resume: bool, progress: bool, log_dir, videos) ->
     if resume and ckpt_path.exists():
         ck = load_train_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "a MAMP")
         diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
-        if diff:
-            raise ResumeError(f"{ckpt_path}: cannot resume, trained with a different config ({'; '.join(diff)}); "
-                              f"delete {out_dir} or set train_mamp.resume: false")
+        refuse_resume(ckpt_path, diff, f"Delete {out_dir} or set train_mamp.resume: false.")
         start, prev_seconds, _ = restore_training(ck, model, opt, sched)
         rng.setstate(ck["sampler_state"])
         resumed = True

@@ -30,7 +30,7 @@ from pipeline.oclr.train import export_checkpoint, finish_clip, model_config_fro
 from pipeline.train.scaffold import check_keys
 
 #: keys of the ``adapt_oclr`` params section (documented there)
-ADAPT_KEYS = ("pseudo_labels", "iterations", "lr", "warmup_iters", "batch_size", "loss_weights", "seed",
+ADAPT_KEYS = ("pseudo_labels", "checkpoint", "iterations", "lr", "warmup_iters", "batch_size", "loss_weights", "seed",
               "time_budget_s", "threads", "resume", "export_max_mb")
 
 
@@ -98,10 +98,10 @@ OCLR_KEYS = ("preset", "model", "clip_len", "size", "flip", "weight_decay", "gra
 def adapt_config(oclr: Mapping[str, Any], adapt: Mapping[str, Any], init: str, name: str) -> dict:
     """The :func:`train_oclr` config: ``oclr``'s :data:`OCLR_KEYS`, ``adapt``'s run (the ``adapt_oclr``
     section: constant lr after warm-up, its loss weights over ``oclr``'s), starting from ``init`` (the
-    dataset's proposals checkpoint), no validation. ``name`` describes the clips in the checkpoint."""
+    OCLR that made the source dataset's proposals), no validation. ``name`` describes the clips in the checkpoint."""
     adapt = check_keys(adapt, ADAPT_KEYS, "adapt_oclr")
     if not init:
-        raise ValueError("adapt_oclr: proposals.checkpoint names no OCLR checkpoint to adapt")
+        raise ValueError("adapt_oclr: adapt_oclr.checkpoint names no OCLR checkpoint to adapt")
     cfg = {k: oclr[k] for k in OCLR_KEYS}
     cfg["loss_weights"] = {**dict(oclr["loss_weights"]), **dict(adapt["loss_weights"] or {})}
     cfg.update(train_split=name, val_split=None, flow_source="raft", val_every=10 ** 9, val_clips=0, val_seed=0,

@@ -87,9 +87,11 @@ from pipeline.train.scaffold import (
     lr_factor,
     one_thread_worker,
     read_csv,
+    refuse_resume,
     restore_training,
     start_run,
 )
+from pipeline.train.scaffold import ResumeError  # noqa: F401  (the trainers' one resume error)
 
 CHECKPOINT_FORMAT = "motionseg-oclr-train/1"
 
@@ -110,10 +112,6 @@ _PASSTHROUGH = frozenset({"resume", "export", "export_max_mb"})
 
 TRAIN_CURVE_COLUMNS = ["iteration", "loss", "amodal", "boundary", "modal", "order", "lr", "grad_norm", "seconds"]
 VAL_CURVE_COLUMNS = ["iteration", "val_J_modal", "val_J_amodal", "val_loss", "seconds"]
-
-
-class ResumeError(ArtifactError):
-    """``last.pt`` exists but was trained with another config (reported as one line by stages)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -414,10 +412,8 @@ def _train_oclr(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, l
     if resume and ckpt_path.exists():
         ck = load_train_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "an OCLR")
         diff = config_diff({"init": None, **ck["config"]}, cfg, RESUME_FREE_KEYS)   # runs from before `init`
-        if diff:
-            raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
-                             f"({'; '.join(diff)}). Delete {out_dir}, set oclr.resume: false, or restore "
-                             f"those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
+        refuse_resume(ckpt_path, diff, f"Delete {out_dir}, set oclr.resume: false, or restore those values "
+                                       f"(only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
         init = ck.get("init")
         if init and cfg["init"] and project_path(cfg["init"]).exists() and \
                 sha256_file(project_path(cfg["init"])) != init["file_sha256"]:

@@ -130,9 +130,11 @@ from pipeline.train.scaffold import (
     config_diff,
     lr_factor,
     read_csv,
+    refuse_resume,
     restore_training,
     start_run,
 )
+from pipeline.train.scaffold import ResumeError  # noqa: F401  (the trainers' one resume error)
 
 CHECKPOINT_FORMAT = "motionseg-selector-train/1"
 
@@ -157,10 +159,6 @@ _PASSTHROUGH = frozenset({"resume", "export", "export_max_mb"})
 TRAIN_CURVE_COLUMNS = ["iteration", "loss", "bce", "rank", "lr", "grad_norm", "seconds"]
 VAL_CURVE_COLUMNS = ["iteration", "val_loss", "val_AP_selector", "val_AP_selector_soft", "val_AP_temporal",
                      "val_AP_random", "val_objects", "seconds"]
-
-
-class ResumeError(ArtifactError):
-    """``last.pt`` exists but was trained with another config (reported as one line by stages)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -555,10 +553,8 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
         diff = config_diff(saved, cfg, RESUME_FREE_KEYS)
         if ck.get("model_config") != mcfg.to_dict():
             diff.append(f"model_config: {ck.get('model_config')} -> {mcfg.to_dict()} (features backbone changed?)")
-        if diff:
-            raise ResumeError(f"{ckpt_path}: cannot resume, it was trained with a different config "
-                              f"({'; '.join(diff)}). Delete {out_dir}, set train_selector.resume: false, or "
-                              f"restore those values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
+        refuse_resume(ckpt_path, diff, f"Delete {out_dir}, set train_selector.resume: false, or restore those "
+                                       f"values (only {sorted(RESUME_FREE_KEYS - _PASSTHROUGH)} may change).")
         start, prev_seconds, last_val = restore_training(ck, model, opt, sched)
         resumed = True
         init = ck.get("init")

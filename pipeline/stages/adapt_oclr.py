@@ -1,31 +1,46 @@
-"""Stage adapt_oclr: OCLR adapted to the dataset's own flow with refined masks as pseudo-labels (no
-labels read; :mod:`pipeline.oclr.adapt`).
+"""Stage adapt_oclr: OCLR adapted to the videos' own flow with refined masks as pseudo-labels (no labels
+read; :mod:`pipeline.oclr.adapt`), the first step of a second round.
 
-Reads every sequence's ``flow`` and the ``labels`` of ``adapt_oclr.pseudo_labels`` (a mask stage), and
-the dataset's OCLR (``proposals.checkpoint``). Writes ``data/<ds>/adapt_oclr/`` (``last.pt``, the
-adapted checkpoint ``oclr_adapted.pt``) and ``results/<ds>/adapt_oclr/`` (``train_curve.csv``: DVC
-plot; ``metrics.json``: DVC metrics). A second round (``dataset.reuse``) makes proposals with it.
+A stage of the second-round dataset (``dataset.reuse: <source>``), so that the first round's pipeline
+and lock carry nothing of it. Reads every sequence's ``flow`` (the source's, reused) and the ``labels``
+of ``adapt_oclr.pseudo_labels``, a mask stage of the source (``../<source>/crf``: the folder is
+``data/<ds>/`` joined with it), and the OCLR to adapt, ``adapt_oclr.checkpoint`` (the one that made the
+source's proposals). Writes ``data/<ds>/adapt_oclr/`` (``last.pt``, the adapted checkpoint
+``oclr_adapted.pt``, which the dataset's ``proposals.checkpoint`` names) and
+``results/<ds>/adapt_oclr/`` (``train_curve.csv``: DVC plot; ``metrics.json``: DVC metrics).
 """
 
 from __future__ import annotations
 
 import shutil
 
-from pipeline.core.stage import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
 from pipeline.oclr.adapt import OCLR_KEYS, adapt_oclr
 from pipeline.stages.sequences import dataset_sequences
 
 OUT = "adapt_oclr"
 
 
+def _check_source(ctx: Ctx, ap: dict) -> None:
+    """The adapted OCLR must start from the one that made the pseudo-labels' dataset's proposals."""
+    src = (ctx.params["dataset"].get("reuse") or None)
+    if src is None:
+        return
+    made = get_key(load_dataset_params(str(src), ctx.root), "proposals.checkpoint")
+    if str(made) != str(ap["checkpoint"]):
+        raise ValueError(f"dataset {ctx.dataset!r}: adapt_oclr.checkpoint is {ap['checkpoint']!r}, but {src!r} "
+                         f"(dataset.reuse) made its proposals with {made!r}: set adapt_oclr.checkpoint: {made}")
+
+
 def _whole(ctx: Ctx) -> str:
     ap = ctx.section("adapt_oclr")
     src = str(ap["pseudo_labels"])
+    _check_source(ctx, ap)
     out, logs = ctx.data / OUT, ctx.results(OUT)
     if out.exists() and not ap["resume"]:
-        shutil.rmtree(out)          # start from the dataset's OCLR again
+        shutil.rmtree(out)          # start from the source's OCLR again
     seqs = dataset_sequences(ctx)
-    m = adapt_oclr(ctx.section("oclr"), ap, str(ctx.path(ctx.params["proposals"]["checkpoint"])),
+    m = adapt_oclr(ctx.section("oclr"), ap, str(ctx.path(ap["checkpoint"])),
                    [ctx.store("flow", q) for q in seqs], [ctx.store(src, q) for q in seqs], out, logs,
                    name=f"{ctx.dataset}: flow + {src} labels")
     e = m["export"]
@@ -34,8 +49,8 @@ def _whole(ctx: Ctx) -> str:
             f"({e['bytes'] / 1e6:.1f} MB)")
 
 
-STAGE = Stage(OUT, params=tuple(f"oclr.{k}" for k in OCLR_KEYS) + ("proposals.checkpoint", "adapt_oclr"),
-              inputs=("flow", "{adapt_oclr.pseudo_labels}"), files=("proposals.checkpoint",), whole=_whole, out=OUT,
+STAGE = Stage(OUT, params=tuple(f"oclr.{k}" for k in OCLR_KEYS) + ("adapt_oclr",),
+              inputs=("flow", "{adapt_oclr.pseudo_labels}"), files=("adapt_oclr.checkpoint",), whole=_whole, out=OUT,
               dvc={"outs": [{"results/{dataset}/adapt_oclr": {"cache": False, "persist": True}}],
                    "top_metrics": [{"results/{dataset}/adapt_oclr/metrics.json": None}],
                    "top_plots": [{"results/{dataset}/adapt_oclr/train_curve.csv": {"x": "iteration", "y": "loss"}}]})

@@ -12,6 +12,7 @@ editing a dataset's params file (it also drops the ``dvc.lock`` entries of stage
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     folders = folders or {}
 
     def at(path: str) -> str:                      # data/<ds>/<folder>/...: the reused dataset's when it holds it
-        parts = path.split("/")
+        parts = posixpath.normpath(path).split("/") if "/../" in path else path.split("/")  # data/<ds>/../<src>/..
         if len(parts) > 2 and parts[0] == "data" and parts[1] == dataset and parts[2] in folders:
             parts[1] = folders[parts[2]]
         return "/".join(parts)
@@ -181,11 +182,12 @@ def render(dataset: str, root: Path | None = None) -> str:
     nested = dataset != ROOT_DATASET
     ds_file = dataset_params_path(dataset, root).relative_to(root).as_posix()
     doc: dict[str, Any] = {}
-    if nested:
-        sections = sorted({k.split(".")[0] for k in STRUCTURAL_KEYS})
+    names = used_stages(merged, dataset, root)
+    if nested:      # the sections ${...} templates read: the structural keys' and the checkpoint keys' (files)
+        files = {f for n in names for f in get_stage(n).files if "/" not in f and not f.endswith(".pt")}
+        sections = sorted({k.split(".")[0] for k in (*STRUCTURAL_KEYS, *files)})
         doc["vars"] = [f"../../params.yaml:{','.join(sections)}"]
     stages = {}
-    names = used_stages(merged, dataset, root)
     folders = reuse_folders(merged, dataset, root)
     for host, steps in dvc_stages(names).items():
         entries = [e for e in (stage_entry(n, dataset, merged, dataset_keys, ds_file, nested, folders)

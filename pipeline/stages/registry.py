@@ -15,6 +15,7 @@ ORDER: dict[str, tuple[str, str]] = {
     "frames": ("frames", "STAGE"),
     "flow": ("flow", "STAGE"),
     "motion_baseline": ("motion_baseline", "STAGE"),
+    "adapt_oclr": ("adapt_oclr", "STAGE"),
     "proposals": ("proposals", "STAGE"),
     "features": ("features", "STAGE"),
     "selector": ("selector", "STAGE"),
@@ -28,7 +29,6 @@ ORDER: dict[str, tuple[str, str]] = {
     "imas": ("imas", "STAGE"),
     "fuse": ("fuse", "STAGE"),
     "crf": ("crf", "STAGE"),
-    "adapt_oclr": ("adapt_oclr", "STAGE"),
     "selection_eval": ("selection_eval", "STAGE"),
     "metrics": ("metrics", "STAGE"),
     "quality": ("quality", "STAGE"),
@@ -38,12 +38,14 @@ ORDER: dict[str, tuple[str, str]] = {
 
 #: DVC stages that run more than one step, one after the other in one process: a step and its diagnostic
 #: companion that read the same inputs and model (the oracle propagation from the first frame's ground
-#: truth). Each step keeps its own output folder, fingerprint and skip check, so a params change that
-#: reaches only one of them reruns only that one; the pair costs one process start, one model load and
-#: one dvc.lock entry. (Not ``corrector`` with ``adapted``: with ``adapt.pseudo_labels: corrector`` the
-#: adaptation reads the corrector's masks, which would make the pair depend on itself.)
+#: truth), or the label-based evaluations of one dataset (the selection AP of the selector, and J and F
+#: of every method). Each step keeps its own output folder, fingerprint and skip check, so a params change
+#: that reaches only one of them reruns only that one; the pair costs one process start, one model load
+#: and one dvc.lock entry. (Not ``corrector`` with ``adapted``: with ``adapt.pseudo_labels: corrector``
+#: the adaptation reads the corrector's masks, which would make the pair depend on itself.)
 COMBINED: dict[str, tuple[str, ...]] = {
     "propagate": ("propagate_gt", "propagate"),
+    "metrics": ("selection_eval", "metrics"),
 }
 
 
@@ -91,8 +93,9 @@ OPTIONAL = frozenset({"train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
             "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
-#: stages in a dataset's graph only when their params key is not null
-SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
+#: stages in a dataset's graph only when their params key is neither null nor empty (``selection_eval``, a
+#: label-based evaluation like ``metrics``: only for a dataset with ground truth to score)
+SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels", "selection_eval": "eval.methods"}
 
 
 def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[str]:
@@ -110,7 +113,7 @@ def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[st
     for name in reversed(ORDER):
         st = get_stage(name)
         if st.datasets is not None and dataset not in st.datasets or name in reused or \
-                name in SWITCHED and get_key(params, SWITCHED[name]) is None:
+                name in SWITCHED and get_key(params, SWITCHED[name]) in (None, []):
             continue
         out = (st.out or st.name).split("/")[0]
         if name in OPTIONAL and name not in named and not any(

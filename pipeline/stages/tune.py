@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
-from pipeline.core.store import ArtifactError, open_artifact, write_json_atomic
+from pipeline.core.store import open_artifact, write_json_atomic
 from pipeline.stages.registry import ORDER, get_stage, used_stages
 from pipeline.stages.runner import run
 from pipeline.stages.sequences import dataset_sequences
@@ -106,12 +106,14 @@ def scratch_project(ctx: Ctx, base: Path, fresh: set[str]) -> Path:
 def run_from_copy(stage: Stage, ctx: Ctx, copied: Path | None, log: Callable[[str], None] = print) -> None:
     """Run ``stage`` in a candidate's scratch project. ``copied``: the training state copied from the
     dataset's own run; when the trainer refuses to resume it (the candidate changes what the state was
-    trained with, e.g. ``imas.channels``: the trainers' "cannot resume" error) it is removed and the stage
-    trains from scratch."""
+    trained with, e.g. ``imas.channels``: the trainers' :class:`~pipeline.train.scaffold.ResumeError`) it is
+    removed and the stage trains from scratch."""
+    from pipeline.train.scaffold import ResumeError
+
     try:
         run(stage, ctx)
-    except (ArtifactError, ValueError) as e:
-        if copied is None or "cannot resume" not in str(e):
+    except ResumeError:
+        if copied is None:
             raise
         log(f"{stage.name}: the copied state cannot be resumed with this value; training from scratch")
         shutil.rmtree(copied)

@@ -20,6 +20,20 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from pipeline.core.device import resolve_device, seed_everything, set_rng_state
+from pipeline.core.store import ArtifactError
+
+
+class ResumeError(ArtifactError):
+    """``last.pt`` exists but was made with a config that differs in a key that matters: the one error
+    every trainer raises for it (a stage reports it as one line; the tuner catches it to train a
+    candidate from scratch)."""
+
+
+def refuse_resume(ckpt_path: str | os.PathLike, diff: Sequence[str], remedy: str, made: str = "trained") -> None:
+    """Raise :class:`ResumeError` when ``diff`` (``config_diff`` lines) is not empty."""
+    if diff:
+        raise ResumeError(f"{ckpt_path}: cannot resume, it was {made} with a different config "
+                          f"({'; '.join(diff)}). {remedy}")
 
 
 def check_keys(cfg: Mapping[str, Any] | None, keys: Sequence[str], section: str,
