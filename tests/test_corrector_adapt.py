@@ -169,3 +169,49 @@ def test_per_sequence_adaptation_fits_that_sequence_and_leaves_the_model_alone(r
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in tuned.state_dict().items())
     same, rec0 = adapt_to_sequence(model, real / "data/toy", "s0", cfg, 0, torch.device("cpu"))
     assert rec0["iterations"] == 0 and all(torch.equal(v, same.state_dict()[k]) for k, v in before.items())
+
+
+def test_corrector_and_adapted_stages_hand_the_same_stores_and_provenance_to_the_writer(tmp_path, monkeypatch):
+    """The two stages share :func:`pipeline.corrector.infer.correct_stores`: the per-sequence stores of
+    ``STAGE_INPUTS``, the params recorded as provenance (``adapted``: the adapted checkpoint in place of
+    ``corrector.checkpoint``, plus ``per_sequence`` when each sequence is adapted first) and the stage name."""
+    import pipeline.corrector.infer as infer
+    import pipeline.stages.adapted as adapted
+    import pipeline.stages.corrector as corrector
+    from pipeline.core.stage import Ctx
+
+    calls = []
+
+    def fake_write(frames, props, feats, exs, out, model, info, cp, device=None, sequence=None, stage=None):
+        calls.append({"stores": [frames, props, feats, exs], "out": out, "model": model, "cp": cp,
+                      "sequence": sequence, "stage": stage})
+        return {"T": 4, "windows": [0], "window": 7}
+
+    monkeypatch.setattr(infer, "write_corrected", fake_write)
+    loaded = []
+    for mod in (corrector, adapted):
+        monkeypatch.setattr(mod, "load_corrector", lambda p, dev: (loaded.append(p) or "model", {"i": 1}))
+    params = {"corrector": {"checkpoint": "checkpoints/c.pt", "window": 7, "threshold": 0.5, "device": "cpu", "t": 10},
+              "adapt": {"per_sequence": 0}}
+    ctx = Ctx("ds", params, tmp_path)
+    out = tmp_path / "o.zarr"
+    msg = corrector.STAGE.run(corrector.STAGE.setup(ctx), ctx, "s 1", out)
+    state = adapted.STAGE.setup(ctx)
+    adapted.STAGE.run(state, ctx, "s 1", out)
+    assert loaded == [tmp_path / "checkpoints/c.pt", tmp_path / "data/ds/adapt/corrector_adapted.pt"]
+    stores = [tmp_path / "data" / "ds" / i / "s 1.zarr" for i in ("frames", "proposals", "features", "exemplars")]
+    assert [c["stores"] for c in calls] == [stores, stores] and [c["stage"] for c in calls] == ["corrector", "adapted"]
+    assert list(calls[0]["cp"].items()) == [("checkpoint", "checkpoints/c.pt"), ("window", 7), ("threshold", 0.5),
+                                            ("device", "cpu")]
+    assert calls[1]["cp"] == {**calls[0]["cp"], "checkpoint": "data/ds/adapt/corrector_adapted.pt"}
+    assert msg == f"corrector: s 1 (4 frames, 1 windows of 7) -> {out}"
+    # per-sequence adaptation: the tuned copy corrects, and the provenance says how many iterations it had
+    params["adapt"] = {"per_sequence": 3}
+    seen = {}
+    monkeypatch.setattr(adapted, "tta_config", lambda section, ckpt, window: seen.update(ckpt=ckpt, window=window) or {})
+    monkeypatch.setattr(adapted, "adapt_to_sequence", lambda m, data, seq, cfg, n, dev: ("tuned", {"iterations": n,
+                                                                                               "seconds": 2.0}))
+    msg = adapted.STAGE.run(state, Ctx("ds", params, tmp_path), "s 1", out)
+    assert seen == {"ckpt": "data/ds/adapt/corrector_adapted.pt", "window": 7}
+    assert calls[-1]["model"] == "tuned" and calls[-1]["cp"] == {**calls[1]["cp"], "per_sequence": 3}
+    assert "adapted to the sequence: 3 iterations in 2 s" in msg

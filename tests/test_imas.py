@@ -217,6 +217,33 @@ def test_stage2_is_redone_from_the_kept_stage1(tmp_path, monkeypatch):
         train_imas({**cfg, "hidden": 8}, crf, ALIGN, bank, tmp_path, progress=False)
 
 
+def test_a_stage1_cut_short_by_its_time_budget_is_trained_to_the_end_once_the_budget_is_lifted(tmp_path, monkeypatch):
+    """A time-budgeted stage 1 depends on the machine's speed; lifting the budget (``imas.time_budget_s: null``)
+    must give the run of the full ``imas.iterations``, not keep the cut stage 1 (stage 2 already ran on it, so
+    stage 1 cannot be continued: the run starts over). The same budget again retrains nothing."""
+    import pipeline.train.scaffold as sc
+
+    bank, _ = _bank()
+    cfg = _cfg(iterations=6, refine_iterations=4, ckpt_every=2, log_every=2)
+    crf = CRFConfig(bilateral_sxy=10)
+    train_imas(cfg, crf, ALIGN, bank, tmp_path / "a", progress=False)             # the whole stage 1
+    ref = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    real_budget = sc.TrainLoop.over_budget
+    monkeypatch.setattr(sc.TrainLoop, "over_budget", lambda self: self.budget is not None and self.it >= 4)
+    cut = {**cfg, "time_budget_s": 1000.0}
+    m = train_imas(cut, crf, ALIGN, bank, tmp_path / "b", progress=False)         # "the machine was slow"
+    assert (m["stage1_iterations"], m["stopped_by"], m["iterations"]) == (4, "time_budget", 8)
+    calls = _counting(monkeypatch)
+    train_imas(cut, crf, ALIGN, bank, tmp_path / "b", progress=False)             # same budget: it stands
+    assert calls["n"] == 0
+    monkeypatch.setattr(sc.TrainLoop, "over_budget", real_budget)
+    m = train_imas(cfg, crf, ALIGN, bank, tmp_path / "b", progress=False)          # no budget: to the end
+    assert calls["n"] == 10 and (m["stage1_iterations"], m["stopped_by"]) == (6, "iterations")
+    sd = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    assert all(torch.allclose(sd[k].float(), ref[k].float(), atol=1e-5) for k in ref)
+    assert _curve(tmp_path / "b") == _curve(tmp_path / "a")
+
+
 def test_config_keys_are_exactly_the_params_section():
     with pytest.raises(KeyError, match="missing key"):
         normalize_config({k: v for k, v in _cfg().items() if k != "lr"})

@@ -311,6 +311,13 @@ def test_a_second_round_reuses_the_stages_before_proposals_and_links_their_store
     _check_source(Ctx("tiny2", p2, project), p2["adapt_oclr"])          # the source's proposals checkpoint: fine
     with pytest.raises(ValueError, match="set adapt_oclr.checkpoint: "):
         _check_source(Ctx("tiny2", p2, project), {**p2["adapt_oclr"], "checkpoint": "other.pt"})
+    assert "adapt_oclr" in yaml.safe_load(render("tiny2", project))["vars"][0]   # ${adapt_oclr.checkpoint} resolves
+    for labels in ("crf", "../tiny2/crf", "../tiny/nothing"):      # its own masks (a cycle), or not the source's
+        with pytest.raises(ValueError, match="set adapt_oclr.pseudo_labels: ../tiny/crf"):
+            used_stages({**p2, "adapt_oclr": {**p2["adapt_oclr"], "pseudo_labels": labels}}, "tiny2", project)
+    p1 = load_dataset_params("tiny", project)
+    with pytest.raises(ValueError, match="with dataset.reuse"):   # a first round cannot hold it
+        used_stages({**p1, "adapt_oclr": {**p1["adapt_oclr"], "pseudo_labels": "crf"}}, "tiny", project)
     assert stages["proposals"]["outs"] == [{"data/tiny2/proposals": {"persist": True}}]
     assert "data/tiny/features" in stages["selector"]["deps"] and "data/tiny2/proposals" in stages["selector"]["deps"]
     # the stages run on the source's stores through links

@@ -54,7 +54,7 @@ gradient clipping, bf16 autocast on CUDA and fp32 on CPU, seeded. Writes
 ``val_curve.csv``, ``metrics.json`` into ``log_dir``. Resuming has the OCLR
 semantics: with ``resume=True`` a run continues from ``last.pt`` if the saved
 config equals the current one up to :data:`RESUME_FREE_KEYS`, else
-:class:`ResumeError`; curve rows past the checkpoint are dropped.
+:class:`~pipeline.train.scaffold.ResumeError`; curve rows past the checkpoint are dropped.
 
 Validation: ``val_clips`` fixed windows of the validation split (window ``j``
 from video ``j mod n``, start drawn from ``val_seed``). For each slot matched to

@@ -286,14 +286,23 @@ def _poly(total: int, warmup: int):
     return f
 
 
+def _stage1_short(state: Mapping[str, Any], made_with: Mapping[str, Any], cfg: Mapping[str, Any]) -> bool:
+    """Stage 1 of a saved state stopped on its time budget before ``iterations``, and ``cfg`` would train it
+    further (no budget, or a larger one): the state is not the stage 1 that ``cfg`` asks for."""
+    if state.get("stopped_by") != "time_budget" or int(state.get("stage1_iterations") or 0) >= int(cfg["iterations"]):
+        return False
+    old, new = made_with.get("time_budget_s"), cfg["time_budget_s"]
+    return new is None or old is not None and float(new) > float(old)
+
+
 def _stage1_snapshot(path: Path, full: Mapping[str, Any], names: list[str]) -> dict | None:
     """The finished stage 1 (``stage1_last.pt``) when it was trained with the same stage-1 config and
-    sequences, else None."""
+    sequences (and did not stop short of what ``full`` asks for), else None."""
     if not path.exists():
         return None
     s1 = load_train_checkpoint(path, CHECKPOINT_FORMAT, "an IMAS stage-1")
     same = not config_diff(s1["config"], full, RESUME_FREE_KEYS | STAGE2_KEYS) and s1["sequences"] == names
-    return s1 if same else None
+    return s1 if same and not _stage1_short(s1["state"], s1["config"], full) else None
 
 
 def train_imas(cfg: Mapping[str, Any], crf: CRFConfig, align: AlignmentConfig, bank: FrameBank,
@@ -326,7 +335,11 @@ def _train(cfg, crf, align, bank, out_dir, log_dir, progress) -> dict:
             diff = []                                   # stage 1 does not read them: it just continues
         if s1 is None:
             refuse_resume(ckpt, diff, f"Delete {out_dir} to start over.")
-        if diff or ck["state"]["stage"] == 1 and s1 is not None:
+        if ck["state"]["stage"] == 2 and _stage1_short(ck["state"], ck["config"], full):
+            print(f"{ckpt}: stage 1 stopped on its time budget after {ck['state']['stage1_iterations']} of "
+                  f"{n1} iterations and this config trains it to the end: starting over", flush=True)
+            ck = s1 = None                              # stage 1 cannot be continued once stage 2 began
+        elif diff or ck["state"]["stage"] == 1 and s1 is not None:
             ck = None                                   # stage 2 is redone from the finished stage 1 below
         else:
             state.update(ck["state"])

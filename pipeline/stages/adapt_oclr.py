@@ -16,16 +16,17 @@ import shutil
 
 from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
 from pipeline.oclr.adapt import OCLR_KEYS, adapt_oclr
+from pipeline.stages.registry import check_round_entry
 from pipeline.stages.sequences import dataset_sequences
 
 OUT = "adapt_oclr"
 
 
 def _check_source(ctx: Ctx, ap: dict) -> None:
-    """The adapted OCLR must start from the one that made the pseudo-labels' dataset's proposals."""
-    src = (ctx.params["dataset"].get("reuse") or None)
-    if src is None:
-        return
+    """A second round's first stage (:func:`~pipeline.stages.registry.check_round_entry`), whose OCLR is the
+    one that made the source's proposals."""
+    check_round_entry(ctx.params, ctx.dataset)
+    src = ctx.params["dataset"]["reuse"]
     made = get_key(load_dataset_params(str(src), ctx.root), "proposals.checkpoint")
     if str(made) != str(ap["checkpoint"]):
         raise ValueError(f"dataset {ctx.dataset!r}: adapt_oclr.checkpoint is {ap['checkpoint']!r}, but {src!r} "

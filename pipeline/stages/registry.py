@@ -120,14 +120,30 @@ def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[st
                 out in r.input_dirs(ctx) or any(f"/{out}/" in f for f in r.files) for r in keep if not r.variants):
             continue
         keep.append(st)
+    if any(st.name == ROUND_ENTRY for st in keep):
+        check_round_entry(params, dataset)
     return [st.name for st in reversed(keep)]
 
 
 # --------------------------------------------------------------------------- second rounds
-#: a dataset with ``dataset.reuse: <source>`` (a second round: e.g. proposals of an OCLR adapted on the source,
-#: stage adapt_oclr) takes from the source every stage that does not depend on this one, and runs it and all
-#: below it again
+#: a dataset with ``dataset.reuse: <source>`` (a second round: proposals of an OCLR adapted to the source's final
+#: masks by the round's own first stage, adapt_oclr) takes from the source every stage that does not depend on
+#: this one, and runs it and all below it again
 ROUND_ROOT = "proposals"
+#: the stage that starts a second round, and its key naming the source's masks it learns from
+ROUND_ENTRY, ROUND_LABELS = "adapt_oclr", "adapt_oclr.pseudo_labels"
+
+
+def check_round_entry(params: dict, dataset: str) -> None:
+    """``adapt_oclr`` belongs to a second round: the dataset reuses a source, and the pseudo-labels are a mask
+    stage of that source, ``../<source>/<stage>`` (the dataset's own masks would depend on the stage itself)."""
+    v = get_key(params, ROUND_LABELS)
+    src = reuse_source(params, dataset)
+    parts = str(v).split("/")
+    if src is None or len(parts) != 3 or parts[:2] != ["..", src] or parts[2] not in ORDER:
+        need = f"../{src}/crf" if src else "../<source>/crf, with dataset.reuse: <source>"
+        raise ValueError(f"dataset {dataset!r}: {ROUND_LABELS} is {v!r}; the OCLR adaptation starts a second round "
+                         f"and learns from the first round's masks: set {ROUND_LABELS}: {need}")
 
 
 def _out(name: str) -> str:

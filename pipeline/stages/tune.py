@@ -42,11 +42,12 @@ def _covers(read: str, key: str) -> bool:
 
 
 def _upstream(st: Stage, ctx: Ctx) -> set[str]:
-    """The output folders a stage reads (inputs, and files inside ``data/<ds>/``)."""
+    """The output folders a stage reads (inputs, and files inside ``data/<ds>/``, literal or named by a params
+    key: a second round's ``proposals.checkpoint`` is its ``adapt_oclr`` stage's output)."""
     ups = set(st.input_dirs(ctx))
-    for f in st.files:
-        if f.startswith("data/{dataset}/"):
-            ups.add(f.split("/")[2])
+    for p in st.file_paths(ctx):
+        if p.is_relative_to(ctx.data):
+            ups.add(p.relative_to(ctx.data).parts[0])
     return ups
 
 
@@ -100,6 +101,9 @@ def scratch_project(ctx: Ctx, base: Path, fresh: set[str]) -> Path:
         (data / d.name).symlink_to(d, target_is_directory=True)
     for name in ("checkpoints", "datasets"):
         (base / name).symlink_to(ctx.root / name, target_is_directory=True)
+    src = (ctx.params.get("dataset") or {}).get("reuse")
+    if src and (ctx.root / "data" / str(src)).is_dir():     # a second round reads its source's stores too
+        (base / "data" / str(src)).symlink_to(ctx.root / "data" / str(src), target_is_directory=True)
     return base
 
 
