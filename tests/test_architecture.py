@@ -139,8 +139,8 @@ def test_every_inference_stage_is_in_the_demo_pipeline():
 
     demo = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     # IMAS: only where a methods list names it; fuse: the default crf.input; propagate_gt: eval.methods
-    # selection_eval: a switched stage, there because the demo has ground truth (eval.methods)
-    assert steps(demo) == set(ORDER) - OPTIONAL - set(SWITCHED) | {"fuse", "propagate_gt", "selection_eval"}
+    # selection_eval: there because the demo scores methods made from the selector's choice
+    assert steps(demo) == set(ORDER) - OPTIONAL - set(SWITCHED) | {"fuse", "propagate_gt"}
     nested = yaml.safe_load(render("davis2016"))
     # the demo's generator only in the demo; DAVIS has IMAS; the OCLR adaptation (a switched stage: only where
     # its key is set) is the second round's first step, in the second round's pipeline
@@ -321,6 +321,9 @@ def test_a_stage_over_no_methods_is_left_out_of_dvc_yaml():
 
     names = used_stages(merged, "demo", ROOT)        # nor the selection AP, which needs it as well
     assert "selection_eval" not in names and "metrics" in names and "selector" in names
+    for methods, has in ((["motion_baseline", "proposals"], False), (["crf"], True), (["adapted"], True)):
+        merged["eval"]["methods"] = methods          # the selection AP with what the selector feeds, only
+        assert ("selection_eval" in used_stages(merged, "demo", ROOT)) is has, methods
 
 
 def test_tuner_measures_agreement_only_with_stores_it_has(tmp_path):

@@ -93,15 +93,19 @@ OPTIONAL = frozenset({"train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
             "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
-#: stages in a dataset's graph only when their params key is neither null nor empty (``selection_eval``, a
-#: label-based evaluation like ``metrics``: only for a dataset with ground truth to score)
-SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels", "selection_eval": "eval.methods"}
+#: stages in a dataset's graph only when their params key is neither null nor empty
+SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
+#: label-based evaluations of a stage (the selection AP of the selector): in a dataset's graph only when
+#: ``eval.methods`` names a method made from that stage's output (none without ground truth; none when only
+#: the flow-based methods are scored, so ``dvc repro ...:metrics`` of those needs no selector)
+EVALUATES = {"selection_eval": "selector"}
 
 
 def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[str]:
     """The stages in the graph of ``dataset`` (graph order): all but those restricted to other datasets
     (``Stage.datasets``), those it takes from the dataset it reuses (:func:`reused_stages`), the
-    :data:`SWITCHED` ones switched off and the :data:`OPTIONAL` ones nothing uses: a methods list of
+    :data:`SWITCHED` ones switched off, the :data:`EVALUATES` ones with nothing to evaluate, and the
+    :data:`OPTIONAL` ones nothing uses: a methods list of
     :data:`USE_KEYS` names it, or a kept stage reads its output folder or a file in it."""
     reused = set(reused_stages(params, dataset, root))
     named: set[str] = set()
@@ -113,7 +117,9 @@ def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[st
     for name in reversed(ORDER):
         st = get_stage(name)
         if st.datasets is not None and dataset not in st.datasets or name in reused or \
-                name in SWITCHED and get_key(params, SWITCHED[name]) in (None, []):
+                name in SWITCHED and get_key(params, SWITCHED[name]) is None or \
+                name in EVALUATES and not set(map(str, get_key(params, "eval.methods"))) & \
+                downstream(EVALUATES[name], params):
             continue
         out = (st.out or st.name).split("/")[0]
         if name in OPTIONAL and name not in named and not any(
@@ -158,6 +164,17 @@ def _read_folders(st: Stage, params: dict) -> set[str]:
         parts = f.split("/")
         if len(parts) > 2 and parts[0] == "data":          # data/{dataset}/<folder>/<file>
             out.add(parts[2])
+    return out
+
+
+def downstream(name: str, params: dict) -> set[str]:
+    """The stages that read ``name``'s output, directly or through others (variant stages left out)."""
+    hit, out = {_out(name)}, set()
+    for n in ORDER:
+        st = get_stage(n)
+        if n != name and not st.variants and _read_folders(st, params) & hit:
+            out.add(n)
+            hit.add(_out(n))
     return out
 
 
