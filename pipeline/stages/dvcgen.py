@@ -64,7 +64,7 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
     folders = folders or {}
 
     def at(path: str) -> str:                      # data/<ds>/<folder>/...: the reused dataset's when it holds it
-        parts = posixpath.normpath(path).split("/") if "/../" in path else path.split("/")  # data/<ds>/../<src>/..
+        parts = posixpath.normpath(path).split("/")      # data/<ds>/../<src>/<folder>: data/<src>/<folder>
         if len(parts) > 2 and parts[0] == "data" and parts[1] == dataset and parts[2] in folders:
             parts[1] = folders[parts[2]]
         return "/".join(parts)

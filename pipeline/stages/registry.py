@@ -93,7 +93,7 @@ OPTIONAL = frozenset({"train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
             "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
-#: stages in a dataset's graph only when their params key is neither null nor empty
+#: stages in a dataset's graph only when their params key is not null
 SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
 #: label-based evaluations of a stage (the selection AP of the selector): in a dataset's graph only when
 #: ``eval.methods`` names a method made from that stage's output (none without ground truth; none when only
