@@ -197,6 +197,45 @@ def test_propagation_stages_run_on_the_committed_mamp_checkpoint(project):
     assert json.loads((proj / "results/demo/metrics/propagate_gt/summary.json").read_text())["J_mean"] > 0.3
 
 
+def _given_frames_hold_the_reference_masks(proj, ref: str) -> int:
+    """At each slot's exemplar frames the propagate store holds exactly that slot's mask of the
+    reference store (resized to the propagation size); returns how many (slot, frame) pairs were checked."""
+    import cv2
+    import numpy as np
+
+    from pipeline.core.store import open_artifact
+
+    n = 0
+    for seq in ("demo-01", "demo-02"):
+        pr = open_artifact(proj / f"data/demo/propagate/{seq}.zarr", "propagate")
+        assert ref in pr.attrs["provenance"]["inputs"] and ref in pr.attrs["references"]
+        labels = np.asarray(open_artifact(proj / f"data/demo/{ref}/{seq}.zarr", ref)["labels"][...])
+        ex = np.asarray(open_artifact(proj / f"data/demo/exemplars/{seq}.zarr", "exemplars")["frames"][...])
+        probs = np.asarray(pr["probs"][...], np.float32)
+        H, W = probs.shape[2:]
+        for k in range(ex.shape[0]):
+            for f in ex[k][ex[k] >= 0]:
+                want = cv2.resize((labels[f] == k + 1).astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST)
+                assert np.array_equal(probs[f, k], want.astype(np.float32)), (seq, ref, k, f)
+                n += 1
+    return n
+
+
+def test_propagate_references_key_switches_the_propagated_masks_and_reruns_only_what_follows(project):
+    """`propagate.references`: the exemplar frames carry the named store's masks (the default's, then
+    the other of proposals / adapted); the switch reruns propagate and its readers, never the oracle."""
+    proj, env, _ = project
+    default = yaml.safe_load((proj / "params.yaml").read_text())["propagate"]["references"]
+    assert _given_frames_hold_the_reference_masks(proj, default) > 0
+    other = "proposals" if default != "proposals" else "adapted"
+    _run(["git", "add", "-A"], proj, env)
+    _run(["git", "commit", "-qm", "before propagate.references", "--allow-empty"], proj, env)
+    ran, out = _exp_run(proj, env, f"propagate.references={other}")
+    assert "propagate" in ran and ran <= {"propagate", "fuse", "crf", "metrics", "export", "quality"}, ran
+    assert "propagate_gt: 2 of 2 sequences up to date" in out, out[-3000:]
+    assert _given_frames_hold_the_reference_masks(proj, other) > 0
+
+
 ADAPT_STAGES = ("adapt_corrector", "adapted", "fuse", "metrics", "export", "quality")
 
 

@@ -3,9 +3,10 @@
 * :func:`write_propagate_gt` (stage ``propagate_gt``): semi-supervised VOS, the first frame's
   ground-truth objects propagated through the video (how the field judges video features).
 * :func:`write_propagate` (stage ``propagate``): unsupervised refinement, each proposal slot's
-  exemplar frames (the selector's choice, ``exemplars`` store) with their proposal masks as the
-  long-term references, propagated forward and backward through the whole video and averaged;
-  a slot without exemplars keeps its proposal mask.
+  exemplar frames (the selector's choice, ``exemplars`` store) with that slot's masks in a mask store
+  of the same slots (``propagate.references``: the proposals, the corrector's or the adapted
+  corrector's masks) as the long-term references, propagated forward and backward through the whole
+  video and averaged; a slot without exemplars keeps its mask of that store.
 
 Both read the ``frames`` store (``rgb_full``, else ``rgb``; resized to ``mamp.height``) and the
 ``flow`` store (adjacent flows, resized to the propagation size and chained for near
@@ -184,15 +185,17 @@ def write_propagate_gt(frames_store: str | os.PathLike, flow_store: str | os.Pat
 
 
 def write_propagate(frames_store: str | os.PathLike, flow_store: str | os.PathLike | None,
-                    proposals_store: str | os.PathLike, exemplars_store: str | os.PathLike,
+                    masks_store: str | os.PathLike, exemplars_store: str | os.PathLike,
                     out: str | os.PathLike, params: Mapping[str, Any], root: Path | None = None,
-                    sequence: str = "", built: tuple | None = None) -> dict:
-    """Stage ``propagate`` for one sequence (see the module docstring)."""
+                    sequence: str = "", built: tuple | None = None, masks_stage: str = "proposals") -> dict:
+    """Stage ``propagate`` for one sequence (see the module docstring); ``masks_store`` holds the
+    reference masks (``labels``, slot k = label k + 1, the slots of the proposals), made by stage
+    ``masks_stage``."""
     from pipeline.core.store import ArtifactError, open_artifact
 
     frames = open_artifact(frames_store, stage="frames")
     flow = open_artifact(flow_store, stage="flow") if flow_store is not None else None
-    props = open_artifact(proposals_store, stage="proposals")
+    props = open_artifact(masks_store, stage=masks_stage)
     exm = open_artifact(exemplars_store, stage="exemplars")
     labels_p = props.require("labels", dtype="uint8", ndim=3)
     ex_frames = np.asarray(exm.require("frames", ndim=2)[...])
@@ -202,7 +205,7 @@ def write_propagate(frames_store: str | os.PathLike, flow_store: str | os.PathLi
     if labels_p.shape[0] != v.T:
         raise ArtifactError(f"{props.path}: {labels_p.shape[0]} frames, the frames store has {v.T}")
     K = int(ex_frames.shape[0])
-    inputs = {"frames": frames.path, "proposals": props.path, "exemplars": exm.path,
+    inputs = {"frames": frames.path, masks_stage: props.path, "exemplars": exm.path,
               **({"flow": flow.path} if flow is not None else {}),
               "weights": {"path": feats.describe.get("weights_path"), "sha256": feats.describe.get("weights_sha256")}}
     refs = {k: sorted(int(f) for f in ex_frames[k] if f >= 0) for k in range(K)}
@@ -210,7 +213,7 @@ def write_propagate(frames_store: str | os.PathLike, flow_store: str | os.PathLi
     with _writer(out, "propagate", p, feats, inputs) as wr:
         probs_w, labels_w = _arrays(wr, p, feats, v.T, K, v.H, v.W, frames,
                                     {"sequence": sequence, "exemplar_frames": refs, "fallback_objects": fallback,
-                                     "references": "each slot's exemplar frames with its proposal masks"})
+                                     "references": f"each slot's exemplar frames with its {masks_stage} masks"})
         cache = FeatureCache(feats, v.frame, v.T, dev)
         try:
             _propagate_slots(v, K, refs, labels_p, probs_w, feats, cfg, p, dev, cache)
@@ -226,7 +229,7 @@ def _propagate_slots(v: _Video, K: int, refs: dict, labels_p, probs_w, feats: Fe
                      p: Mapping, dev, cache: FeatureCache) -> None:
     """Each slot a separate binary propagation (forward + backward), run in lockstep so that the slots
     share each query frame's features, flows and window scores; the probabilities go straight to the
-    store. Slots without exemplars keep their proposal masks."""
+    store. Slots without exemplars keep their masks of the reference store."""
     flows = v.flows(feats, p, dev)
     live = [k for k in range(K) if refs[k]]
     for k in range(K):

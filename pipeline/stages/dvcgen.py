@@ -185,7 +185,8 @@ def render(dataset: str, root: Path | None = None) -> str:
     names = used_stages(merged, dataset, root)
     if nested:      # the sections ${...} templates read: the structural keys' and the checkpoint keys' (files)
         files = {f for n in names for f in get_stage(n).files if "/" not in f and not f.endswith(".pt")}
-        sections = sorted({k.split(".")[0] for k in (*STRUCTURAL_KEYS, *files)})
+        named = {i[1:-1] for n in names for i in get_stage(n).inputs if i.startswith("{") and "." in i}
+        sections = sorted({k.split(".")[0] for k in (*STRUCTURAL_KEYS, *files, *named)})
         doc["vars"] = [f"../../params.yaml:{','.join(sections)}"]
     stages = {}
     folders = reuse_folders(merged, dataset, root)

@@ -92,7 +92,7 @@ def named_inputs(st: Stage, params: dict) -> list[str]:
 OPTIONAL = frozenset({"train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
-            "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
+            "adapt.pseudo_labels", "adapt_oclr.pseudo_labels", "propagate.references")
 #: stages in a dataset's graph only when their params key is not null
 SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
 #: label-based evaluations of a stage (the selection AP of the selector): in a dataset's graph only when
