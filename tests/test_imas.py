@@ -3,6 +3,8 @@ moving square, the label-free object channel, resumption, the checkpoint and the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -92,7 +94,7 @@ def _bank(n=1):
 
 
 def _cfg(**kw):
-    base = {k: v for k, v in section("imas").items() if k not in ("resume", "batch")}
+    base = {k: v for k, v in section("imas").items() if k not in ("resume", "batch", "flow")}
     base.update(hidden=16, stem=8, flow_hidden=8, batch_size=4, iterations=300, refine_iterations=20, lr=3e-3,
                 warmup_iters=10, log_every=10, ckpt_every=50, time_budget_s=None, threads=1, deterministic=True,
                 device="cpu", channels=2, flow_loss="l2")
@@ -324,3 +326,49 @@ def test_imas_stages_are_in_the_graph_only_when_used():
     assert names.index("train_imas") < names.index("imas") < names.index("quality")
     p["quality"]["methods"], p["crf"]["input"] = [], "imas"
     assert {"train_imas", "imas"} <= set(used_stages(p, "demo"))
+
+
+def test_imas_learns_from_the_flow_store_imas_flow_names(tmp_path, monkeypatch):
+    """`imas.flow: imas_flow` puts the second flow stage in the graph (only then) and makes train_imas read
+    its store, whose settings are flow's with imas_flow's keys in place; a bad name is a one-line error."""
+    from pipeline.core.config import load_params
+    from pipeline.core.stage import Ctx
+    from pipeline.stages.imas_flow import STAGE as IMAS_FLOW, flow_params
+    from pipeline.stages.registry import used_stages
+    from pipeline.stages.train_imas import STAGE as TRAIN
+
+    p = load_params()
+    p["quality"]["methods"] = ["imas"]
+    assert "imas_flow" not in used_stages(p, "demo")
+    assert TRAIN.input_dirs(Ctx("demo", p, tmp_path)) == ["frames", "flow", "features"]
+    p["imas"]["flow"] = "imas_flow"
+    names = used_stages(p, "demo")
+    assert names.index("frames") < names.index("imas_flow") < names.index("train_imas")
+    ctx = Ctx("demo", p, tmp_path)
+    assert TRAIN.input_dirs(ctx) == ["frames", "imas_flow", "features"]
+    fp = flow_params(ctx)
+    assert fp == {**{k: p["flow"][k] for k in ("checkpoint", "weights", "gap", "batch_size", "device")},
+                  **p["imas_flow"]}
+    p["flow"]["method"] = "dis"                 # the dataset's own flow does not reach the second one
+    assert flow_params(Ctx("demo", p, tmp_path)) == fp
+    assert "flow.method" not in IMAS_FLOW.reads and "imas_flow" in IMAS_FLOW.reads
+    # FrameBank reads the named folder (as a flow store)
+    import pipeline.imas.train as imas_train
+
+    opened = []
+
+    def fake_open(path, stage):
+        opened.append((Path(path).relative_to(tmp_path).as_posix(), stage))
+        if len(opened) == 3:
+            raise LookupError("stop")
+        return None
+    with monkeypatch.context() as mp:
+        mp.setattr(imas_train, "open_artifact", fake_open)
+        with pytest.raises(LookupError):
+            FrameBank.load(tmp_path, ["v0"], flow="imas_flow")
+    assert opened[-1] == ("imas_flow/v0.zarr", "flow")
+    p["imas"]["flow"] = "dis"
+    from pipeline.core.io import InputError
+
+    with pytest.raises(InputError, match="imas.flow"):
+        TRAIN.whole(Ctx("demo", p, tmp_path))

@@ -14,6 +14,7 @@ ORDER: dict[str, tuple[str, str]] = {
     "demo_data": ("demo_data", "STAGE"),
     "frames": ("frames", "STAGE"),
     "flow": ("flow", "STAGE"),
+    "imas_flow": ("imas_flow", "STAGE"),
     "motion_baseline": ("motion_baseline", "STAGE"),
     "adapt_oclr": ("adapt_oclr", "STAGE"),
     "proposals": ("proposals", "STAGE"),
@@ -89,10 +90,10 @@ def named_inputs(st: Stage, params: dict) -> list[str]:
 
 #: stages in a dataset's graph only when something uses them (:func:`used_stages`); ``propagate_gt``
 #: (a diagnostic that needs ground truth) when ``eval.methods`` names it
-OPTIONAL = frozenset({"train_imas", "imas", "fuse", "propagate_gt"})
+OPTIONAL = frozenset({"imas_flow", "train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
-            "adapt.pseudo_labels", "adapt_oclr.pseudo_labels", "propagate.references")
+            "adapt.pseudo_labels", "adapt_oclr.pseudo_labels", "propagate.references", "imas.flow")
 #: stages in a dataset's graph only when their params key is not null
 SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
 #: label-based evaluations of a stage (the selection AP of the selector): in a dataset's graph only when

@@ -1,6 +1,7 @@
 """Stage train_imas: IMAS trained on the dataset's own unlabeled videos (no labels read).
 
-Reads every sequence's ``frames``, ``flow`` and ``features``. Writes ``data/<ds>/imas_train/``
+Reads every sequence's ``frames``, ``features`` and flow (the store ``imas.flow`` names: ``flow``, or the
+optional ``imas_flow`` stage's). Writes ``data/<ds>/imas_train/``
 (``last.pt``: resumable; ``stage1.pt``: the model after motion-supervised discovery; ``imas.pt``: after
 the appearance refinement, which the ``imas`` stage runs) and ``results/<ds>/imas_train/``
 (``train_curve.csv``: DVC plot; ``metrics.json``: DVC metrics, with the object channel found by
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 
+from pipeline.core.io import InputError
 from pipeline.core.stage import Ctx, Stage
 from pipeline.crf import CRFConfig
 from pipeline.imas.train import CONFIG_KEYS, FrameBank, train_imas
@@ -23,6 +25,7 @@ CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb"
             "prob_floor")
 ALIGN_KEYS = ("threshold", "dilation", "max_width", "max_height")
 OUT = "imas_train"   # the imas stage reads OUT/imas.pt
+FLOWS = ("flow", "imas_flow")   # the flow stores imas.flow may name
 
 
 def _whole(ctx: Ctx) -> str:
@@ -32,7 +35,9 @@ def _whole(ctx: Ctx) -> str:
     out, logs = ctx.data / OUT, ctx.results(OUT)
     if out.exists() and not cfg["resume"]:
         shutil.rmtree(out)
-    bank = FrameBank.load(ctx.data, dataset_sequences(ctx))
+    if cfg["flow"] not in FLOWS:
+        raise InputError(f"imas.flow: {cfg['flow']!r} is not one of {', '.join(FLOWS)} (a flow store)")
+    bank = FrameBank.load(ctx.data, dataset_sequences(ctx), flow=str(cfg["flow"]))
     m = train_imas({k: cfg[k] for k in CONFIG_KEYS}, crf, align, bank, out, logs)
     ref = m["refined_masks"] or {}
     return (f"train_imas: {ctx.dataset}: {m['stage1_iterations']} + {m['stage2_iterations']} iterations "
@@ -42,9 +47,9 @@ def _whole(ctx: Ctx) -> str:
             f"-> {out / 'imas.pt'}")
 
 
-STAGE = Stage("train_imas", params=tuple(f"imas.{k}" for k in CONFIG_KEYS + ("resume",))
+STAGE = Stage("train_imas", params=tuple(f"imas.{k}" for k in CONFIG_KEYS + ("resume", "flow"))
               + tuple(f"crf.{k}" for k in CRF_KEYS) + tuple(f"quality.{k}" for k in ALIGN_KEYS),
-              inputs=("frames", "flow", "features"), whole=_whole, out=OUT,
+              inputs=("frames", "{imas.flow}", "features"), whole=_whole, out=OUT,
               dvc={"outs": [{"results/{dataset}/" + OUT: {"cache": False, "persist": True}}],   # see adapt_corrector
                    "top_metrics": [{"results/{dataset}/" + OUT + "/metrics.json": None}],
                    "top_plots": [{"results/{dataset}/" + OUT + "/train_curve.csv": {"x": "iteration", "y": "loss"}}]})
