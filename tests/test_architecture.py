@@ -4,6 +4,7 @@ the code does (generated pipelines in sync, every stage's deps covering the modu
 from __future__ import annotations
 
 import pkgutil
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -178,6 +179,28 @@ def test_no_stage_depends_on_itself_through_a_params_key_naming_a_stage():
             assert not reads & outs, f"{name} sits between the steps of {host} and reads {reads & outs}"
             assert not any(i.startswith("{") for i in get_stage(name).inputs), \
                 f"{name} sits between the steps of {host} and reads a stage named by params"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("propagate.references", "crf", "propagate.references: 'crf' is not one of proposals, corrector, adapted"),
+    ("propagate.references", "motion_baseline", "not one of"),
+    ("crf.input", "nosuch", "crf.input: 'nosuch' is not a stage that runs before crf"),
+    ("crf.input", "export", "is not a stage that runs before crf"),
+    ("imas.flow", "motion_baseline", "imas.flow: 'motion_baseline' is not one of flow, imas_flow"),
+])
+def test_a_key_naming_a_store_is_checked_when_the_graph_is_built(key, value, message):
+    """A bad value of a key naming the store a stage reads is an error naming the key before anything runs
+    (not a cycle in dvc.yaml, nor a 'missing input' once the stage has started)."""
+    from pipeline.core.config import load_params
+    from pipeline.stages.registry import used_stages
+
+    p = load_params()
+    p["quality"]["methods"] = ["imas"]            # train_imas in the graph
+    assert "train_imas" in used_stages(p, "demo")
+    sec, leaf = key.split(".")
+    p[sec][leaf] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        used_stages(p, "demo")
 
 
 def test_a_combined_stage_declares_the_union_of_its_steps():

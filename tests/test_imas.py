@@ -352,21 +352,30 @@ def test_imas_learns_from_the_flow_store_imas_flow_names(tmp_path, monkeypatch):
     p["flow"]["method"] = "dis"                 # the dataset's own flow does not reach the second one
     assert flow_params(Ctx("demo", p, tmp_path)) == fp
     assert "flow.method" not in IMAS_FLOW.reads and "imas_flow" in IMAS_FLOW.reads
-    # FrameBank reads the named folder (as a flow store)
+    # FrameBank reads every sequence's flow from the named folder (as a flow store)
     import pipeline.imas.train as imas_train
 
+    class Art:
+        def __init__(self, arrays, attrs):
+            self.arrays, self.attrs = arrays, attrs
+
+        def require(self, name, **_):
+            return self.arrays[name]
+
+    vids = {f"v{i}": _square_video(seed=i) for i in range(2)}
     opened = []
 
     def fake_open(path, stage):
-        opened.append((Path(path).relative_to(tmp_path).as_posix(), stage))
-        if len(opened) == 3:
-            raise LookupError("stop")
-        return None
+        folder, seq = Path(path).parent.name, Path(path).stem
+        opened.append((folder, seq, stage))
+        rgb, tokens, flow, _ = vids[seq]
+        return {"frames": Art({"rgb": rgb}, {}), "features": Art({"tokens": tokens}, {"backbone": {"name": "toy"}}),
+                "imas_flow": Art({"flow": flow}, {"gap": 1})}[folder]
     with monkeypatch.context() as mp:
         mp.setattr(imas_train, "open_artifact", fake_open)
-        with pytest.raises(LookupError):
-            FrameBank.load(tmp_path, ["v0"], flow="imas_flow")
-    assert opened[-1] == ("imas_flow/v0.zarr", "flow")
+        bank = FrameBank.load(tmp_path, ["v0", "v1"], flow_dir="imas_flow")
+    assert bank.names == ["v0", "v1"] and bank.backbone == "toy"
+    assert [o for o in opened if o[2] == "flow"] == [("imas_flow", "v0", "flow"), ("imas_flow", "v1", "flow")]
     p["imas"]["flow"] = "dis"
     from pipeline.core.io import InputError
 

@@ -133,16 +133,16 @@ class FrameBank:
         self.pairs = np.array([(i, a) for i, r in enumerate(self.rgb) for a in range(len(r) - self.gaps[i])])
 
     @classmethod
-    def load(cls, data_dir: str | os.PathLike, sequences: Sequence[str], flow: str = "flow") -> "FrameBank":
+    def load(cls, data_dir: str | os.PathLike, sequences: Sequence[str], flow_dir: str = "flow") -> "FrameBank":
         """Every sequence's ``frames``, ``features`` and flow stores under ``data_dir`` (the flow from the
-        folder ``flow``: ``flow``, or ``imas_flow``, a second flow store for IMAS)."""
+        folder ``flow_dir``: ``flow``, or ``imas_flow``, a second flow store for IMAS)."""
         data_dir = Path(data_dir)
         kw: dict[str, list] = {"names": [], "rgb": [], "tokens": [], "flow": [], "gaps": [], "orig_w": []}
         backbones = set()
         for s in sequences:
             fr = open_artifact(data_dir / "frames" / f"{s}.zarr", stage="frames")
             ft = open_artifact(data_dir / "features" / f"{s}.zarr", stage="features")
-            fl = open_artifact(data_dir / flow / f"{s}.zarr", stage="flow")
+            fl = open_artifact(data_dir / flow_dir / f"{s}.zarr", stage="flow")
             rgb = fr.require("rgb", dtype="uint8", dims=("frame", "y", "x", "channel"))[...]
             tok = ft.require("tokens", ndim=4)[...].astype(np.float16)
             flow = fl.require("flow", dtype="float32", dims=("frame", "channel", "y", "x"))[...]

@@ -32,6 +32,7 @@ def _run_gt(built, ctx: Ctx, seq: str, out: Path) -> str:
 
 #: mask stores with the proposals' slots (label k + 1 = slot k of the exemplars store)
 REFERENCES = ("proposals", "corrector", "adapted")
+CHOICES = {"propagate.references": REFERENCES}   # checked when the graph is built (registry.check_named_inputs)
 
 
 def references(ctx: Ctx) -> str:

@@ -93,7 +93,7 @@ def named_inputs(st: Stage, params: dict) -> list[str]:
 OPTIONAL = frozenset({"imas_flow", "train_imas", "imas", "fuse", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
-            "adapt.pseudo_labels", "adapt_oclr.pseudo_labels", "propagate.references", "imas.flow")
+            "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
 #: stages in a dataset's graph only when their params key is not null
 SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
 #: label-based evaluations of a stage (the selection AP of the selector): in a dataset's graph only when
@@ -129,7 +129,29 @@ def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[st
         keep.append(st)
     if any(st.name == ROUND_ENTRY for st in keep):
         check_round_entry(params, dataset)
+    for st in keep:
+        check_named_inputs(st, params)
     return [st.name for st in reversed(keep)]
+
+
+def check_named_inputs(st: Stage, params: dict) -> None:
+    """A params key naming one store a stage reads (``{crf.input}``) must name a stage earlier in the graph
+    (or, with a ``/``, another dataset's folder: see :func:`check_round_entry`), and one of the stage module's
+    ``CHOICES[key]`` where it lists them: a bad value is an error naming the key when the graph is built,
+    before any stage runs (a later stage would make the graph a cycle; a missing folder would read as a
+    missing input)."""
+    choices = getattr(importlib.import_module(stage_module(st.name)), "CHOICES", {})
+    for i in st.inputs:
+        if not (i.startswith("{") and "." in i):
+            continue
+        key = i[1:-1]
+        v = get_key(params, key)
+        if isinstance(v, (list, tuple)) or "/" in str(v):
+            continue
+        if key in choices and v not in choices[key]:
+            raise ValueError(f"{key}: {v!r} is not one of {', '.join(choices[key])}")
+        if str(v) not in ORDER or list(ORDER).index(str(v)) >= list(ORDER).index(st.name):
+            raise ValueError(f"{key}: {v!r} is not a stage that runs before {st.name}")
 
 
 # --------------------------------------------------------------------------- second rounds

@@ -26,6 +26,7 @@ CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb"
 ALIGN_KEYS = ("threshold", "dilation", "max_width", "max_height")
 OUT = "imas_train"   # the imas stage reads OUT/imas.pt
 FLOWS = ("flow", "imas_flow")   # the flow stores imas.flow may name
+CHOICES = {"imas.flow": FLOWS}   # checked when the graph is built (registry.check_named_inputs)
 
 
 def _whole(ctx: Ctx) -> str:
@@ -33,11 +34,11 @@ def _whole(ctx: Ctx) -> str:
     crf = CRFConfig.from_params({k: ctx.params["crf"][k] for k in CRF_KEYS})
     align = AlignmentConfig.from_params(ctx.section("quality"))
     out, logs = ctx.data / OUT, ctx.results(OUT)
-    if out.exists() and not cfg["resume"]:
-        shutil.rmtree(out)
     if cfg["flow"] not in FLOWS:
         raise InputError(f"imas.flow: {cfg['flow']!r} is not one of {', '.join(FLOWS)} (a flow store)")
-    bank = FrameBank.load(ctx.data, dataset_sequences(ctx), flow=str(cfg["flow"]))
+    if out.exists() and not cfg["resume"]:
+        shutil.rmtree(out)
+    bank = FrameBank.load(ctx.data, dataset_sequences(ctx), flow_dir=str(cfg["flow"]))
     m = train_imas({k: cfg[k] for k in CONFIG_KEYS}, crf, align, bank, out, logs)
     ref = m["refined_masks"] or {}
     return (f"train_imas: {ctx.dataset}: {m['stage1_iterations']} + {m['stage2_iterations']} iterations "
