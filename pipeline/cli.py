@@ -138,7 +138,9 @@ def tune(key: str = typer.Argument(..., help="A params key, e.g. proposals.thres
          set_: list[str] = typer.Option([], "--set", help="KEY=VALUE applied to every candidate."),
          score: str = typer.Option("alignment", help="The label-free score that picks: alignment (motion-semantic "
                                    "alignment of the masks) or agreement (IoU with the other mask stages of "
-                                   "quality.agree_with; their stores must exist).")) -> None:
+                                   "quality.agree_with; their stores must exist)."),
+         resume: bool = typer.Option(True, help="Take the candidates a killed or earlier run finished with the "
+                                     "same setup from its report instead of running them again.")) -> None:
     """Label-free tuning: the value whose masks have the best motion-semantic alignment, or agreement (J beside
     it when the dataset has ground truth; never used to choose). Table in results/<dataset>/tune/<key>.csv
     (<key>.by_agreement.csv)."""
@@ -154,7 +156,7 @@ def tune(key: str = typer.Argument(..., help="A params key, e.g. proposals.thres
         k, v = kv.split("=", 1)
         over[k] = yaml.safe_load(v)
     code = report_errors(lambda: run_tune(dataset, key, [yaml.safe_load(v) for v in values], method,
-                                          overrides=over, log=typer.echo, score=score))
+                                          overrides=over, log=typer.echo, score=score, resume=resume))
     if code:
         raise typer.Exit(code)
 

@@ -125,6 +125,21 @@ def test_tuner_picks_by_alignment_and_leaves_the_stores_alone(project):
     assert [r["alignment"] for r in by_agree["rows"]] == [r["alignment"] for r in rep["rows"]]   # same candidates
     assert json.loads((store / "zarr.json").read_text())["attributes"]["content_sha256"] == before
     assert scored() == before_scores                              # the project's own scores untouched too
+    # a killed tuner keeps its finished candidates: a report holding only the first is resumed
+    path = proj / "results/demo/tune/proposals.threshold.json"
+    assert rep["complete"] is True and len(rep["setup"]) == 64
+    path.write_text(json.dumps({**rep, "rows": rep["rows"][:1], "complete": False, "choice": None}))
+    log = _run([sys.executable, "-m", "pipeline.cli", "tune", "proposals.threshold", "0.2", "0.5", "--dataset", "demo",
+                "--method", "proposals"], proj, env)
+    assert log.count("finished by an earlier run") == 1 and log.count('{"value": 0.5') == 1
+    again = json.loads(path.read_text())
+    assert again["complete"] is True and again["setup"] == rep["setup"] and again["rows"][0] == rep["rows"][0]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in again["rows"]] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rep["rows"]]   # the rerun candidate: same scores
+    # another setup (a --set) is not mistaken for it
+    log = _run([sys.executable, "-m", "pipeline.cli", "tune", "proposals.threshold", "0.2", "--dataset", "demo",
+                "--method", "proposals", "--set", "proposals.batch=2"], proj, env)
+    assert "finished by an earlier run" not in log
 
 
 def test_artifacts_chain_provenance(project):

@@ -9,13 +9,17 @@ and everything downstream of them up to the scored stage) run with the candidate
 stage among them starts from a copy of its folder, so a resumable one redoes only what the key reaches
 (``train_imas``: stage 2 alone for a stage-2 key). Agreement is measured only with stages whose stores
 are valid for every candidate: the rerun ones and those the key does not reach. Writes
-``results/<ds>/tune/<key>.csv`` and ``.json``.
+``results/<ds>/tune/<key>.csv`` and ``.json`` after every candidate (``"complete": false`` until the last), so a
+killed tuner keeps what it finished: run again with the same setting (params, scored stage, score, the
+code of the stages it runs, the stores it links; the report's ``setup`` fingerprint) and the finished
+candidates are taken from the report instead of being run again.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import shutil
 import time
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
-from pipeline.core.store import open_artifact, write_json_atomic
+from pipeline.core.store import open_artifact, sha256_files, write_json_atomic
 from pipeline.stages.registry import ORDER, get_stage, used_stages
 from pipeline.stages.runner import run
 from pipeline.stages.sequences import dataset_sequences
@@ -156,12 +160,56 @@ def scoring_params(params: dict, ctx: Ctx, rerun: Sequence[str], target: str, se
     return params
 
 
+def setup_fingerprint(params: dict, key: str, target: str, score: str, rerun: Sequence[str], seqs: Sequence[str],
+                      ctx: Ctx, fresh: set[str]) -> str:
+    """sha256 of everything a candidate's row depends on but its value: the params with ``key`` blanked, the
+    scored stage, the score, the sequences, the code of the stages run (rerun + quality + metrics) and the
+    ``content_sha256`` of every store the scratch projects link (the dataset's stores outside ``fresh``)."""
+    from pipeline.stages.deps import stage_code_files
+
+    stores = {}
+    for d in sorted(p for p in ctx.data.iterdir() if p.is_dir() and p.name not in fresh):
+        for z in sorted(d.glob("*.zarr")):
+            try:
+                stores[f"{d.name}/{z.name}"] = open_artifact(z).attrs.get("content_sha256")
+            except Exception:                                       # not a store of this project: its bytes count
+                stores[f"{d.name}/{z.name}"] = None
+    code = sorted({str(f) for n in [*rerun, "quality", "metrics"] for f in stage_code_files(n)})
+    blob = json.dumps({"params": _set(params, key, None), "key": key, "target": target, "score": score,
+                       "sequences": list(seqs), "code": sha256_files(code), "stores": stores},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _write_report(out: Path, name: str, report: dict) -> None:
+    write_json_atomic(out / f"{name}.json", report)
+    cols = ["value", "alignment", "agreement", "J", "JF", "flagged_frames", "seconds"]
+    tmp = out / f".{name}.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows([(r[c] if isinstance(r[c], str) else json.dumps(r[c])) if c == "value" else ("" if r[c] is None else r[c]) for c in cols]
+                     for r in report["rows"])
+    tmp.replace(out / f"{name}.csv")
+
+
+def _earlier(path: Path, setup: str) -> dict:
+    """An earlier report at ``path`` made with the same ``setup`` fingerprint ({} otherwise)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if old.get("setup") == setup else {}
+
+
 def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = None, root: Path | None = None,
-         overrides: dict | None = None, log: Callable[[str], None] = print, score: str = "alignment") -> dict:
+         overrides: dict | None = None, log: Callable[[str], None] = print, score: str = "alignment",
+         resume: bool = True) -> dict:
     """Run the tuner (see the module docstring); returns the report (also written to results). ``score``:
     the label-free score that picks, ``alignment`` (motion-semantic alignment of the scored stage's masks)
     or ``agreement`` (their matched-object IoU with the other mask stages of ``quality.agree_with``, which
-    must have stores)."""
+    must have stores). ``resume``: take the candidates an earlier run with the same setup finished from its
+    report (see the module docstring) instead of running them again."""
     if score not in SCORES:
         raise ValueError(f"score {score!r}: expected one of {', '.join(SCORES)}")
     from pipeline.core.config import project_root
@@ -195,15 +243,30 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     log(f"tune {key} on {dataset}: {len(values)} values, rerunning {', '.join(rerun)} on {len(seqs)} sequences, "
         f"scoring {target} by {'motion-semantic alignment' if score == 'alignment' else 'agreement'}"
         + (" (J beside it)" if has_gt else ""))
-    rows = []
+    out = root / "results" / dataset / "tune"
+    out.mkdir(parents=True, exist_ok=True)
+    name = key if score == "alignment" else f"{key}.by_{score}"
+    setup = setup_fingerprint(params, key, target, score, rerun, seqs, ctx, fresh)
+    earlier = _earlier(out / f"{name}.json", setup) if resume else {}
+    done = list(earlier.get("rows") or [])
+    report = {"dataset": dataset, "key": key, "current": get_key(params, key), "scored_stage": target,
+              "reran": rerun, "overrides": overrides or {}, "backbone": earlier.get("backbone"), "score": score,
+              "agree_with": params["quality"]["agree_with"], "setup": setup, "complete": False,
+              "choice": None, "rows": [], "best_J": None}
+    rows = report["rows"]
     for i, value in enumerate(values):
+        prev = [r for r in done if json.dumps(r["value"], sort_keys=True) == json.dumps(value, sort_keys=True)]
+        if prev:
+            rows.append(prev[0])
+            log(f"{key} = {value!r}: finished by an earlier run with the same setup ({out / (name + '.json')})")
+            continue
         p = _set(params, key, value)
         base = scratch_project(ctx, ctx.data / "tune" / f"{key}-{i}", fresh)
         copied = {}
         for n in rerun:     # a training stage starts from a copy of its state (IMAS redoes only what the key reaches)
-            out = get_stage(n).out or n
-            if get_stage(n).whole is not None and (ctx.data / out).is_dir():
-                copied[n] = shutil.copytree(ctx.data / out, base / "data" / dataset / out)
+            sub = get_stage(n).out or n
+            if get_stage(n).whole is not None and (ctx.data / sub).is_dir():
+                copied[n] = shutil.copytree(ctx.data / sub, base / "data" / dataset / sub)
         sctx = Ctx(dataset, p, base)
         t0 = time.perf_counter()
         for n in rerun:
@@ -222,22 +285,12 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
         rows.append(row)
         log(json.dumps(row))
         shutil.rmtree(base, ignore_errors=True)          # the candidate's stores: scored, no longer needed
+        report["backbone"] = report["backbone"] or q.get("backbone")
+        _write_report(out, name, report)                 # after every candidate: a killed tuner keeps them
     best = max(rows, key=lambda r: r[score])
-    report = {"dataset": dataset, "key": key, "current": get_key(params, key), "scored_stage": target,
-              "reran": rerun, "overrides": overrides or {}, "backbone": q.get("backbone"), "score": score,
-              "agree_with": params["quality"]["agree_with"],
-              "choice": best["value"], "rows": rows,
-              "best_J": max(rows, key=lambda r: r["J"])["value"] if has_gt else None}
-    out = root / "results" / dataset / "tune"
-    out.mkdir(parents=True, exist_ok=True)
-    name = key if score == "alignment" else f"{key}.by_{score}"
-    write_json_atomic(out / f"{name}.json", report)
-    cols = ["value", "alignment", "agreement", "J", "JF", "flagged_frames", "seconds"]
-    with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        w.writerows([(r[c] if isinstance(r[c], str) else json.dumps(r[c])) if c == "value" else ("" if r[c] is None else r[c]) for c in cols]
-                     for r in rows)
+    report.update(complete=True, choice=best["value"],
+                  best_J=max(rows, key=lambda r: r["J"])["value"] if has_gt else None)
+    _write_report(out, name, report)
     log(f"tune {key}: best {score} at {best['value']!r} (now {report['current']!r})"
         + (f"; best J at {report['best_J']!r}" if has_gt else "") + f" -> {out / (name + '.csv')}")
     return report
