@@ -1,6 +1,6 @@
 """IMAS on a dataset: J / F after stage 1, after stage 2 and with CRF, next to the label-free alignment.
 
-    python bench/imas_report.py davis2016 [--checkpoints DIR] [--out results/davis2016/imas_train/report.json]
+    python bench/imas_report.py davis2016 [--checkpoints DIR] [--out results/davis2016/imas_report.json]
 
 Reads the dataset's ``frames`` and ``features`` stores and the checkpoints ``train_imas`` wrote
 (``data/<ds>/imas_train/stage1.pt`` and ``imas.pt``); the CRF is the ``crf`` stage's setting of the
@@ -50,7 +50,7 @@ def main() -> None:
     p = load_dataset_params(a.dataset, ROOT)
     data = a.data or ROOT / "data" / a.dataset
     ck = a.checkpoints or data / "imas_train"
-    out = a.out or ROOT / "results" / a.dataset / "imas_train" / "report.json"
+    out = a.out or ROOT / "results" / a.dataset / "imas_report.json"   # outside train_imas's DVC output
     crf = CRFConfig.from_params({k: v for k, v in p["crf"].items() if k != "input"})
     align = AlignmentConfig.from_params(p["quality"])
     ev, protocol = p["eval"], p["dataset"]["protocol"]
