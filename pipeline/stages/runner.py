@@ -35,7 +35,7 @@ LEDGER = ".done"
 
 
 # --------------------------------------------------------------------------- fingerprints
-def _store_checksum(path: Path) -> str:
+def store_checksum(path: Path) -> str:
     """content_sha256 of a Zarr store, the sha256 of a file, or of a folder's files."""
     zj = path / "zarr.json"
     if zj.exists():
@@ -79,8 +79,8 @@ def stage_params(stage: Stage, ctx: Ctx) -> dict:
 
 def fingerprint(stage: Stage, ctx: Ctx, sequence: str, source: Any = None) -> str:
     doc = {"stage": stage.name, "variant": ctx.variant, "params": stage_params(stage, ctx),
-           "inputs": {d: _store_checksum(ctx.data / d / f"{sequence}.zarr") for d in stage.input_dirs(ctx)},
-           "files": {str(p.name): _store_checksum(p) for p in stage.file_paths(ctx)},
+           "inputs": {d: store_checksum(ctx.data / d / f"{sequence}.zarr") for d in stage.input_dirs(ctx)},
+           "files": {str(p.name): store_checksum(p) for p in stage.file_paths(ctx)},
            "source": source, "code": code_checksum(stage)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -90,9 +90,9 @@ INPUTS_MARK = ".inputs.json"
 
 
 def _inputs_checksum(stage: Stage, ctx: Ctx, seqs: list[str]) -> str:
-    doc = {"stores": {q: {d: _store_checksum(ctx.data / d / f"{q}.zarr") for d in stage.input_dirs(ctx)}
+    doc = {"stores": {q: {d: store_checksum(ctx.data / d / f"{q}.zarr") for d in stage.input_dirs(ctx)}
                       for q in seqs},
-           "files": {str(p.name): _store_checksum(p) for p in stage.file_paths(ctx)}}
+           "files": {str(p.name): store_checksum(p) for p in stage.file_paths(ctx)}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

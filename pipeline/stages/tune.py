@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
-from pipeline.core.store import open_artifact, sha256_files, write_json_atomic
+from pipeline.core.store import open_artifact, write_json_atomic
 from pipeline.stages.registry import ORDER, get_stage, used_stages
 from pipeline.stages.runner import run
 from pipeline.stages.sequences import dataset_sequences
@@ -161,23 +161,16 @@ def scoring_params(params: dict, ctx: Ctx, rerun: Sequence[str], target: str, se
 
 
 def setup_fingerprint(params: dict, key: str, target: str, score: str, rerun: Sequence[str], seqs: Sequence[str],
-                      ctx: Ctx, fresh: set[str]) -> str:
+                      ctx: Ctx, read: Sequence[str]) -> str:
     """sha256 of everything a candidate's row depends on but its value: the params with ``key`` blanked, the
     scored stage, the score, the sequences, the code of the stages run (rerun + quality + metrics) and the
-    ``content_sha256`` of every store the scratch projects link (the dataset's stores outside ``fresh``)."""
-    from pipeline.stages.deps import stage_code_files
+    checksum of every entry of the folders ``read`` of ``data/<ds>/`` (those the scratch projects link or copy)."""
+    from pipeline.stages.runner import code_checksum, store_checksum
 
-    stores = {}
-    for d in sorted(p for p in ctx.data.iterdir() if p.is_dir() and p.name not in fresh):
-        for z in sorted(d.glob("*.zarr")):
-            try:
-                stores[f"{d.name}/{z.name}"] = open_artifact(z).attrs.get("content_sha256")
-            except Exception:                                       # not a store of this project: its bytes count
-                stores[f"{d.name}/{z.name}"] = None
-    code = sorted({str(f) for n in [*rerun, "quality", "metrics"] for f in stage_code_files(n)})
+    state = {f"{d}/{e.name}": store_checksum(e) for d in sorted(read) for e in sorted((ctx.data / d).iterdir())}
+    code = {n: code_checksum(get_stage(n)) for n in [*rerun, "quality", "metrics"]}
     blob = json.dumps({"params": _set(params, key, None), "key": key, "target": target, "score": score,
-                       "sequences": list(seqs), "code": sha256_files(code), "stores": stores},
-                      sort_keys=True, default=str)
+                       "sequences": list(seqs), "code": code, "state": state}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -246,27 +239,28 @@ def tune(dataset: str, key: str, values: Sequence[Any], target: str | None = Non
     out = root / "results" / dataset / "tune"
     out.mkdir(parents=True, exist_ok=True)
     name = key if score == "alignment" else f"{key}.by_{score}"
-    setup = setup_fingerprint(params, key, target, score, rerun, seqs, ctx, fresh)
+    # training stages among the rerun ones start from a copy of the dataset's state (IMAS redoes only what the
+    # key reaches); what a candidate reads from the dataset: the linked folders and those copies
+    trained = {n: get_stage(n).out or n for n in rerun if get_stage(n).whole is not None}
+    read = [d.name for d in ctx.data.iterdir() if d.is_dir() and (d.name not in fresh or d.name in trained.values())]
+    setup = setup_fingerprint(params, key, target, score, rerun, seqs, ctx, read)
     earlier = _earlier(out / f"{name}.json", setup) if resume else {}
-    done = list(earlier.get("rows") or [])
+    done = {json.dumps(r["value"], sort_keys=True): r for r in earlier.get("rows") or []}
     report = {"dataset": dataset, "key": key, "current": get_key(params, key), "scored_stage": target,
               "reran": rerun, "overrides": overrides or {}, "backbone": earlier.get("backbone"), "score": score,
               "agree_with": params["quality"]["agree_with"], "setup": setup, "complete": False,
               "choice": None, "rows": [], "best_J": None}
     rows = report["rows"]
     for i, value in enumerate(values):
-        prev = [r for r in done if json.dumps(r["value"], sort_keys=True) == json.dumps(value, sort_keys=True)]
+        prev = done.get(json.dumps(value, sort_keys=True))
         if prev:
-            rows.append(prev[0])
+            rows.append(prev)
             log(f"{key} = {value!r}: finished by an earlier run with the same setup ({out / (name + '.json')})")
             continue
         p = _set(params, key, value)
         base = scratch_project(ctx, ctx.data / "tune" / f"{key}-{i}", fresh)
-        copied = {}
-        for n in rerun:     # a training stage starts from a copy of its state (IMAS redoes only what the key reaches)
-            sub = get_stage(n).out or n
-            if get_stage(n).whole is not None and (ctx.data / sub).is_dir():
-                copied[n] = shutil.copytree(ctx.data / sub, base / "data" / dataset / sub)
+        copied = {n: shutil.copytree(ctx.data / sub, base / "data" / dataset / sub)
+                  for n, sub in trained.items() if (ctx.data / sub).is_dir()}
         sctx = Ctx(dataset, p, base)
         t0 = time.perf_counter()
         for n in rerun:
