@@ -81,8 +81,10 @@ def overrides(proj):
 # ------------------------------------------------------------------------------------------- interrupts
 def _interrupted(code: str):
     """Run ``code`` (it prints 'ready' then works), send SIGINT, return (process, stderr)."""
+    # SIGINT back to its default in the child: a test run started in the background (nohup, `&`) passes an
+    # ignored SIGINT down, and Python then installs no KeyboardInterrupt handler
     pr = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+                          text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert pr.stdout.readline().strip() == "ready"
     pr.send_signal(signal.SIGINT)
     _, err = pr.communicate(timeout=30)

@@ -94,7 +94,7 @@ def _bank(n=1):
 
 
 def _cfg(**kw):
-    base = {k: v for k, v in section("imas").items() if k not in ("resume", "batch", "flow")}
+    base = {k: v for k, v in section("imas").items() if k not in ("resume", "batch", "flow", "channel_choice")}
     base.update(hidden=16, stem=8, flow_hidden=8, batch_size=4, iterations=300, refine_iterations=20, lr=3e-3,
                 warmup_iters=10, log_every=10, ckpt_every=50, time_budget_s=None, threads=1, deterministic=True,
                 device="cpu", channels=2, flow_loss="l2")
@@ -174,11 +174,15 @@ def test_resume_continues_and_a_changed_config_is_refused(tmp_path, monkeypatch)
     cfg = _cfg(iterations=6, refine_iterations=4, ckpt_every=2, log_every=2)
     crf = CRFConfig(bilateral_sxy=10)
     calls = _counting(monkeypatch)
-    train_imas(cfg, crf, ALIGN, bank, tmp_path / "a", progress=False)             # uninterrupted reference
+    m0 = train_imas(cfg, crf, ALIGN, bank, tmp_path / "a", progress=False)        # uninterrupted reference
     assert calls["n"] == 10
     ref = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
     m = train_imas(cfg, crf, ALIGN, bank, tmp_path / "a", progress=False)         # already done: nothing more
     assert calls["n"] == 10 and m["iterations"] == 10
+    # ... and the metrics keep the record of the run that trained
+    assert set(m0["first_loss"]) == {1, 2} and m["first_loss"] == {str(k): v for k, v in m0["first_loss"].items()}
+    assert (m["wall_time_s"], m["finished_utc"], m["train_seconds"]) == \
+        (m0["wall_time_s"], m0["finished_utc"], {str(k): v for k, v in m0["train_seconds"].items()})
     # a run killed in stage 2 (at its 9th step; checkpoint at iteration 8) continues from there and ends where
     # the reference did
     calls.update(n=0, fail_at=9)
@@ -290,6 +294,40 @@ def test_mask_store_contract(tmp_path):
     with pytest.raises(Exception, match="trained on 'toy'"):
         write_imas(tmp_path / "frames.zarr", tmp_path / "other.zarr", tmp_path / "x.zarr", model, info,
                    torch.device("cpu"), batch=4, amp=False, sequence="v0")
+    # channel_choice video: the channel overlapping the motion baseline's foreground most, whatever the
+    # dataset's channel; the reference made from channel 0's own masks picks channel 0
+    from pipeline.imas.infer import channel_masks, upsample
+    lab = upsample(channel_masks(model, bank.rgb[0], bank.tokens[0], torch.device("cpu")), (32, 48)).argmax(axis=1)
+    assert (lab == 0).any()
+    with ArtifactWriter(tmp_path / "mb.zarr", stage="motion_baseline") as w:
+        w.write("labels", (lab == 0).astype(np.uint8) * 2, ("frame", "y", "x"), framewise=True)
+        w.attrs["num_objects"] = 3
+    write_imas(tmp_path / "frames.zarr", tmp_path / "features.zarr", tmp_path / "v.zarr", model, info,
+               torch.device("cpu"), batch=4, amp=False, sequence="v0", channel_choice="video",
+               reference_path=tmp_path / "mb.zarr")
+    v = open_artifact(tmp_path / "v.zarr", stage="imas")
+    assert v.attrs["object_channel"] == 0 and v.attrs["channel_choice"]["iou"][0] == 1.0
+    assert v.attrs["channel_choice"]["dataset_channel"] == 1
+    assert ((v["labels"][...] == 1) == (lab == 0)).all()
+    with pytest.raises(ValueError, match="imas.channel_choice: 'best'"):
+        write_imas(tmp_path / "frames.zarr", tmp_path / "features.zarr", tmp_path / "w.zarr", model, info,
+                   torch.device("cpu"), batch=4, amp=False, sequence="v0", channel_choice="best")
+    assert not (tmp_path / "w.zarr").exists()
+
+
+def test_channel_overlap_and_pick_on_hand_made_masks():
+    from pipeline.imas.infer import channel_overlap, pick_channel
+
+    labels = np.array([[[0, 0, 1, 1],
+                        [0, 2, 2, 1]]])                       # [1, 2, 4]: channels 0, 1, 2
+    fg = np.array([[[0, 0, 1, 1],
+                    [0, 0, 1, 1]]], bool)                     # 4 pixels
+    inter, union = channel_overlap(labels, fg, 4)
+    assert inter.tolist() == [0, 3, 1, 0] and union.tolist() == [7, 4, 5, 4]
+    assert pick_channel(inter / union, default=0) == 1        # 3/4 beats 1/5
+    assert pick_channel([0.2, 0.5, 0.5], default=2) == 2      # a tie with the default keeps it
+    assert pick_channel([0.2, 0.5, 0.5], default=0) == 1      # else the first best
+    assert pick_channel([0.0, 0.0], default=1) == 1           # nothing overlaps: the dataset's channel
 
 
 def test_object_probability_wins_exactly_where_the_argmax_does():

@@ -6,6 +6,14 @@ stage. ``probs`` is the object channel against its strongest rival, ``p_o / (p_o
 (:func:`object_probability`, from the soft masks bilinearly upsampled from the 1/4 grid): above 0.5
 exactly where the object channel wins the argmax over the K channels (the paper's rule), which is
 ``labels`` -- so the CRF and the evaluation start from the same masks.
+
+Which channel is the object (``imas.channel_choice``): ``dataset``, the one ``train_imas`` chose by
+motion-semantic alignment over the whole dataset (paper Sec. 3.4), for every video; or ``video``, per video
+the channel whose argmax masks overlap the foreground of the training-free motion baseline most (IoU of
+the masks pooled over the video's frames, :func:`video_channel`), the dataset's channel when none
+overlaps it. Stage 1 learns segments from motion alone, so the channel an object lands in can differ from
+video to video (on the synthetic validation split the dataset's channel holds the object in a few videos
+only); the motion baseline tells, without labels, which channel moves apart from the background.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +30,10 @@ from pipeline.core.device import autocast
 from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
 from pipeline.imas.model import ImasNet, rgb_input
 
-__all__ = ["channel_masks", "object_masks", "object_probability", "upsample", "write_imas"]
+__all__ = ["CHANNEL_CHOICES", "channel_masks", "channel_overlap", "object_masks", "object_probability", "pick_channel",
+           "upsample", "video_channel", "write_imas"]
+
+CHANNEL_CHOICES = ("dataset", "video")   # imas.channel_choice (see the module docstring)
 
 
 @torch.no_grad()
@@ -62,9 +74,53 @@ def object_masks(model: ImasNet, channel: int, rgb: Any, tokens: Any, dev: torch
         yield s, object_probability(upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W)), channel)
 
 
+def channel_overlap(labels: np.ndarray, foreground: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(intersection [K], union [K])`` in pixels of each channel's mask (``labels == k``, ``int [B, H, W]``)
+    with ``foreground`` (bool, same shape)."""
+    fg = np.asarray(foreground, bool)
+    inter = np.array([np.count_nonzero((labels == k) & fg) for k in range(K)], np.float64)
+    union = np.array([np.count_nonzero((labels == k) | fg) for k in range(K)], np.float64)
+    return inter, union
+
+
+def video_channel(model: ImasNet, rgb: Any, tokens: Any, reference: Any, dev: torch.device, *, batch: int,
+                  default: int, amp: bool = False) -> tuple[int, list[float]]:
+    """``(channel, IoU per channel)``: the channel whose argmax masks over the frames ``rgb [T, H, W, 3]``
+    overlap the foreground of ``reference`` (labels ``[T, h, w]``, > 0 = foreground; nearest-resized to
+    ``H x W`` when smaller or larger) most, the IoU pooled over every frame; ``default`` when no channel
+    overlaps it (an empty reference) or on a tie with it. One pass over the video, a batch at a time."""
+    T, H, W = rgb.shape[:3]
+    if reference.shape[0] != T:
+        raise ValueError(f"{reference.shape[0]} frames of reference labels, {T} frames")
+    K = int(model.cfg.channels)
+    inter, union = np.zeros(K), np.zeros(K)
+    for s in range(0, T, batch):
+        e = min(T, s + batch)
+        lab = upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W)).argmax(axis=1)
+        ref = np.asarray(reference[s:e])
+        if ref.shape[1:] != (H, W):
+            ref = np.stack([cv2.resize(r.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) for r in ref])
+        i, u = channel_overlap(lab, ref > 0, K)
+        inter += i
+        union += u
+    iou = inter / np.maximum(union, 1.0)
+    return pick_channel(iou, default), [round(float(v), 6) for v in iou]
+
+
+def pick_channel(iou: np.ndarray, default: int) -> int:
+    """The channel of the largest ``iou``; ``default`` when it ties with the default's or is 0."""
+    iou = np.asarray(iou, np.float64)
+    best = int(np.argmax(iou))
+    return int(default) if iou[best] <= 0 or iou[best] == iou[default] else best
+
+
 def write_imas(frames_path: Path, features_path: Path, out: Path, model: ImasNet, info: Mapping[str, Any],
-               dev: torch.device, *, batch: int, amp: bool, sequence: str) -> dict:
-    """Run the model over one sequence and write its mask store (see the module docstring)."""
+               dev: torch.device, *, batch: int, amp: bool, sequence: str, channel_choice: str = "dataset",
+               reference_path: Path | None = None) -> dict:
+    """Run the model over one sequence and write its mask store (see the module docstring):
+    ``channel_choice`` ``dataset`` or ``video`` (then ``reference_path`` is the motion baseline's store)."""
+    if channel_choice not in CHANNEL_CHOICES:
+        raise ValueError(f"imas.channel_choice: {channel_choice!r} is not one of {', '.join(CHANNEL_CHOICES)}")
     frames = open_artifact(frames_path, stage="frames")
     feats = open_artifact(features_path, stage="features")
     rgb = frames.require("rgb", dtype="uint8", dims=("frame", "y", "x", "channel"))
@@ -77,8 +133,21 @@ def write_imas(frames_path: Path, features_path: Path, out: Path, model: ImasNet
         raise ArtifactError(f"{feats.path}: backbone {bb!r}, but {info['path']} was trained on "
                             f"{info['backbone']!r} tokens (retrain with the train_imas stage)")
     o = int(info["object_channel"])
-    with ArtifactWriter(out, stage="imas", params={"imas": {"batch": batch, "amp": amp}},
-                        inputs={"frames": frames.path, "features": feats.path}) as wr:
+    inputs = {"frames": frames.path, "features": feats.path}
+    chosen: dict[str, Any] = {"by": "dataset", "dataset_channel": o}
+    if channel_choice == "video":
+        if reference_path is None:
+            raise ValueError("imas.channel_choice: video needs the motion baseline's store")
+        ref = open_artifact(reference_path, stage="motion_baseline")
+        labels_ref = ref.require("labels", dtype="uint8", ndim=3)
+        if labels_ref.shape[0] != T:
+            raise ArtifactError(f"{ref.path}: {labels_ref.shape[0]} frames, but the frames store has {T}")
+        o, ious = video_channel(model, rgb, tokens, labels_ref, dev, batch=batch, default=o, amp=amp)
+        chosen.update({"by": "video: IoU with the motion baseline's foreground", "iou": ious})
+        inputs["motion_baseline"] = ref.path
+    with ArtifactWriter(out, stage="imas", params={"imas": {"batch": batch, "amp": amp,
+                                                           "channel_choice": channel_choice}},
+                        inputs=inputs) as wr:
         probs = wr.create("probs", (T, 1, H, W), "float16", ("frame", "object", "y", "x"),
                           attrs={"meaning": "object channel vs its strongest rival: p_o / (p_o + max_k!=o p_k), "
                                             "at the working size (> 0.5 = the object channel wins the argmax)"})
@@ -88,7 +157,7 @@ def write_imas(frames_path: Path, features_path: Path, out: Path, model: ImasNet
             for i in range(len(p)):
                 probs[s + i, 0] = p[i].astype(np.float16)
                 labels[s + i] = (p[i] > 0.5).astype(np.uint8)
-        wr.attrs.update({"sequence": sequence, "num_objects": 1, "object_channel": o,
+        wr.attrs.update({"sequence": sequence, "num_objects": 1, "object_channel": o, "channel_choice": chosen,
                          "channels": int(model.cfg.channels), "backbone": (feats.attrs.get("backbone") or {}),
                          "checkpoint": {k: info[k] for k in ("path", "weights_sha256", "file_sha256", "train")},
                          "device": str(dev), "frame_names": frames.attrs.get("frame_names")})

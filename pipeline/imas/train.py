@@ -35,6 +35,7 @@ so ``dvc exp run -S imas.semantic_constraint=true`` costs minutes, not a retrain
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from dataclasses import asdict
 import time
@@ -417,7 +418,13 @@ def _train(cfg, crf, align, bank, out_dir, log_dir, progress) -> dict:
                "wall_time_s": round(time.monotonic() - t_start, 3), "device": str(dev), "sequences": len(bank.names),
                "frames": len(bank), "backbone": bank.backbone, "labels_used": "none (flow, RGB and frozen tokens)",
                "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    write_json_atomic(Path(log_dir) / "metrics.json", metrics)
+    prev_path = Path(log_dir) / "metrics.json"
+    if not first and prev_path.exists():       # resumed at its end, nothing trained: keep the record of the run
+        prev = json.loads(prev_path.read_text())          # that trained (its first losses, time and finish)
+        if prev.get("iterations") == metrics["iterations"]:
+            metrics.update({k: prev[k] for k in ("first_loss", "train_seconds", "wall_time_s", "finished_utc")
+                            if k in prev})
+    write_json_atomic(prev_path, metrics)
     return metrics
 
 
