@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import open_artifact, write_json_atomic  # noqa: E402
-from pipeline.imas.infer import channel_masks, channel_overlap, pick_channel, upsample  # noqa: E402
+from pipeline.imas.infer import channel_overlap, pick_channel, upsampled_masks  # noqa: E402
 from pipeline.imas.model import load_imas  # noqa: E402
 from pipeline.metrics.evaluation import evaluate_sequence  # noqa: E402
 from pipeline.quality.alignment import AlignmentConfig, alignment  # noqa: E402
@@ -55,9 +55,8 @@ def main() -> None:
         gt, valid, rgb = fr["gt"][...], fr["gt_valid"][...], fr["rgb"]
         tok = open_artifact(data / "features" / f"{seq}.zarr", stage="features")["tokens"]
         fg = open_artifact(data / "motion_baseline" / f"{seq}.zarr", stage="motion_baseline")["labels"][...] > 0
-        T, H, W = rgb.shape[:3]
-        lab = np.concatenate([upsample(channel_masks(model, rgb[s:s + 16], tok[s:s + 16], dev), (H, W)).argmax(axis=1)
-                              for s in range(0, T, 16)])
+        T = rgb.shape[0]
+        lab = np.concatenate([m.argmax(axis=1) for _, m in upsampled_masks(model, rgb, tok, dev, batch=16)])
         inter, union = channel_overlap(lab, fg, K)
         iou = inter / np.maximum(union, 1.0)
         J, al = [], []

@@ -21,19 +21,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.device import autocast
+from pipeline.core.draw import resize_labels
 from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
 from pipeline.imas.model import ImasNet, rgb_input
 
-__all__ = ["CHANNEL_CHOICES", "channel_masks", "channel_overlap", "object_masks", "object_probability", "pick_channel",
-           "upsample", "video_channel", "write_imas"]
+__all__ = ["CHANNEL_CHOICES", "channel_masks", "channel_overlap", "check_channel_choice", "object_masks",
+           "object_probability", "pick_channel", "upsample", "upsampled_masks", "video_channel", "write_imas"]
 
 CHANNEL_CHOICES = ("dataset", "video")   # imas.channel_choice (see the module docstring)
+
+
+def check_channel_choice(value: str) -> str:
+    """``value`` if it is one of :data:`CHANNEL_CHOICES`, else a one-line error naming the key."""
+    if value not in CHANNEL_CHOICES:
+        raise ValueError(f"imas.channel_choice: {value!r} is not one of {', '.join(CHANNEL_CHOICES)}")
+    return value
 
 
 @torch.no_grad()
@@ -63,15 +70,23 @@ def upsample(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return x.numpy()
 
 
-def object_masks(model: ImasNet, channel: int, rgb: Any, tokens: Any, dev: torch.device, *, batch: int,
-                 amp: bool = False) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, probs [b, H, W])`` for consecutive batches of a sequence's frames ``rgb [T, H, W, 3]``
-    (arrays or Zarr arrays) with their ``tokens``: :func:`object_probability` of ``channel`` at the frames'
-    size. ``probs > 0.5`` is the object mask."""
+def upsampled_masks(model: ImasNet, rgb: Any, tokens: Any, dev: torch.device, *, batch: int,
+                    amp: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, masks [b, K, H, W])`` for consecutive batches of a sequence's frames ``rgb [T, H, W, 3]``
+    (arrays or Zarr arrays) with their ``tokens``: the soft channel masks bilinearly upsampled to the frames'
+    size."""
     T, H, W = rgb.shape[:3]
     for s in range(0, T, batch):
         e = min(T, s + batch)
-        yield s, object_probability(upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W)), channel)
+        yield s, upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W))
+
+
+def object_masks(model: ImasNet, channel: int, rgb: Any, tokens: Any, dev: torch.device, *, batch: int,
+                 amp: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, probs [b, H, W])`` per batch of :func:`upsampled_masks`: :func:`object_probability` of
+    ``channel``. ``probs > 0.5`` is the object mask."""
+    for s, m in upsampled_masks(model, rgb, tokens, dev, batch=batch, amp=amp):
+        yield s, object_probability(m, channel)
 
 
 def channel_overlap(labels: np.ndarray, foreground: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,13 +109,9 @@ def video_channel(model: ImasNet, rgb: Any, tokens: Any, reference: Any, dev: to
         raise ValueError(f"{reference.shape[0]} frames of reference labels, {T} frames")
     K = int(model.cfg.channels)
     inter, union = np.zeros(K), np.zeros(K)
-    for s in range(0, T, batch):
-        e = min(T, s + batch)
-        lab = upsample(channel_masks(model, rgb[s:e], tokens[s:e], dev, amp), (H, W)).argmax(axis=1)
-        ref = np.asarray(reference[s:e])
-        if ref.shape[1:] != (H, W):
-            ref = np.stack([cv2.resize(r.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) for r in ref])
-        i, u = channel_overlap(lab, ref > 0, K)
+    for s, m in upsampled_masks(model, rgb, tokens, dev, batch=batch, amp=amp):
+        ref = np.stack([resize_labels(np.asarray(r, np.uint8), (H, W)) for r in reference[s:s + len(m)]])
+        i, u = channel_overlap(m.argmax(axis=1), ref > 0, K)
         inter += i
         union += u
     iou = inter / np.maximum(union, 1.0)
@@ -119,8 +130,7 @@ def write_imas(frames_path: Path, features_path: Path, out: Path, model: ImasNet
                reference_path: Path | None = None) -> dict:
     """Run the model over one sequence and write its mask store (see the module docstring):
     ``channel_choice`` ``dataset`` or ``video`` (then ``reference_path`` is the motion baseline's store)."""
-    if channel_choice not in CHANNEL_CHOICES:
-        raise ValueError(f"imas.channel_choice: {channel_choice!r} is not one of {', '.join(CHANNEL_CHOICES)}")
+    check_channel_choice(channel_choice)
     frames = open_artifact(frames_path, stage="frames")
     feats = open_artifact(features_path, stage="features")
     rgb = frames.require("rgb", dtype="uint8", dims=("frame", "y", "x", "channel"))

@@ -14,16 +14,14 @@ from pathlib import Path
 
 from pipeline.core.device import resolve_device
 from pipeline.core.stage import Ctx, Stage
-from pipeline.imas.infer import CHANNEL_CHOICES, write_imas
+from pipeline.imas.infer import check_channel_choice, write_imas
 from pipeline.imas.model import load_imas
 
 CHECKPOINT = "data/{dataset}/imas_train/imas.pt"   # written by the train_imas stage
 
 
 def _setup(ctx: Ctx):
-    choice = ctx.section("imas")["channel_choice"]
-    if choice not in CHANNEL_CHOICES:      # before any video runs
-        raise ValueError(f"imas.channel_choice: {choice!r} is not one of {', '.join(CHANNEL_CHOICES)}")
+    check_channel_choice(ctx.section("imas")["channel_choice"])      # before any video runs
     dev = resolve_device(ctx.params["imas"]["device"])
     model, info = load_imas(ctx.path(CHECKPOINT.format(dataset=ctx.dataset)), dev)
     return model, info, dev

@@ -177,12 +177,16 @@ def setup_fingerprint(params: dict, key: str, target: str, score: str, rerun: Se
 def _write_report(out: Path, name: str, report: dict) -> None:
     write_json_atomic(out / f"{name}.json", report)
     cols = ["value", "alignment", "agreement", "J", "JF", "flagged_frames", "seconds"]
+
+    def cell(c: str, v: Any) -> Any:      # a value as YAML would read it back; a missing score empty
+        if c == "value":
+            return v if isinstance(v, str) else json.dumps(v)
+        return "" if v is None else v
     tmp = out / f".{name}.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
-        w.writerows([(r[c] if isinstance(r[c], str) else json.dumps(r[c])) if c == "value" else ("" if r[c] is None else r[c]) for c in cols]
-                     for r in report["rows"])
+        w.writerows([cell(c, r[c]) for c in cols] for r in report["rows"])
     tmp.replace(out / f"{name}.csv")
 
 
