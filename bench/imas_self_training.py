@@ -69,7 +69,7 @@ def main() -> None:
     cfg = normalize_config({k: p["imas"][k] for k in CONFIG_KEYS})
     dev = resolve_device(cfg["device"])
     torch.manual_seed(cfg["seed"])
-    train_s = 0.0
+    train_s = None
     if not a.skip_train:
         bank = FrameBank.load(data, seqs, flow_dir=str(p["imas"]["flow"]))
         ck = torch.load(data / "imas_train" / "last.pt", map_location="cpu", weights_only=False)
@@ -87,7 +87,6 @@ def main() -> None:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _poly(a.iters, 0))
         model.train()
         ts = time.time()
-        curve = []
         for it in range(a.iters):
             batch = bank.batch(10_000_000 + it, cfg["batch_size"], cfg["seed"], cfg["flip"], tg)
             loss, parts = forward_losses(model, batch, dev, cfg, oc)
@@ -96,7 +95,6 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             opt.step()
             sched.step()
-            curve.append([float(parts["motion"]), float(parts["appearance"])])
             if it % 50 == 0 or it == a.iters - 1:
                 print(f"it {it}: motion {parts['motion']:.4f} appearance {parts['appearance']:.4f}", flush=True)
         train_s = time.time() - ts
@@ -112,12 +110,13 @@ def main() -> None:
     align = AlignmentConfig.from_params(p["quality"])
     crf_cfg = CRFConfig.from_params({k: v for k, v in p["crf"].items() if k != "input"})
     fcfg = FusionConfig.from_params(p["fuse"])
-    names0 = list(p["fuse"]["sources"])
-    names1 = [a.name if n == "imas" else n for n in names0]
-    variants = {"imas": None, a.name: None, "fuse": names0, "crf": names0, f"fuse[{a.name}]": names1,
-                f"crf[{a.name}]": names1}
-    res: dict[str, list] = {k: [] for k in variants}
-    agree = list(p["quality"]["agree_with"])
+    def store(n: str, seq: str, renamed: bool):     # a stage's store, or (renamed) the new model's in place of imas
+        n = a.name if renamed and n == "imas" else n
+        return open_artifact(data / n / f"{seq}.zarr", stage="imas" if n == a.name else n)
+
+    # the dataset's own imas / fuse / crf stores are scored as they are; the new variant is fused and refined here
+    keys = ("imas", "fuse", "crf", a.name, f"fuse[{a.name}]", f"crf[{a.name}]")
+    res: dict[str, list] = {k: [] for k in keys}
     label_free = {k: {"alignment": [], "agreement": []} for k in ("crf", f"crf[{a.name}]")}
     for seq in seqs:
         fr = open_artifact(data / "frames" / f"{seq}.zarr", stage="frames")
@@ -127,32 +126,29 @@ def main() -> None:
         def ev_(labels):
             return evaluate_sequence(labels, gt, valid, protocol=protocol, match_on=ev["match_on"],
                                      resize=ev["resize"], bound_th=ev["bound_th"], sequence=seq)
-        for k, names in variants.items():
-            if names is None:
-                res[k].append(ev_(open_artifact(data / k / f"{seq}.zarr", stage="imas")["labels"][...]))
-                continue
-            if k.startswith("crf"):
-                continue
-            readers = [source_reader(open_artifact(data / n / f"{seq}.zarr", stage="imas" if n == a.name else n), n)
-                       for n in names]
-            out = list(fuse_sequence(readers[0], readers[1:], fcfg, tokens, align))
-            res[k].append(ev_(np.stack([lab for _, _, lab, _ in out])))
-            if k in ("fuse", f"fuse[{a.name}]"):
-                probs = np.stack([pp for _, pp, _, _ in out]).astype(np.float32)
-                lab = np.stack([lab for _, lab in refine_sequence(FrameReader(fr["rgb_full"]), probs, crf_cfg,
-                                                                  progress=False)])
-                ck = "crf" if k == "fuse" else f"crf[{a.name}]"
-                res[ck].append(ev_(lab))
-                others = {n: open_artifact(data / n / f"{seq}.zarr", stage="imas" if n == a.name else n)["labels"]
-                          for n in ([a.name if n == "imas" else n for n in agree] if ck != "crf" else agree)}
-                q = score_sequence(tokens, lab, align, [""] * len(lab), others)
-                label_free[ck]["alignment"].append(q["alignment"])
-                label_free[ck]["agreement"].append(q["agreement"])
+
+        def label_free_(key: str, labels, renamed: bool) -> None:
+            others = {n: store(n, seq, renamed)["labels"] for n in p["quality"]["agree_with"]}
+            q = score_sequence(tokens, labels, align, [""] * len(labels), others)
+            for sc in ("alignment", "agreement"):
+                label_free[key][sc].append(q[sc])
+
+        for k in ("imas", "fuse", "crf"):
+            res[k].append(ev_(store(k, seq, False)["labels"][...]))
+        label_free_("crf", store("crf", seq, False)["labels"][...], False)
+        res[a.name].append(ev_(store("imas", seq, True)["labels"][...]))
+        readers = [source_reader(store(n, seq, True), n) for n in p["fuse"]["sources"]]
+        fused = list(fuse_sequence(readers[0], readers[1:], fcfg, tokens, align))
+        res[f"fuse[{a.name}]"].append(ev_(np.stack([lab for _, _, lab, _ in fused])))
+        probs = np.stack([pp for _, pp, _, _ in fused]).astype(np.float32)
+        lab = np.stack([lab for _, lab in refine_sequence(FrameReader(fr["rgb_full"]), probs, crf_cfg, progress=False)])
+        res[f"crf[{a.name}]"].append(ev_(lab))
+        label_free_(f"crf[{a.name}]", lab, True)
         print(f"{seq}: " + ", ".join(f"{k} {v[-1].stats()['J_mean']:.3f}" for k, v in res.items()), flush=True)
     out = {"dataset": a.dataset, "protocol": protocol, "targets": a.targets, "init": a.init, "iters": a.iters,
-           "lr": a.lr or cfg["refine_lr"], "train_s": round(train_s, 1), "wall_s": round(time.time() - t0, 1),
+           "lr": a.lr or cfg["refine_lr"], "train_s": None if train_s is None else round(train_s, 1), "wall_s": round(time.time() - t0, 1),
            "machine": "2-core CPU" if dev.type == "cpu" else str(dev),
-           "note": "labels read only to score; fuse / crf: the dataset's sources, in memory",
+           "note": "labels read only to score; imas / fuse / crf: the dataset's stores",
            "variants": {k: score(v, seqs) for k, v in res.items()},
            "label_free": {k: {s_: round(float(np.mean(v[s_])), 4) for s_ in v} for k, v in label_free.items()}}
     for k, v in out["variants"].items():
