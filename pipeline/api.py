@@ -21,7 +21,7 @@ import yaml
 from pipeline.core.config import IMAGE_EXTS, VIDEO_EXTS, project_root
 from pipeline.core.io import InputError
 from pipeline.core.store import open_artifact, write_json_atomic
-from pipeline.stages.registry import ORDER, get_stage, named_inputs
+from pipeline.stages.registry import ORDER, get_stage, named_inputs, switched_off
 from pipeline.core.stage import Ctx, dataset_params_path, load_dataset_params
 from pipeline.stages.runner import run as run_stage
 
@@ -93,7 +93,7 @@ def register(path: str | os.PathLike, name: str | None = None, root: Path | None
 
 def needed_stages(params: dict, final: str = FINAL) -> list[str]:
     """The stages ``final`` needs, in graph order."""
-    need, todo = set(), [final]
+    need, todo, off = set(), [final], switched_off(params)
     while todo:
         s = todo.pop()
         if s in need:
@@ -103,7 +103,7 @@ def needed_stages(params: dict, final: str = FINAL) -> list[str]:
         todo += named_inputs(st, params)
         for f in st.files:                         # a file another stage writes: data/{dataset}/<its out>/...
             if f.startswith("data/{dataset}/"):
-                todo += [n for n in ORDER if (get_stage(n).out or n) == f.split("/")[2]]
+                todo += [n for n in ORDER if (get_stage(n).out or n) == f.split("/")[2] and n not in off]
     return [s for s in ORDER if s in need]
 
 

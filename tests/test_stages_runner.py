@@ -339,3 +339,39 @@ def test_a_second_round_reuses_the_stages_before_proposals_and_links_their_store
     (project / "data" / "tiny2" / "flow").mkdir()
     with pytest.raises(FileExistsError, match="remove it"):
         link_reused(ctx2)
+
+
+def test_an_imas_self_training_round_reruns_imas_and_below_from_the_source_model(project):
+    """``imas_self_train.targets``: a second round whose root is IMAS. The round takes everything else from its
+    source (proposals and correction included), trains the source's IMAS further in ``train_imas``'s place
+    (the round's own ``imas_train`` folder, which its ``imas`` stage reads), and runs IMAS, the fusion and the
+    CRF again; a round must switch an entry on, and the targets must be the source's masks."""
+    from pipeline.stages.dvcgen import render
+    from pipeline.stages.registry import reused_stages, used_stages
+
+    src = yaml.safe_load((project / "datasets" / "tiny" / "dataset.yaml").read_text())
+    src["fuse"] = {"sources": ["corrector", "imas"]}
+    (project / "datasets" / "tiny" / "dataset.yaml").write_text(yaml.safe_dump(src))
+    doc = {**src, "dataset": {**src["dataset"], "name": "tiny3", "reuse": "tiny"},
+           "imas_self_train": {"targets": "../tiny/crf", "init": "data/tiny/imas_train/last.pt"}}
+    (project / "datasets" / "tiny3").mkdir()
+    (project / "datasets" / "tiny3" / "dataset.yaml").write_text(yaml.safe_dump(doc))
+    p1, p3 = load_dataset_params("tiny", project), load_dataset_params("tiny3", project)
+    assert "imas_self_train" not in used_stages(p1, "tiny", project)        # off in a first round
+    reused = reused_stages(p3, "tiny3", project)
+    assert {"frames", "flow", "proposals", "selector", "corrector", "features"} <= set(reused)
+    assert not {"train_imas", "imas", "fuse", "crf"} & set(reused)
+    names = used_stages(p3, "tiny3", project)
+    assert names[:4] == ["imas_self_train", "imas", "fuse", "crf"] and "train_imas" not in names
+    stages = yaml.safe_load(render("tiny3", project))["stages"]
+    st = stages["imas_self_train"]
+    assert {"data/tiny/frames", "data/tiny/features", "data/tiny/flow", "data/tiny/crf",
+            "data/tiny/imas_train/last.pt"} <= set(st["deps"])
+    assert st["outs"][0] == {"data/tiny3/imas_train": {"persist": True}}
+    assert "data/tiny3/imas_train/imas.pt" in stages["imas"]["deps"]
+    assert {"data/tiny/corrector", "data/tiny3/imas"} <= set(stages["fuse"]["deps"])
+    for targets in ("crf", "../tiny3/crf", "../tiny/nothing"):
+        with pytest.raises(ValueError, match="set imas_self_train.targets: ../tiny/crf"):
+            used_stages({**p3, "imas_self_train": {**p3["imas_self_train"], "targets": targets}}, "tiny3", project)
+    with pytest.raises(ValueError, match="starts no second round"):
+        reused_stages({**p3, "imas_self_train": {**p3["imas_self_train"], "targets": None}}, "tiny3", project)

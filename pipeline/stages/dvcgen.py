@@ -81,6 +81,8 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
             v = get_key(merged, i[1:-1])
             if isinstance(v, (list, tuple)):           # a list of stages (fuse.sources): literal, `dataset sync`
                 deps += [f"{data}/{x}" for x in v]     #   rewrites dvc.yaml when it changes
+            elif str(v) in folders:                    # a store the round reuses: the source's (literal)
+                deps.append(f"{data}/{v}")
             else:
                 deps.append(f"{data}/{_template(i[1:-1], dataset_keys, merged)}")
         else:

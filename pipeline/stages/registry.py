@@ -27,6 +27,7 @@ ORDER: dict[str, tuple[str, str]] = {
     "propagate_gt": ("propagate", "GT_STAGE"),
     "propagate": ("propagate", "STAGE"),
     "train_imas": ("train_imas", "STAGE"),
+    "imas_self_train": ("imas_self_train", "STAGE"),
     "imas": ("imas", "STAGE"),
     "fuse": ("fuse", "STAGE"),
     "crf": ("crf", "STAGE"),
@@ -95,11 +96,20 @@ OPTIONAL = frozenset({"imas_flow", "train_imas", "imas", "fuse", "propagate_gt"}
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
             "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
 #: stages in a dataset's graph only when their params key is not null
-SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels"}
+SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels", "imas_self_train": "imas_self_train.targets"}
+#: a switched-on stage that takes another's place (its output folder): the other is left out of the graph
+REPLACES = {"imas_self_train": "train_imas"}
 #: label-based evaluations of a stage (the selection AP of the selector): in a dataset's graph only when
 #: ``eval.methods`` names a method made from that stage's output (none without ground truth; none when only
 #: the flow-based methods are scored, so ``dvc repro ...:metrics`` of those needs no selector)
 EVALUATES = {"selection_eval": "selector"}
+
+
+def switched_off(params: dict) -> set[str]:
+    """The stages ``params`` leave out of every graph: the :data:`SWITCHED` ones whose key is null, and those a
+    switched-on stage :data:`REPLACES`."""
+    on = {n for n, key in SWITCHED.items() if get_key(params, key) is not None}
+    return (set(SWITCHED) - on) | {REPLACES[n] for n in on if n in REPLACES}
 
 
 def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[str]:
@@ -114,11 +124,11 @@ def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[st
         v = get_key(params, k)
         named.update(str(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
     ctx = Ctx(dataset, params, Path("."))
+    off = switched_off(params)
     keep: list[Stage] = []
     for name in reversed(ORDER):
         st = get_stage(name)
-        if st.datasets is not None and dataset not in st.datasets or name in reused or \
-                name in SWITCHED and get_key(params, SWITCHED[name]) is None or \
+        if st.datasets is not None and dataset not in st.datasets or name in reused or name in off or \
                 name in EVALUATES and not set(map(str, get_key(params, "eval.methods"))) & \
                 downstream(EVALUATES[name], params):
             continue
@@ -127,8 +137,9 @@ def used_stages(params: dict, dataset: str, root: Path | None = None) -> list[st
                 out in r.input_dirs(ctx) or any(f"/{out}/" in f for f in r.files) for r in keep if not r.variants):
             continue
         keep.append(st)
-    if any(st.name == ROUND_ENTRY for st in keep):
-        check_round_entry(params, dataset)
+    for st in keep:
+        if st.name in ROUND_ENTRIES:
+            check_round_entry(params, dataset, st.name)
     for st in keep:
         check_named_inputs(st, params)
     return [st.name for st in reversed(keep)]
@@ -155,24 +166,38 @@ def check_named_inputs(st: Stage, params: dict) -> None:
 
 
 # --------------------------------------------------------------------------- second rounds
-#: a dataset with ``dataset.reuse: <source>`` (a second round: proposals of an OCLR adapted to the source's final
-#: masks by the round's own first stage, adapt_oclr) takes from the source every stage that does not depend on
-#: this one, and runs it and all below it again
-ROUND_ROOT = "proposals"
-#: the stage that starts a second round, and its key naming the source's masks it learns from
-ROUND_ENTRY, ROUND_LABELS = "adapt_oclr", "adapt_oclr.pseudo_labels"
+#: a dataset with ``dataset.reuse: <source>`` (a second round) takes from the source every stage that does not
+#: depend on the round's root stages, and runs those and all below them again. Its entry stages (each switched on
+#: by its key naming the source's masks it learns from) decide the roots: entry -> (key, root):
+#: ``adapt_oclr`` (OCLR adapted to the source's final masks) reruns from the proposals, ``imas_self_train``
+#: (the source's IMAS trained further on them, in ``train_imas``'s place) from IMAS
+ROUND_ENTRIES: dict[str, tuple[str, str]] = {"adapt_oclr": ("adapt_oclr.pseudo_labels", "proposals"),
+                                             "imas_self_train": ("imas_self_train.targets", "train_imas")}
 
 
-def check_round_entry(params: dict, dataset: str) -> None:
-    """``adapt_oclr`` belongs to a second round: the dataset reuses a source, and the pseudo-labels are a mask
-    stage of that source, ``../<source>/<stage>`` (the dataset's own masks would depend on the stage itself)."""
-    v = get_key(params, ROUND_LABELS)
+def round_roots(params: dict, dataset: str) -> set[str]:
+    """The root stages of a second round: those of its switched-on entries (:data:`ROUND_ENTRIES`); one at
+    least, else the round would rerun nothing."""
+    roots = {root for key, root in ROUND_ENTRIES.values() if get_key(params, key) is not None}
+    if not roots:
+        keys = " or ".join(key for key, _ in ROUND_ENTRIES.values())
+        raise ValueError(f"dataset {dataset!r} reuses {reuse_source(params, dataset)!r} but starts no second round: "
+                         f"set {keys} (../<source>/crf)")
+    return roots
+
+
+def check_round_entry(params: dict, dataset: str, entry: str = "adapt_oclr") -> None:
+    """A round's entry stage (:data:`ROUND_ENTRIES`) belongs to a second round: the dataset reuses a source, and
+    the masks it learns from are a mask stage of that source, ``../<source>/<stage>`` (the dataset's own masks
+    would depend on the stage itself)."""
+    key = ROUND_ENTRIES[entry][0]
+    v = get_key(params, key)
     src = reuse_source(params, dataset)
     parts = str(v).split("/")
     if src is None or len(parts) != 3 or parts[:2] != ["..", src] or parts[2] not in ORDER:
         need = f"../{src}/crf" if src else "../<source>/crf, with dataset.reuse: <source>"
-        raise ValueError(f"dataset {dataset!r}: {ROUND_LABELS} is {v!r}; the OCLR adaptation starts a second round "
-                         f"and learns from the first round's masks: set {ROUND_LABELS}: {need}")
+        raise ValueError(f"dataset {dataset!r}: {key} is {v!r}; {entry} starts a second round "
+                         f"and learns from the first round's masks: set {key}: {need}")
 
 
 def _out(name: str) -> str:
@@ -201,14 +226,14 @@ def downstream(name: str, params: dict) -> set[str]:
     return out
 
 
-def round_independent(names: list[str], params: dict) -> list[str]:
-    """The stages of ``names`` (a graph, in order) that depend neither on :data:`ROUND_ROOT` nor on a
+def round_independent(names: list[str], params: dict, roots: set[str]) -> list[str]:
+    """The stages of ``names`` (a graph, in order) that depend neither on one of ``roots`` nor on a
     variant (evaluation stages belong to each dataset)."""
     outs = {_out(n): n for n in names}
     dependent: set[str] = set()
     for n in names:
         st = get_stage(n)
-        if n == ROUND_ROOT or st.variants or any(outs.get(d) in dependent for d in _read_folders(st, params)):
+        if n in roots or st.variants or any(outs.get(d) in dependent for d in _read_folders(st, params)):
             dependent.add(n)
     return [n for n in names if n not in dependent]
 
@@ -237,7 +262,7 @@ def reused_stages(params: dict, dataset: str, root: Path | None = None) -> list[
         raise ValueError(f"dataset {dataset!r} reuses {src!r}, which reuses another dataset: reuse its source")
     from pipeline.core.config import param_leaves
 
-    names = round_independent(used_stages(sp, src, root), sp)
+    names = round_independent(used_stages(sp, src, root), sp, round_roots(params, dataset))
     for n in names:
         for k in get_stage(n).reads:
             a, b = get_key(params, k), get_key(sp, k)
