@@ -351,6 +351,7 @@ def test_needed_stages_follow_files_written_by_other_stages():
     p["crf"]["input"] = "imas"
     need = needed_stages(p, "crf")
     assert need.index("train_imas") < need.index("imas") < need.index("crf") and "adapted" not in need
+    assert "imas_self_train" not in need          # it writes imas_train too, but only in a round that sets it
 
 
 def test_imas_stages_are_in_the_graph_only_when_used():

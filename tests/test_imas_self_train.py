@@ -65,6 +65,15 @@ def test_self_training_learns_its_targets_from_the_source_model(source, tmp_path
 
     model, info = load_imas(tmp_path / "out" / "imas.pt")
     assert info["object_channel"] == m["object_channel"]
+    rec = torch.load(tmp_path / "out" / "imas.pt", weights_only=False)["train"]
+    assert rec["stage"] == 3 and rec["self_train"]["iterations"] == 60 and rec["self_train"]["targets"] == "toy"
+    # rerun at its end (e.g. after a code change): nothing trained, the record of the run that trained is kept
+    again = self_train_imas(cfg, ST, bank, init, _targets(bank), tmp_path / "out", progress=False, targets_name="toy")
+    assert again["resumed_at"] == 60 and (again["first"], again["last"], again["finished_utc"]) == \
+        (m["first"], m["last"], m["finished_utc"])
+    # a self-trained checkpoint is not a source
+    with pytest.raises(ArtifactError, match="a self-trained IMAS"):
+        self_train_imas(cfg, ST, bank, tmp_path / "out" / "last.pt", _targets(bank), tmp_path / "x", progress=False)
 
 
 def test_a_killed_run_resumes_to_the_same_weights_and_a_new_config_starts_over(source, tmp_path, monkeypatch, capsys):
@@ -101,10 +110,10 @@ def test_a_source_that_does_not_fit_is_a_clear_error(source, tmp_path):
     tg = _targets(bank)
     with pytest.raises(ValueError, match="hidden: 16 -> 8.*as its source does"):
         self_train_imas({**cfg, "hidden": 8}, ST, bank, init, tg, tmp_path, progress=False)
-    with pytest.raises(ArtifactError, match="do not match the training frames"):
+    with pytest.raises(ArtifactError, match="targets of 'v0' are \\[6, 2, 12\\], the training frames need \\[6, 8, 12\\]"):
         self_train_imas(cfg, ST, bank, init, [tg[0][:, :2]], tmp_path, progress=False)
     other, _ = _bank(2)
-    with pytest.raises(ArtifactError, match="other sequences"):
+    with pytest.raises(ArtifactError, match="other sequences.*1 vs 2 sequences"):
         self_train_imas(cfg, ST, other, init, tg + tg, tmp_path, progress=False)
     with pytest.raises(ValueError, match="iterations must be >= 1"):
         self_train_imas(cfg, {**ST, "iterations": 0}, bank, init, tg, tmp_path, progress=False)

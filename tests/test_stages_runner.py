@@ -375,3 +375,14 @@ def test_an_imas_self_training_round_reruns_imas_and_below_from_the_source_model
             used_stages({**p3, "imas_self_train": {**p3["imas_self_train"], "targets": targets}}, "tiny3", project)
     with pytest.raises(ValueError, match="starts no second round"):
         reused_stages({**p3, "imas_self_train": {**p3["imas_self_train"], "targets": None}}, "tiny3", project)
+    with pytest.raises(ValueError, match="set imas_self_train.init: data/tiny/imas_train/last.pt"):
+        used_stages({**p3, "imas_self_train": {**p3["imas_self_train"], "init": None}}, "tiny3", project)
+    # a link left from a reuse that is over (train_imas was reused, now the round trains its own) goes away
+    from pipeline.stages.registry import link_reused
+
+    (project / "data" / "tiny" / "imas_train").mkdir(parents=True)
+    (project / "data" / "tiny3").mkdir(parents=True)
+    (project / "data" / "tiny3" / "imas_train").symlink_to(Path("..") / "tiny" / "imas_train")
+    link_reused(Ctx("tiny3", p3, project))
+    assert not (project / "data" / "tiny3" / "imas_train").exists() and (project / "data" / "tiny" / "imas_train").is_dir()
+    assert (project / "data" / "tiny3" / "flow").is_symlink()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -27,21 +28,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import __version__
-from pipeline.core.checkpoint import atomic_torch_save, load_train_checkpoint
-from pipeline.core.device import restored_torch_settings, rng_state
+from pipeline.core.checkpoint import load_train_checkpoint, weights_sha256
+from pipeline.core.device import restored_torch_settings
 from pipeline.core.store import ArtifactError, open_artifact, write_json_atomic
 from pipeline.imas.model import ImasConfig, ImasNet
-from pipeline.imas.train import (CHECKPOINT_FORMAT, FrameBank, _poly, export_imas, forward_losses,
-                                 normalize_config)
+from pipeline.imas.train import (CHECKPOINT_FORMAT, RESUME_FREE_KEYS, FrameBank, _poly, export_imas, forward_losses,
+                                 normalize_config, save_train_checkpoint)
 from pipeline.train.scaffold import CsvLog, TrainLoop, config_diff, restore_training, start_run
 
 __all__ = ["SELF_TRAIN_KEYS", "mask_targets", "self_train_imas"]
 
 #: the keys of the ``imas_self_train`` params section the trainer reads (documented there)
 SELF_TRAIN_KEYS = ("iterations", "lr")
-#: config keys a resume may differ in
-RESUME_FREE = frozenset({"ckpt_every", "log_every", "device", "threads", "time_budget_s"})
+#: config keys a resume may differ in (and the source's config from the round's): train_imas's, bar the iterations
+RESUME_FREE = RESUME_FREE_KEYS - {"iterations"}
 CURVE_COLUMNS = ["iteration", "loss", "motion", "appearance", "lr", "grad_norm", "seconds"]
 
 
@@ -57,6 +57,7 @@ def mask_targets(stores: Sequence[str | os.PathLike], stage: str, grid: tuple[in
 
 
 def _digest(arrays: Sequence[np.ndarray]) -> str:
+    """A short checksum of the targets (a changed mask stage restarts the run)."""
     h = hashlib.sha256()
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
@@ -79,16 +80,24 @@ def _self_train(cfg, st, bank, init, targets, out_dir, log_dir, progress, target
     n, lr = int(st["iterations"]), float(st["lr"])
     if n < 1 or lr <= 0:
         raise ValueError(f"imas_self_train: iterations must be >= 1 and lr > 0, got {n} and {lr}")
-    if len(targets) != len(bank.names) or any(t.shape != (len(r), *bank.grid) for t, r in zip(targets, bank.rgb)):
-        raise ArtifactError(f"imas_self_train: the {targets_name} targets do not match the training frames "
-                            f"({len(targets)} sequences for {len(bank.names)})")
+    if len(targets) != len(bank.names):
+        raise ArtifactError(f"imas_self_train: {len(targets)} sequences of {targets_name} targets for "
+                            f"{len(bank.names)} training sequences")
+    for name, t, r in zip(bank.names, targets, bank.rgb):
+        if t.shape != (len(r), *bank.grid):
+            raise ArtifactError(f"imas_self_train: the {targets_name} targets of {name!r} are {list(t.shape)}, the "
+                                f"training frames need {[len(r), *bank.grid]}")
     src = load_train_checkpoint(init, CHECKPOINT_FORMAT, "an IMAS")
     if src["sequences"] != bank.names:
-        raise ArtifactError(f"{init}: trained on other sequences than this dataset's ({len(src['sequences'])} vs "
-                            f"{len(bank.names)}): self-training continues the model of the same videos")
-    if int(src["state"].get("stage", 0)) != 2:
-        raise ArtifactError(f"{init}: IMAS training did not finish (stage {src['state'].get('stage')}): run "
-                            "train_imas to the end first")
+        odd = next((f"{a!r} vs {b!r}" for a, b in zip(src["sequences"], bank.names) if a != b),
+                   f"{len(src['sequences'])} vs {len(bank.names)} sequences")
+        raise ArtifactError(f"{init}: trained on other sequences than this dataset's ({odd}): self-training "
+                            "continues the model of the same videos")
+    stage = int(src["state"].get("stage", 0))
+    if stage == 3:
+        raise ArtifactError(f"{init}: a self-trained IMAS; init is the source's train_imas last.pt")
+    if stage != 2:
+        raise ArtifactError(f"{init}: IMAS training did not finish (stage {stage}): run train_imas to the end first")
     made = {k: v for k, v in src["config"].items() if k in cfg}
     diff = config_diff(made, cfg, RESUME_FREE)
     if diff:
@@ -101,7 +110,7 @@ def _self_train(cfg, st, bank, init, targets, out_dir, log_dir, progress, target
     state = {k: src["state"][k] for k in ("object_channel", "channel_alignment", "stage1_iterations")}
     base = int(src["iteration"])
     full = {**cfg, "self_train": {"iterations": n, "lr": lr},
-            "source": {"iteration": base, "weights": _digest([v.cpu().numpy() for v in src["model"].values()])},
+            "source": {"iteration": base, "weights": weights_sha256(src["model"])},
             "targets": {"name": targets_name, "digest": _digest(targets)}}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _poly(n, 0))
@@ -119,11 +128,7 @@ def _self_train(cfg, st, bank, init, targets, out_dir, log_dir, progress, target
     oc, first = int(state["object_channel"]), None
 
     def save() -> None:
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "iteration": loop.it, "rng": rng_state(), "config": full,
-                           "model_config": mcfg.to_dict(), "train_seconds": loop.seconds(), "last_val": None,
-                           "sequences": bank.names, "state": {**state, "stage": 3},
-                           "package_version": __version__}, ckpt)
+        save_train_checkpoint(ckpt, model, opt, sched, loop, full, mcfg, bank, {**state, "stage": 3})
 
     model.train()
     try:
@@ -139,7 +144,9 @@ def _self_train(cfg, st, bank, init, targets, out_dir, log_dir, progress, target
     finally:
         loop.close()
     tlog.close()
-    export_imas(model, mcfg, state, cfg, bank, out_dir / "imas.pt", stage=3)
+    record = {"self_train": {"iterations": n, "lr": lr, "targets": targets_name, "source_iterations": base,
+                             "source_weights_sha256": full["source"]["weights"]}}
+    export_imas(model, mcfg, state, cfg, bank, out_dir / "imas.pt", stage=3, extra=record)
     last = loop.last_row
     metrics = {"iterations": n, "resumed_at": start, "source_iterations": base, "lr": lr, "targets": targets_name,
                "object_channel": oc, "first": None if first is None else
@@ -149,5 +156,11 @@ def _self_train(cfg, st, bank, init, targets, out_dir, log_dir, progress, target
                "device": str(dev), "sequences": len(bank.names), "frames": len(bank), "backbone": bank.backbone,
                "labels_used": f"none (flow, RGB, frozen tokens and the pipeline's own {targets_name} masks)",
                "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    write_json_atomic(Path(log_dir) / "metrics.json", metrics)
+    path = Path(log_dir) / "metrics.json"
+    if first is None and path.exists():         # resumed at its end, nothing trained: keep the record of the run
+        prev = json.loads(path.read_text())     # that trained (its losses, time and finish)
+        if prev.get("iterations") == n:
+            metrics.update({k: prev[k] for k in ("first", "last", "train_seconds", "wall_time_s", "finished_utc")
+                            if k in prev})
+    write_json_atomic(path, metrics)
     return metrics

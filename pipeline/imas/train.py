@@ -59,8 +59,8 @@ from pipeline.quality.alignment import AlignmentConfig, alignment, semantic_resp
 from pipeline.train.scaffold import (CsvLog, TrainLoop, check_keys, config_diff, refuse_resume, restore_training,
                                      start_run)
 
-__all__ = ["CONFIG_KEYS", "FrameBank", "normalize_config", "train_imas", "export_imas", "choose_object_channel",
-           "refined_masks", "CHECKPOINT_FORMAT"]
+__all__ = ["CONFIG_KEYS", "FrameBank", "normalize_config", "train_imas", "export_imas", "save_train_checkpoint",
+           "choose_object_channel", "refined_masks", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "motionseg-imas-train/1"
 
@@ -369,11 +369,7 @@ def _train(cfg, crf, align, bank, out_dir, log_dir, progress) -> dict:
                          offset + total, offset + start, prev, budget, progress, f"imas stage {stage}")
 
         def save() -> None:
-            atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "iteration": loop.it, "rng": rng_state(),
-                               "config": full, "model_config": mcfg.to_dict(), "train_seconds": loop.seconds(),
-                               "last_val": None, "sequences": bank.names, "state": dict(state),
-                               "package_version": __version__}, ckpt)
+            save_train_checkpoint(ckpt, model, opt, sched, loop, full, mcfg, bank, state)
 
         model.train()
         try:
@@ -428,13 +424,23 @@ def _train(cfg, crf, align, bank, out_dir, log_dir, progress) -> dict:
     return metrics
 
 
+def save_train_checkpoint(path: Path, model: ImasNet, opt: torch.optim.Optimizer, sched: Any, loop: TrainLoop,
+                          config: Mapping[str, Any], mcfg: ImasConfig, bank: FrameBank, state: Mapping[str, Any]) -> None:
+    """``last.pt``: everything a resumed run needs (model, optimiser, schedule, RNG, iteration, config, state)."""
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                       "scheduler": sched.state_dict(), "iteration": loop.it, "rng": rng_state(), "config": config,
+                       "model_config": mcfg.to_dict(), "train_seconds": loop.seconds(), "last_val": None,
+                       "sequences": bank.names, "state": dict(state), "package_version": __version__}, path)
+
+
 def export_imas(model: ImasNet, mcfg: ImasConfig, state: Mapping[str, Any], cfg: Mapping[str, Any], bank: FrameBank,
-                path: str | os.PathLike, stage: int, max_mb: float = 25.0) -> dict:
-    """The inference checkpoint (fp16) of ``model`` with its object channel and training record."""
+                path: str | os.PathLike, stage: int, max_mb: float = 25.0, extra: Mapping[str, Any] | None = None) -> dict:
+    """The inference checkpoint (fp16) of ``model`` with its object channel and training record (``extra``: more of
+    it, e.g. the self-training's)."""
     train = {k: cfg[k] for k in ("channels", "residual_bound", "flow_loss", "iterations", "refine_iterations", "batch_size", "lr",
                                  "refine_lr", "loss_weights", "semantic_constraint", "seed")}
     train.update({"stage": stage, "stage1_iterations": state["stage1_iterations"], "sequences": bank.names,
-                  "frames": len(bank), "backbone": bank.backbone})
+                  "frames": len(bank), "backbone": bank.backbone, **(extra or {})})
     return write_export(EXPORT_FORMAT, model.state_dict(), {
         "model_config": mcfg.to_dict(), "object_channel": int(state["object_channel"]),
         "channel_alignment": state["channel_alignment"], "train": train,

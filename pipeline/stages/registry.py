@@ -198,6 +198,11 @@ def check_round_entry(params: dict, dataset: str, entry: str = "adapt_oclr") -> 
         need = f"../{src}/crf" if src else "../<source>/crf, with dataset.reuse: <source>"
         raise ValueError(f"dataset {dataset!r}: {key} is {v!r}; {entry} starts a second round "
                          f"and learns from the first round's masks: set {key}: {need}")
+    if entry == "imas_self_train":                  # it continues the source's IMAS, no other
+        init, want = get_key(params, "imas_self_train.init"), f"data/{src}/imas_train/last.pt"
+        if init != want:
+            raise ValueError(f"dataset {dataset!r}: imas_self_train.init is {init!r}; the self-training continues "
+                             f"the source's trained IMAS: set imas_self_train.init: {want}")
 
 
 def _out(name: str) -> str:
@@ -292,9 +297,16 @@ def reuse_folders(params: dict, dataset: str, root: Path | None = None) -> dict[
 
 def link_reused(ctx: Ctx) -> list[Path]:
     """Make ``data/<ds>/<folder>`` a link to the source dataset's folder for each reused stage, so code
-    reading ``ctx.data`` sees them; returns the links made. A real folder in the way is an error."""
+    reading ``ctx.data`` sees them; returns the links made. A real folder in the way is an error; a link to the
+    source for a folder no longer reused (the round now makes it) is removed."""
     made = []
-    for folder, src in reuse_folders(ctx.params, ctx.dataset, ctx.root).items():
+    folders = reuse_folders(ctx.params, ctx.dataset, ctx.root)
+    src = reuse_source(ctx.params, ctx.dataset)
+    if ctx.data.is_dir() and src is not None:       # a link left by a reuse that is over (another round entry
+        for link in ctx.data.iterdir():             #   switched on): the folder is the round's own now
+            if link.is_symlink() and link.name not in folders and Path(os.readlink(link)) == Path("..") / src / link.name:
+                link.unlink()
+    for folder, src in folders.items():
         link = ctx.data / folder
         target = Path("..") / src / folder
         if link.is_symlink() and Path(os.readlink(link)) == target:
