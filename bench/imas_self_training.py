@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,22 +32,13 @@ from pipeline.crf import CRFConfig, refine_sequence  # noqa: E402
 from pipeline.fusion import FusionConfig, fuse_sequence  # noqa: E402
 from pipeline.imas.infer import write_imas  # noqa: E402
 from pipeline.imas.model import ImasConfig, ImasNet, load_imas  # noqa: E402
+from pipeline.imas.self_train import mask_targets  # noqa: E402
 from pipeline.imas.train import CONFIG_KEYS, FrameBank, _poly, export_imas, forward_losses, normalize_config  # noqa: E402
 from pipeline.metrics.evaluation import evaluate_sequence  # noqa: E402
 from pipeline.quality.alignment import AlignmentConfig  # noqa: E402
 from pipeline.quality.report import score_sequence  # noqa: E402
 from pipeline.stages.fuse import source_reader  # noqa: E402
 from fusion_variants import score  # noqa: E402  (bench/, the script's folder)
-
-
-def targets_of(data: Path, stage: str, seqs: list[str], grid: tuple[int, int]) -> list[np.ndarray]:
-    """Per video, the foreground (any object) of ``stage``'s labels, area-downsampled to the IMAS grid."""
-    out = []
-    for s in seqs:
-        lab = open_artifact(data / stage / f"{s}.zarr", stage=stage)["labels"][...]
-        fg = torch.from_numpy((lab > 0).astype(np.float32))[:, None]
-        out.append(F.interpolate(fg, size=grid, mode="area")[:, 0].numpy().astype(np.float16))
-    return out
 
 
 def main() -> None:
@@ -82,7 +72,7 @@ def main() -> None:
         else:
             model.load_state_dict(ck["model"])
         oc = int(state["object_channel"])
-        tg = targets_of(data, a.targets, seqs, bank.grid)
+        tg = mask_targets([data / a.targets / f"{s}.zarr" for s in seqs], a.targets, bank.grid)
         opt = torch.optim.AdamW(model.parameters(), lr=a.lr or cfg["refine_lr"], weight_decay=cfg["weight_decay"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _poly(a.iters, 0))
         model.train()
