@@ -27,6 +27,10 @@ iterations in 85.7 s (5.6 it/s, batch 16 at 128 x 224, bf16; val J_modal 0.598),
 videos 66.8 s; the call's limit stopped it in the proposals, so selector and corrector did not train.
 Hence the defaults now: 256 videos, features before OCLR, the proposals' time reserved before the
 trainings share what is left, and ``timeout`` around the run.
+That OCLR (``checkpoints/oclr_gpu.pt``) lifted the proposals on the synthetic validation split from J 0.444
+to 0.535, so the next run should give OCLR all of its time and continue from it:
+``run --oclr-only --oclr-init checkpoints/oclr_gpu.pt`` (then the backbone weights need not travel: pack
+with ``--weights raft-sintel.pth``).
 
 ``run`` does, with the wall time of each phase in ``recipe.json``:
 
@@ -164,22 +168,26 @@ def run(a: argparse.Namespace) -> None:
     dev = "cuda" if cuda else "cpu"
     gpu = {"device": dev, "amp": True, "deterministic": False, "threads": None}
     fe = section(params, "features")
-    bb = build_backbone(fe["backbone"], weights=fe["weights"], device=dev, allow_download=False)
-    for name in splits:   # the backbone tokens do not depend on OCLR: before it, so its share is known
-        clock.phase(f"features_{name}", build_split_features, work / name / "render", work / name / "features", bb,
-                    batch_size=64 if cuda else 8, device=dev, amp=True, params={"features": fe})
+    if not a.oclr_only:
+        bb = build_backbone(fe["backbone"], weights=fe["weights"], device=dev, allow_download=False)
+        for name in splits:   # the backbone tokens do not depend on OCLR: before it, so its share is known
+            clock.phase(f"features_{name}", build_split_features, work / name / "render", work / name / "features",
+                        bb, batch_size=64 if cuda else 8, device=dev, amp=True, params={"features": fe})
     # what is left after the proposals of both splits (estimated per video) is shared by the three trainings
-    proposals_s = a.proposals_s_per_video * sum(v[0] for v in splits.values())
+    proposals_s = 0.0 if a.oclr_only else a.proposals_s_per_video * sum(v[0] for v in splits.values())
     train_s = max(0.0, clock.left() - proposals_s - 30)
     oc = {k: v for k, v in section(params, "oclr").items() if k not in ("export", "export_max_mb")}
     oc.update(gpu, train_split=str(work / "train"), val_split=str(work / "val"),
-              init=str(ROOT / "checkpoints/oclr_cpu.pt"), size=None, batch_size=2 if a.smoke else 16,
+              init=str((ROOT / a.oclr_init).resolve()), size=None, batch_size=2 if a.smoke else 16,
               lr=1e-4, warmup_iters=100, decay_every=2000, iterations=3 if a.smoke else 100000,
               num_workers=0 if a.smoke else min(8, cores), val_every=1000, ckpt_every=500,
-              time_budget_s=None if a.smoke else a.oclr_share * train_s)
+              time_budget_s=None if a.smoke else (1.0 if a.oclr_only else a.oclr_share) * train_s)
     m_oclr = clock.phase("train_oclr", train_oclr, oc, work / "oclr", log_dir=out / "oclr")
     clock.phase("export_oclr", export_oclr, work / "oclr" / "last.pt", out / "oclr.pt", fp16=True, max_mb=16)
 
+    m_sel = m_cor = {}
+    if a.oclr_only:
+        return _summary(a, out, clock, cuda, cores, splits, frames, record, fp, per_frame, m_oclr, m_sel, m_cor)
     pp = dict(section(params, "proposals"))
     for name in splits:
         clock.phase(f"proposals_{name}", build_split_proposals, work / name / "flow", work / name / "proposals",
@@ -204,6 +212,13 @@ def run(a: argparse.Namespace) -> None:
     clock.phase("export_corrector", export_corrector, work / "corrector" / "last.pt", out / "corrector.pt",
                 fp16=True, max_mb=16)
 
+    _summary(a, out, clock, cuda, cores, splits, frames, record, fp, per_frame, m_oclr, m_sel, m_cor)
+
+
+def _summary(a, out, clock, cuda, cores, splits, frames, record, fp, per_frame, m_oclr, m_sel, m_cor) -> None:
+    """``recipe.json``: phases, seconds per frame and each trained model's metrics."""
+    import torch
+
     keep = ("iterations", "stopped_by", "val_J_modal", "val_J_amodal", "val_AP_selector",
             "val_AP_temporal_consistency", "val_J_proposals", "val_J_corrected", "train_seconds", "wall_time_s")
     summary = {
@@ -212,7 +227,7 @@ def run(a: argparse.Namespace) -> None:
         "sources": {k: record.get(k) for k in ("kind", "resolution", "listing_sha256")}, "flow": fp,
         "phases_s": clock.phases, "seconds_per_frame": per_frame,
         "models": {name: {k: m.get(k) for k in keep if k in m}
-                   for name, m in (("oclr", m_oclr), ("selector", m_sel), ("corrector", m_cor))},
+                   for name, m in (("oclr", m_oclr), ("selector", m_sel), ("corrector", m_cor)) if m},
         "total_s": round(a.budget - clock.left(), 1)}
     (out / "recipe.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(json.dumps(summary["models"], default=str))
@@ -245,6 +260,12 @@ def main() -> None:
     r.add_argument("--flow", default="raft_large", choices=("raft_large", "raft_small"),
                    help="flow of the synthetic splits (raft_small: its weights are 4 MB, not 21, when the "
                         "working tree the device tool sends is near its 64 MiB limit)")
+    r.add_argument("--oclr-init", default="checkpoints/oclr_cpu.pt",
+                   help="the OCLR checkpoint the run continues (checkpoints/oclr_gpu.pt: the last GPU run's, so "
+                        "runs of several sessions add up)")
+    r.add_argument("--oclr-only", action="store_true",
+                   help="train OCLR alone for all the time left after the flow (no features, proposals, selector, "
+                        "corrector): the model whose GPU run paid (docs/results.md, session 22)")
     r.add_argument("--smoke", action="store_true", help="tiny split on the CPU: checks every phase")
     a = ap.parse_args()
     if a.cmd == "pack":

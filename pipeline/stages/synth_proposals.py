@@ -44,8 +44,9 @@ def build_split_proposals(flow_dir: Any, out_dir: Any, checkpoint: Any, pp: dict
 
 
 def main(split: str) -> None:
-    pp = dict(section(load_params(), "proposals"))
-    ckpt = Path(pp["checkpoint"])
+    params = load_params()
+    pp = dict(section(params, "proposals"))
+    ckpt = Path(section(params, "synth")["proposals"]["checkpoint"])
     base = project_root() / "data" / "synth" / split
     build_split_proposals(base / "flow", base / "proposals", project_path(ckpt),
                           {k: pp.get(k) for k in ("window", "overlap", "infer_size", "batch", "threshold")
