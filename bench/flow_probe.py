@@ -5,18 +5,18 @@ the dataset's own stores stay as they are).
     python bench/flow_probe.py synthval results/synthval/flow_probe.json \\
         "flow.method=raft_small;flow.checkpoint=raft-small.pth;flow.iters=12" "flow.method=raft_large;flow.iters=12"
 
-Each candidate is ``KEY=VALUE;KEY=VALUE`` (params keys, YAML values). ``--checkpoints=A,B`` scores the
-proposals of each OCLR checkpoint on every candidate's flow (the flow computed once), e.g. an OCLR trained on
-RAFT flow against the default:
-
-    python bench/flow_probe.py davis2016 results/davis2016/flow_probe_oclr_gpu.json \
-        "flow.method=raft_large;flow.iters=12;flow.infer_size=[128, 224]" \
-        --checkpoints=checkpoints/oclr_cpu.pt,checkpoints/oclr_gpu.pt
- The first row is the dataset's
+Each candidate is ``KEY=VALUE;KEY=VALUE`` (params keys, YAML values). The first row is the dataset's
 current flow, read from its committed metrics. The scratch folders (``data/<ds>/tune/flow_probe-<i>``)
 are removed afterwards unless ``KEEP_SCRATCH=1`` (their flow stores, with the dataset's executor and
 the same params, are what the dataset's own flow stage would write: moved into ``data/<ds>/flow`` they
 count as fresh).
+
+``--checkpoints=A,B`` scores the proposals of each OCLR checkpoint on every candidate's flow (the flow
+computed once), e.g. an OCLR trained on RAFT flow against the default:
+
+    python bench/flow_probe.py davis2016 results/davis2016/flow_probe_oclr_gpu.json \\
+        "flow.method=raft_large;flow.iters=12;flow.infer_size=[128, 224]" \\
+        --checkpoints=checkpoints/oclr_cpu.pt,checkpoints/oclr_gpu.pt
 """
 
 from __future__ import annotations

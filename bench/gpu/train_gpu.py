@@ -135,6 +135,7 @@ def run(a: argparse.Namespace) -> None:
     from pipeline.stages.synth_features import build_split_features
     from pipeline.stages.synth_proposals import build_split_proposals
     from pipeline.synth.dataset import build_split, build_split_flow, make_source_bank, synth_config
+    from pipeline.weights.raft import DEFAULT_CHECKPOINT
 
     cuda = torch.cuda.is_available()
     if not cuda and not a.smoke:
@@ -158,7 +159,7 @@ def run(a: argparse.Namespace) -> None:
                     sources=record, workers=cores)
 
     fp = {**sp["flow"], "method": "dis" if a.smoke else a.flow, "iters": 12,
-          "checkpoint": {"raft_small": "raft-small.pth"}.get(a.flow, sp["flow"]["checkpoint"]),
+          "checkpoint": DEFAULT_CHECKPOINT[a.flow],
           "device": "cuda" if cuda else "cpu", "batch_size": 32 if cuda else 4}
     frames = {k: v[0] * cfg.num_frames for k, v in splits.items()}
     for name in splits:
@@ -167,8 +168,8 @@ def run(a: argparse.Namespace) -> None:
 
     dev = "cuda" if cuda else "cpu"
     gpu = {"device": dev, "amp": True, "deterministic": False, "threads": None}
-    fe = section(params, "features")
     if not a.oclr_only:
+        fe = section(params, "features")
         bb = build_backbone(fe["backbone"], weights=fe["weights"], device=dev, allow_download=False)
         for name in splits:   # the backbone tokens do not depend on OCLR: before it, so its share is known
             clock.phase(f"features_{name}", build_split_features, work / name / "render", work / name / "features",
@@ -186,38 +187,30 @@ def run(a: argparse.Namespace) -> None:
     clock.phase("export_oclr", export_oclr, work / "oclr" / "last.pt", out / "oclr.pt", fp16=True, max_mb=16)
 
     m_sel = m_cor = {}
-    if a.oclr_only:
-        return _summary(a, out, clock, cuda, cores, splits, frames, record, fp, per_frame, m_oclr, m_sel, m_cor)
-    pp = dict(section(params, "proposals"))
-    for name in splits:
-        clock.phase(f"proposals_{name}", build_split_proposals, work / name / "flow", work / name / "proposals",
-                    out / "oclr.pt", pp, device=dev)
-    n = sum(frames.values())
-    per_frame["features"] = round((clock.phases["features_train"] + clock.phases["features_val"]) / n, 5)
-    per_frame["proposals"] = round((clock.phases["proposals_train"] + clock.phases["proposals_val"]) / n, 5)
+    if not a.oclr_only:   # proposals of both splits, then the selector and the corrector
+        pp = dict(section(params, "proposals"))
+        for name in splits:
+            clock.phase(f"proposals_{name}", build_split_proposals, work / name / "flow", work / name / "proposals",
+                        out / "oclr.pt", pp, device=dev)
+        n = sum(frames.values())
+        per_frame["features"] = round((clock.phases["features_train"] + clock.phases["features_val"]) / n, 5)
+        per_frame["proposals"] = round((clock.phases["proposals_train"] + clock.phases["proposals_val"]) / n, 5)
 
-    common = dict(gpu, train_split=str(work / "train"), val_split=str(work / "val"))
-    se = {k: v for k, v in section(params, "train_selector").items() if k not in ("export", "export_max_mb")}
-    se.update(common, init=str(ROOT / "checkpoints/selector_cpu.pt"), iterations=3 if a.smoke else 100000,
-              batch_size=2 if a.smoke else 8, time_budget_s=None if a.smoke else 0.5 * clock.left() - 20,
-              val_every=500, val_videos=2 if a.smoke else None)
-    m_sel = clock.phase("train_selector", train_selector, se, work / "selector", log_dir=out / "selector")
-    clock.phase("export_selector", export_selector, work / "selector" / "last.pt", out / "selector.pt",
-                fp16=True, max_mb=16)
-    co = {k: v for k, v in section(params, "train_corrector").items() if k not in ("export", "export_max_mb")}
-    co.update(common, iterations=3 if a.smoke else 100000, batch_size=1 if a.smoke else 8,
-              num_workers=0 if a.smoke else min(8, cores), val_every=500,
-              time_budget_s=None if a.smoke else clock.left() - 25)
-    m_cor = clock.phase("train_corrector", train_corrector, co, work / "corrector", log_dir=out / "corrector")
-    clock.phase("export_corrector", export_corrector, work / "corrector" / "last.pt", out / "corrector.pt",
-                fp16=True, max_mb=16)
-
-    _summary(a, out, clock, cuda, cores, splits, frames, record, fp, per_frame, m_oclr, m_sel, m_cor)
-
-
-def _summary(a, out, clock, cuda, cores, splits, frames, record, fp, per_frame, m_oclr, m_sel, m_cor) -> None:
-    """``recipe.json``: phases, seconds per frame and each trained model's metrics."""
-    import torch
+        common = dict(gpu, train_split=str(work / "train"), val_split=str(work / "val"))
+        se = {k: v for k, v in section(params, "train_selector").items() if k not in ("export", "export_max_mb")}
+        se.update(common, init=str(ROOT / "checkpoints/selector_cpu.pt"), iterations=3 if a.smoke else 100000,
+                  batch_size=2 if a.smoke else 8, time_budget_s=None if a.smoke else 0.5 * clock.left() - 20,
+                  val_every=500, val_videos=2 if a.smoke else None)
+        m_sel = clock.phase("train_selector", train_selector, se, work / "selector", log_dir=out / "selector")
+        clock.phase("export_selector", export_selector, work / "selector" / "last.pt", out / "selector.pt",
+                    fp16=True, max_mb=16)
+        co = {k: v for k, v in section(params, "train_corrector").items() if k not in ("export", "export_max_mb")}
+        co.update(common, iterations=3 if a.smoke else 100000, batch_size=1 if a.smoke else 8,
+                  num_workers=0 if a.smoke else min(8, cores), val_every=500,
+                  time_budget_s=None if a.smoke else clock.left() - 25)
+        m_cor = clock.phase("train_corrector", train_corrector, co, work / "corrector", log_dir=out / "corrector")
+        clock.phase("export_corrector", export_corrector, work / "corrector" / "last.pt", out / "corrector.pt",
+                    fp16=True, max_mb=16)
 
     keep = ("iterations", "stopped_by", "val_J_modal", "val_J_amodal", "val_AP_selector",
             "val_AP_temporal_consistency", "val_J_proposals", "val_J_corrected", "train_seconds", "wall_time_s")
