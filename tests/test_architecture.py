@@ -165,6 +165,23 @@ def test_every_inference_stage_is_in_the_demo_pipeline():
     assert synthval["propagate"]["cmd"].split()[3] == "propagate"
 
 
+def test_every_committed_second_round_adapts_the_oclr_its_source_used():
+    """A round's ``adapt_oclr.checkpoint`` must be the source's ``proposals.checkpoint`` (the stage refuses
+    otherwise); a default changed in params.yaml must not leave a committed round behind (as happened when
+    params.yaml's proposals moved to the RAFT-trained OCLR and a DIS dataset's round kept the other)."""
+    from pipeline.core.stage import Ctx, load_dataset_params
+    from pipeline.stages.adapt_oclr import _check_source
+    from pipeline.stages.registry import used_stages
+
+    rounds = []
+    for name in datasets(ROOT):
+        p = load_dataset_params(name, ROOT)
+        if "adapt_oclr" in used_stages(p, name, ROOT):
+            _check_source(Ctx(name, p, ROOT), p["adapt_oclr"])
+            rounds.append(name)
+    assert {"davis2016_r2", "synthval_r2"} <= set(rounds)
+
+
 def test_no_stage_depends_on_itself_through_a_params_key_naming_a_stage():
     """A key naming a mask stage (adapt.pseudo_labels, crf.input) may be set to any earlier mask stage
     with `dvc exp run -S`; no DVC stage may then read its own output (a combined stage whose later step
