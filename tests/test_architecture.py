@@ -241,6 +241,19 @@ def test_a_combined_stage_declares_the_union_of_its_steps():
                                          {"data/davis2016/propagate": {"persist": True}}]
     assert "mamp" in both["params"]
     assert combined_entry(one[:1]) is one[0]
+    # a training step and the inference with what it trained: what the first writes is no dep of the pair,
+    # and a key the first declares as a whole section is not repeated key by key
+    two = [stage_entry(n, "davis2016", merged, keys, "datasets/davis2016/dataset.yaml", True)
+           for n in ("adapt_corrector", "adapted")]
+    assert "data/davis2016/adapt/corrector_adapted.pt" in two[1]["deps"] and "adapt.lr" in two[1]["params"]
+    pair = combined_entry(two)
+    assert pair["cmd"] == "python -m pipeline.stages adapt_corrector,adapted davis2016"
+    assert not [d for d in pair["deps"] if d.startswith("data/davis2016/adapt/")]
+    assert "pipeline/stages/adapted.py" in pair["deps"] and "pipeline/stages/adapt_corrector.py" in pair["deps"]
+    assert "adapt" in pair["params"] and not [k for k in pair["params"] if str(k).startswith("adapt.")]
+    assert {"corrector.threshold", "corrector.device"} <= {k for k in pair["params"] if isinstance(k, str)}
+    assert [next(iter(o)) for o in pair["outs"]] == ["data/davis2016/adapt", "results/davis2016/adapt",
+                                                     "data/davis2016/adapted"]
 
 
 def test_every_parameter_is_documented_in_params_yaml():

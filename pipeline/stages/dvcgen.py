@@ -126,7 +126,8 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
 
 def combined_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """One DVC stage running several steps (:data:`~pipeline.stages.registry.COMBINED`): one command naming
-    them all, and the union of their deps, params and outs (each once, in order)."""
+    them all, and the union of their deps, params (a key inside a whole section once, as the section) and
+    outs (each once, in order), less the deps that a step of it writes (the adapted corrector checkpoint that ``adapt_corrector`` writes and ``adapted`` reads)."""
     if len(entries) == 1:
         return entries[0]
     if any("foreach" in e for e in entries):
@@ -136,7 +137,9 @@ def combined_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
     steps = ",".join(e["cmd"].split()[3] for e in entries)
     out: dict[str, Any] = {k: first[k] for k in ("wdir",) if k in first}
     out["cmd"] = " ".join(words[:3] + [steps] + words[4:])
-    out["deps"] = list(dict.fromkeys(d for e in entries for d in e["deps"]))
+    made = [next(iter(o)) if isinstance(o, dict) else o for e in entries for o in e.get("outs", [])]
+    out["deps"] = [d for d in dict.fromkeys(d for e in entries for d in e["deps"])     # what a step makes is no dep
+                   if not any(d == m or d.startswith(m + "/") for m in made)]
     root_keys, ds_keys = [], {}
     for e in entries:
         for p in e["params"]:
@@ -146,6 +149,7 @@ def combined_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
                     ds_keys[f] += [k for k in keys if k not in ds_keys[f]]
             elif p not in root_keys:
                 root_keys.append(p)
+    root_keys = [k for k in root_keys if not any(k.startswith(s + ".") for s in root_keys)]   # in a whole section
     out["params"] = root_keys + [{f: sorted(k)} for f, k in ds_keys.items()]
     outs = [o for e in entries for o in e.get("outs", [])]
     if outs:

@@ -41,12 +41,16 @@ ORDER: dict[str, tuple[str, str]] = {
 #: DVC stages that run more than one step, one after the other in one process: a step and its diagnostic
 #: companion that read the same inputs and model (the oracle propagation from the first frame's ground
 #: truth), or the label-based evaluations of one dataset (the selection AP of the selector, and J and F
-#: of every method). Each step keeps its own output folder, fingerprint and skip check, so a params change
-#: that reaches only one of them reruns only that one; the pair costs one process start, one model load
-#: and one dvc.lock entry. (Not ``corrector`` with ``adapted``: with ``adapt.pseudo_labels: corrector``
-#: the adaptation reads the corrector's masks, which would make the pair depend on itself.)
+#: of every method), or a training step and the inference with what it trained (the label-free adaptation
+#: of the corrector and the masks of the adapted corrector: the same inputs). Each step keeps its own
+#: output folder, fingerprint and skip check, so a params change that reaches only one of them reruns only
+#: that one (``corrector.threshold`` reruns the adapted masks, not the adaptation); the pair costs one
+#: process start, one model load and one dvc.lock entry (dvc.lock is the smaller by about 2 KB a dataset).
+#: (Not ``corrector`` with ``adapted``: with ``adapt.pseudo_labels: corrector`` the adaptation reads the
+#: corrector's masks, which would make the pair depend on itself.)
 COMBINED: dict[str, tuple[str, ...]] = {
     "propagate": ("propagate_gt", "propagate"),
+    "adapted": ("adapt_corrector", "adapted"),
     "metrics": ("selection_eval", "metrics"),
 }
 
