@@ -4,7 +4,8 @@ Runs the stages one after the other, each in a fresh process (as DVC does: ``pyt
 pipeline.stages STAGE bench``), on a one-sequence dataset ``bench`` (the chosen sequence of the
 dataset, linked) inside a scratch project root (params.yaml, checkpoints/), so the project's own
 data/ is never touched. Peak memory = each child's
-maximum resident set size (``os.wait4``), which includes torch's own ~0.5 GB.
+maximum resident set size (``os.wait4``; with worker processes the largest one, not their sum), which
+includes torch's own ~0.5 GB.
 
     python bench/bench_pipeline.py --sequence bear --flow dis --out bench/out/pipeline_bear.json
     python bench/bench_pipeline.py --dataset demo --sequence demo-01 --flow raft_large
@@ -55,7 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sequence", default="bear")
     ap.add_argument("--root", default=None, help="the dataset's source folder instead of its dataset.yaml root "
                     "(a copy of the sequence on another machine)")
-    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages, in order")
+    ap.add_argument("--stages", default=",".join(STAGES),
+                    help="comma-separated stages to run, in order, from frames, each with what it reads before it")
     ap.add_argument("--flow", default="dis", help="flow.method for the run")
     ap.add_argument("--crf-max-side", type=int, default=None, help="crf.max_side (null = full resolution)")
     ap.add_argument("--threads", type=int, default=1, help="OMP/torch threads of every stage")
@@ -78,13 +80,23 @@ def main(argv=None) -> int:
     if args.adapt_iterations is not None:
         overrides["adapt"] = {"iterations": args.adapt_iterations}
     for kv in args.set:
-        key, _, value = kv.partition("=")
-        sect, _, name = key.partition(".")
-        overrides.setdefault(sect, {})[name] = yaml.safe_load(value)
+        key, eq, value = kv.partition("=")
+        *path, leaf = key.split(".")
+        if not eq or not path or not all(path) or not leaf:
+            raise SystemExit(f"--set {kv!r}: expected SECTION.KEY=VALUE")
+        d = overrides
+        for part in path:
+            d = d.setdefault(part, {})
+        d[leaf] = yaml.safe_load(value)
+    stages = args.stages.split(",")
+    if [s for s in stages if s not in STAGES] or stages[0] != "frames":
+        raise SystemExit(f"--stages {args.stages!r}: stages of {', '.join(STAGES)}, in order, from frames "
+                         "(each run starts from an empty data folder)")
     for sect in ("proposals", "selector", "corrector", "mamp"):
         params[sect]["checkpoint"] = str(ROOT / params[sect]["checkpoint"])
     protocol = src.get("protocol", "multi")
-    results: dict = {"dataset": args.dataset, "sequence": args.sequence, "flow": args.flow, "set": args.set,
+    results: dict = {"dataset": args.dataset, "sequence": args.sequence, "flow": overrides["flow"]["method"],
+                     "set": args.set,
                      "crf_max_side": args.crf_max_side, "threads": args.threads,
                      "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg(), "device": _device()},
                      "stages": {}}
@@ -105,7 +117,7 @@ def main(argv=None) -> int:
         env = {**os.environ, "MOTIONSEG_ROOT": str(tmp), "OMP_NUM_THREADS": str(args.threads),
                "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         T = None
-        for stage in args.stages.split(","):
+        for stage in stages:
             wall, peak = run([sys.executable, "-m", "pipeline.stages", stage, "bench"], tmp, env)
             if T is None:
                 import zarr
@@ -115,7 +127,7 @@ def main(argv=None) -> int:
             results["stages"][stage] = {"wall_s": round(wall, 2), "s_per_frame": round(wall / T, 4),
                                         "peak_rss_mb": round(peak)}
             if stage == "adapt_corrector":
-                it = int(params["adapt"]["iterations"])
+                it = int(overrides.get("adapt", {}).get("iterations", params["adapt"]["iterations"]))
                 results["stages"][stage].update({"iterations": it, "s_per_iteration": round(wall / max(it, 1), 4)})
             print(f"{stage:10s} {wall:7.1f} s  {wall / T:7.3f} s/frame  (peak RSS {peak:.0f} MB)", flush=True)
             _write(args.out, results)                   # after every stage: a run cut short keeps what it measured

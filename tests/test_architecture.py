@@ -248,7 +248,11 @@ def test_a_combined_stage_declares_the_union_of_its_steps():
     assert "data/davis2016/adapt/corrector_adapted.pt" in two[1]["deps"] and "adapt.lr" in two[1]["params"]
     pair = combined_entry(two)
     assert pair["cmd"] == "python -m pipeline.stages adapt_corrector,adapted davis2016"
-    assert not [d for d in pair["deps"] if d.startswith("data/davis2016/adapt/")]
+    assert [d for e in two for d in e["deps"] if d not in pair["deps"]] == ["data/davis2016/adapt/corrector_adapted.pt"]
+    dropped = [k for e in two for k in e["params"] if isinstance(k, str) and k not in pair["params"]]
+    assert dropped and all(k.startswith("adapt.") for k in dropped)
+    with pytest.raises(ValueError, match="which a later step writes"):      # the pair the other way round
+        combined_entry(two[::-1])
     assert "pipeline/stages/adapted.py" in pair["deps"] and "pipeline/stages/adapt_corrector.py" in pair["deps"]
     assert "adapt" in pair["params"] and not [k for k in pair["params"] if str(k).startswith("adapt.")]
     assert {"corrector.threshold", "corrector.device"} <= {k for k in pair["params"] if isinstance(k, str)}

@@ -251,7 +251,7 @@ def test_propagate_references_key_switches_the_propagated_masks_and_reruns_only_
     assert _given_frames_hold_the_reference_masks(proj, other) > 0
 
 
-ADAPT_STAGES = ("adapt_corrector", "adapted", "fuse", "metrics", "export", "quality")
+ADAPT_STAGES = ("adapted", "fuse", "metrics", "export", "quality")
 
 
 def _exp_run(proj, env, assignment):

@@ -127,7 +127,9 @@ def stage_entry(name: str, dataset: str, merged: dict, dataset_keys: list[str], 
 def combined_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """One DVC stage running several steps (:data:`~pipeline.stages.registry.COMBINED`): one command naming
     them all, and the union of their deps, params (a key inside a whole section once, as the section) and
-    outs (each once, in order), less the deps that a step of it writes (the adapted corrector checkpoint that ``adapt_corrector`` writes and ``adapted`` reads)."""
+    outs (each once, in order), less the deps that an earlier step of it writes (the adapted corrector
+    checkpoint that ``adapt_corrector`` writes and ``adapted`` reads); a step reading what a later one writes
+    is an error (the pair would depend on itself)."""
     if len(entries) == 1:
         return entries[0]
     if any("foreach" in e for e in entries):
@@ -137,9 +139,20 @@ def combined_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
     steps = ",".join(e["cmd"].split()[3] for e in entries)
     out: dict[str, Any] = {k: first[k] for k in ("wdir",) if k in first}
     out["cmd"] = " ".join(words[:3] + [steps] + words[4:])
-    made = [next(iter(o)) if isinstance(o, dict) else o for e in entries for o in e.get("outs", [])]
-    out["deps"] = [d for d in dict.fromkeys(d for e in entries for d in e["deps"])     # what a step makes is no dep
-                   if not any(d == m or d.startswith(m + "/") for m in made)]
+    def inside(d: str, outs: list) -> bool:
+        return any(d == m or d.startswith(m + "/") for m in (next(iter(o)) if isinstance(o, dict) else o
+                                                             for o in outs))
+
+    deps: list[str] = []
+    for i, e in enumerate(entries):
+        later = [o for f in entries[i + 1:] for o in f.get("outs", [])]
+        for d in e["deps"]:
+            if inside(d, later):
+                raise ValueError(f"combined stage {steps}: step {e['cmd'].split()[3]} reads {d}, which a later "
+                                 f"step writes")
+            if not inside(d, [o for f in entries[:i] for o in f.get("outs", [])]) and d not in deps:
+                deps.append(d)                          # what an earlier step writes is no dep of the stage
+    out["deps"] = deps
     root_keys, ds_keys = [], {}
     for e in entries:
         for p in e["params"]:
