@@ -139,18 +139,18 @@ def combined_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
     steps = ",".join(e["cmd"].split()[3] for e in entries)
     out: dict[str, Any] = {k: first[k] for k in ("wdir",) if k in first}
     out["cmd"] = " ".join(words[:3] + [steps] + words[4:])
-    def inside(d: str, outs: list) -> bool:
-        return any(d == m or d.startswith(m + "/") for m in (next(iter(o)) if isinstance(o, dict) else o
-                                                             for o in outs))
+    written = [[next(iter(o)) if isinstance(o, dict) else o for o in e.get("outs", [])] for e in entries]
+
+    def inside(d: str, paths: list[list[str]]) -> bool:
+        return any(d == m or d.startswith(m + "/") for ms in paths for m in ms)
 
     deps: list[str] = []
     for i, e in enumerate(entries):
-        later = [o for f in entries[i + 1:] for o in f.get("outs", [])]
         for d in e["deps"]:
-            if inside(d, later):
+            if inside(d, written[i + 1:]):
                 raise ValueError(f"combined stage {steps}: step {e['cmd'].split()[3]} reads {d}, which a later "
                                  f"step writes")
-            if not inside(d, [o for f in entries[:i] for o in f.get("outs", [])]) and d not in deps:
+            if not inside(d, written[:i]) and d not in deps:
                 deps.append(d)                          # what an earlier step writes is no dep of the stage
     out["deps"] = deps
     root_keys, ds_keys = [], {}
