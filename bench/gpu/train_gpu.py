@@ -31,6 +31,16 @@ That OCLR (``checkpoints/oclr_gpu.pt``) lifted the proposals on the synthetic va
 to 0.535, so the next run should give OCLR all of its time and continue from it:
 ``run --oclr-only --oclr-init checkpoints/oclr_gpu.pt`` (then the backbone weights need not travel: pack
 with ``--weights raft-sintel.pth``).
+Second H200 run (2026-12-04, session 24; ``results/gpu/run_2026-12-04b/``): ``run --budget 485 --videos 192
+--oclr-share 0.3 --selector-share 0.3 --proposals-s-per-video 0.3 --oclr-init checkpoints/oclr_gpu.pt`` in one
+600 s call (485 s of it the recipe): render 34 + 16 s, flow 76 + 6 s, features 33 + 2 s, OCLR 312 iterations in
+69 s (val J_modal 0.523: below the committed ``oclr_gpu.pt``'s 0.598, so a restart with a fresh optimizer and warm-up
+on another draw of videos undoes more than 312 iterations add), proposals 109 + 8 s (0.57 s a video: twice the
+estimate, and the CPU side of the store writes, not the GPU, sets it), selector 29 iterations in 27 s (AP 0.761 vs
+temporal consistency 0.748), corrector 500 iterations (batch 8) in 82 s: val J 0.549 from proposals 0.559, where
+the committed CPU corrector scores 0.586 on the same windows (``reference`` in recipe.json). Nothing adopted: in
+one 9-minute call the fixed phases (render, flow, features, proposals: 285 s) leave about 180 s to train three
+models; a recipe that pays has to keep its split and flow between calls or train one model per call.
 
 ``run`` does, with the wall time of each phase in ``recipe.json``:
 
@@ -122,6 +132,19 @@ class Clock:
         return r
 
 
+def reference_corrector(path: Path, val_split: Path, cfg: dict, device: str) -> dict:
+    """``validate`` of an exported corrector on ``val_split``'s validation windows (those the trainer scores)."""
+    from pipeline.corrector.model import load_corrector
+    from pipeline.corrector.train import CorrectorClipDataset, normalize_train_config, validate
+
+    cfg = normalize_train_config(cfg)
+    model, _ = load_corrector(path, device)
+    ds = CorrectorClipDataset(val_split, cfg["window"], cfg["t"], seed=cfg["val_seed"], video_order="cycle",
+                              exemplar_weight=cfg["exemplar_weight"])
+    return validate(model, ds, cfg["val_clips"], device, batch_size=cfg["batch_size"], amp=cfg["amp"],
+                    loss_kwargs={"weights": cfg["loss_weights"], "boundary_width": cfg["boundary_width"]})
+
+
 def run(a: argparse.Namespace) -> None:
     if a.weights:
         os.environ["MOTIONSEG_CACHE"] = str(Path(a.weights).resolve())
@@ -186,7 +209,7 @@ def run(a: argparse.Namespace) -> None:
     m_oclr = clock.phase("train_oclr", train_oclr, oc, work / "oclr", log_dir=out / "oclr")
     clock.phase("export_oclr", export_oclr, work / "oclr" / "last.pt", out / "oclr.pt", fp16=True, max_mb=16)
 
-    m_sel = m_cor = {}
+    m_sel = m_cor = ref = {}
     if not a.oclr_only:   # proposals of both splits, then the selector and the corrector
         pp = dict(section(params, "proposals"))
         for name in splits:
@@ -199,7 +222,8 @@ def run(a: argparse.Namespace) -> None:
         common = dict(gpu, train_split=str(work / "train"), val_split=str(work / "val"))
         se = {k: v for k, v in section(params, "train_selector").items() if k not in ("export", "export_max_mb")}
         se.update(common, init=str(ROOT / "checkpoints/selector_cpu.pt"), iterations=3 if a.smoke else 100000,
-                  batch_size=2 if a.smoke else 8, time_budget_s=None if a.smoke else 0.5 * clock.left() - 20,
+                  batch_size=2 if a.smoke else 8,
+                  time_budget_s=None if a.smoke else a.selector_share * clock.left() - 20,
                   val_every=500, val_videos=2 if a.smoke else None)
         m_sel = clock.phase("train_selector", train_selector, se, work / "selector", log_dir=out / "selector")
         clock.phase("export_selector", export_selector, work / "selector" / "last.pt", out / "selector.pt",
@@ -211,6 +235,9 @@ def run(a: argparse.Namespace) -> None:
         m_cor = clock.phase("train_corrector", train_corrector, co, work / "corrector", log_dir=out / "corrector")
         clock.phase("export_corrector", export_corrector, work / "corrector" / "last.pt", out / "corrector.pt",
                     fp16=True, max_mb=16)
+        # the committed CPU corrector on the same validation windows: the new one's like-for-like reference
+        ref = clock.phase("reference_corrector", reference_corrector, ROOT / "checkpoints/corrector_cpu.pt",
+                          work / "val", co, dev)
 
     keep = ("iterations", "stopped_by", "val_J_modal", "val_J_amodal", "val_AP_selector",
             "val_AP_temporal_consistency", "val_J_proposals", "val_J_corrected", "train_seconds", "wall_time_s")
@@ -221,6 +248,7 @@ def run(a: argparse.Namespace) -> None:
         "phases_s": clock.phases, "seconds_per_frame": per_frame,
         "models": {name: {k: m.get(k) for k in keep if k in m}
                    for name, m in (("oclr", m_oclr), ("selector", m_sel), ("corrector", m_cor)) if m},
+        "reference": {"corrector_cpu.pt": ref} if ref else {},
         "total_s": round(a.budget - clock.left(), 1)}
     (out / "recipe.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(json.dumps(summary["models"], default=str))
@@ -248,6 +276,8 @@ def main() -> None:
                    help="synthetic training videos (default 256: on the H200, 512 took 67 s to render and 196 s of RAFT-large flow)")
     r.add_argument("--oclr-share", type=float, default=0.4,
                    help="OCLR's share of the training time (the time left after flow, features and the proposals' estimate)")
+    r.add_argument("--selector-share", type=float, default=0.5,
+                   help="the selector's share of the time left after the proposals (the corrector gets the rest)")
     r.add_argument("--proposals-s-per-video", type=float, default=0.5,
                    help="estimate of the proposals' seconds per video, reserved before the trainings (H200: over 0.2)")
     r.add_argument("--flow", default="raft_large", choices=("raft_large", "raft_small"),
