@@ -378,3 +378,20 @@ def test_publish_copies_the_export_with_a_sidecar_and_refuses_a_large_file(tmp_p
     assert r.returncode == 1 and "over the 0.001 MB limit" in r.stderr and "Traceback" not in r.stderr
     r = publish("oclr_raft")
     assert r.returncode == 1 and "unknown model 'oclr_raft'" in r.stderr
+
+
+def test_split_proposals_in_threads_are_the_serial_stores(data, tmp_path):
+    """build_split_proposals(workers=3) (the GPU recipe's setting): every store holds the same content as
+    the one-at-a-time run, and the index keeps the split's order."""
+    from pipeline.stages.synth_proposals import build_split_proposals
+
+    train_oclr(tiny_cfg(data, iterations=2, val_split=None), tmp_path / "m", progress=False)
+    ckpt = export_checkpoint(tmp_path / "m" / "last.pt", tmp_path / "m.pt", fp16=False)["path"]
+    pp = {"window": 4, "threshold": 0.3}
+    out = {n: build_split_proposals(data / "train" / "flow", tmp_path / f"p{n}", ckpt, pp, device="cpu",
+                                    progress=False, workers=n) for n in (1, 3)}
+    sums = {n: {s.name: open_artifact(s, stage="proposals").attrs["content_sha256"]
+                for s in sorted(Path(o).glob("*.zarr"))} for n, o in out.items()}
+    assert len(sums[1]) == 2 and sums[1] == sums[3]
+    index = [json.loads((Path(o) / "index.json").read_text())["videos"] for o in out.values()]
+    assert index[0] == index[1] == [{"store": s.name} for s in D.list_split(data / "train" / "render")]

@@ -214,7 +214,7 @@ def run(a: argparse.Namespace) -> None:
         pp = dict(section(params, "proposals"))
         for name in splits:
             clock.phase(f"proposals_{name}", build_split_proposals, work / name / "flow", work / name / "proposals",
-                        out / "oclr.pt", pp, device=dev)
+                        out / "oclr.pt", pp, device=dev, workers=1 if a.smoke else min(8, cores))
         n = sum(frames.values())
         per_frame["features"] = round((clock.phases["features_train"] + clock.phases["features_val"]) / n, 5)
         per_frame["proposals"] = round((clock.phases["proposals_train"] + clock.phases["proposals_val"]) / n, 5)

@@ -2,6 +2,7 @@
 the training inputs of the selector and the corrector."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ from pipeline.synth.dataset import list_split
 
 
 def build_split_proposals(flow_dir: Any, out_dir: Any, checkpoint: Any, pp: dict | None = None,
-                          device: Any = "auto", progress: bool = True) -> Any:
+                          device: Any = "auto", progress: bool = True, workers: int = 1) -> Any:
     """Proposals stores ``<out_dir>/<video>.zarr`` for every flow store of a synthetic split
-    (written atomically as a whole): the selector's and corrector's training inputs."""
+    (written atomically as a whole): the selector's and corrector's training inputs. ``workers`` > 1:
+    that many videos at once in threads sharing the one model (a GPU's stores are bound by reading,
+    compressing and hashing on the CPU, which release the GIL); each store is the same either way."""
     flow_dir = Path(flow_dir)
     render_dir = flow_dir.parent / "render"
     if (render_dir / "index.json").exists():   # split order from the render index
@@ -34,9 +37,20 @@ def build_split_proposals(flow_dir: Any, out_dir: Any, checkpoint: Any, pp: dict
     pp = {**dict(pp or {}), "checkpoint": str(checkpoint)}
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        for store in tqdm(stores, desc=f"proposals {Path(flow_dir).parent.name}", unit="video",
-                          disable=not progress):
+        def one(store: Path) -> None:
             write_proposals(store, tmp / store.name, model, info, pp, quiet=True)
+
+        bar = tqdm(total=len(stores), desc=f"proposals {Path(flow_dir).parent.name}", unit="video",
+                   disable=not progress)
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(one, stores):
+                    bar.update()
+        else:
+            for store in stores:
+                one(store)
+                bar.update()
+        bar.close()
         (tmp / "index.json").write_text(json.dumps(
             {"videos": [{"store": s.name} for s in stores], "stage": "proposals",
              "checkpoint": {"path": str(checkpoint), "sha256": info["file_sha256"]}}, indent=1))
