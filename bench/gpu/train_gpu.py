@@ -135,14 +135,12 @@ class Clock:
 def reference_corrector(path: Path, val_split: Path, cfg: dict, device: str) -> dict:
     """``validate`` of an exported corrector on ``val_split``'s validation windows (those the trainer scores)."""
     from pipeline.corrector.model import load_corrector
-    from pipeline.corrector.train import CorrectorClipDataset, normalize_train_config, validate
+    from pipeline.corrector.train import loss_kwargs, normalize_train_config, validate, validation_windows
 
     cfg = normalize_train_config(cfg)
     model, _ = load_corrector(path, device)
-    ds = CorrectorClipDataset(val_split, cfg["window"], cfg["t"], seed=cfg["val_seed"], video_order="cycle",
-                              exemplar_weight=cfg["exemplar_weight"])
-    return validate(model, ds, cfg["val_clips"], device, batch_size=cfg["batch_size"], amp=cfg["amp"],
-                    loss_kwargs={"weights": cfg["loss_weights"], "boundary_width": cfg["boundary_width"]})
+    return validate(model, validation_windows(val_split, cfg), cfg["val_clips"], device, batch_size=cfg["batch_size"],
+                    amp=cfg["amp"], loss_kwargs=loss_kwargs(cfg))
 
 
 def run(a: argparse.Namespace) -> None:

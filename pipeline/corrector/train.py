@@ -398,6 +398,17 @@ def validate(model: torch.nn.Module, dataset: Dataset, n_clips: int, device: tor
             "val_loss": float(sum(losses) / n), "val_objects": len(jc), "val_clips": n_clips}
 
 
+def validation_windows(split_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> "CorrectorClipDataset":
+    """The fixed validation windows of ``split_dir`` that :func:`validate` scores (normalised ``cfg``)."""
+    return CorrectorClipDataset(split_dir, cfg["window"], cfg["t"], seed=cfg["val_seed"], video_order="cycle",
+                                exemplar_weight=cfg["exemplar_weight"])
+
+
+def loss_kwargs(cfg: Mapping[str, Any]) -> dict:
+    """:func:`corrector_loss` keywords of a normalised training config."""
+    return {"weights": cfg["loss_weights"], "boundary_width": cfg["boundary_width"]}
+
+
 # --------------------------------------------------------------------------- training
 def train_corrector(cfg: Mapping[str, Any], out_dir: str | os.PathLike, resume: bool = True,
                     progress: bool = True, log_dir: str | os.PathLike | None = None) -> dict:
@@ -423,9 +434,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     C, hw, backbone, backbone_sha = train_ds.token_info
     val_ds = None
     if cfg["val_split"] and cfg["val_clips"] > 0:
-        val_ds = CorrectorClipDataset(project_path(cfg["val_split"]), cfg["window"], cfg["t"],
-                                      seed=cfg["val_seed"], video_order="cycle",
-                                      exemplar_weight=cfg["exemplar_weight"])
+        val_ds = validation_windows(project_path(cfg["val_split"]), cfg)
         vC, _, vb, _ = val_ds.token_info
         if vC != C or (vb and backbone and vb != backbone):
             raise ArtifactError(f"{val_ds.split_dir}: features ({vb}, {vC} channels) differ from the training "
@@ -451,7 +460,7 @@ def _train(cfg: Mapping[str, Any], out_dir, resume: bool, progress: bool, log_di
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, keep)
     vlog = CsvLog(log_dir / "val_curve.csv", VAL_CURVE_COLUMNS, keep)
 
-    loss_kw = {"weights": cfg["loss_weights"], "boundary_width": cfg["boundary_width"]}
+    loss_kw = loss_kwargs(cfg)
     total_iters, B = cfg["iterations"], cfg["batch_size"]
     nw = int(cfg["num_workers"])
     loader = DataLoader(train_ds, batch_size=B, sampler=RangeSampler(start * B, max(start, total_iters) * B),

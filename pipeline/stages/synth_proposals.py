@@ -40,17 +40,11 @@ def build_split_proposals(flow_dir: Any, out_dir: Any, checkpoint: Any, pp: dict
         def one(store: Path) -> None:
             write_proposals(store, tmp / store.name, model, info, pp, quiet=True)
 
-        bar = tqdm(total=len(stores), desc=f"proposals {Path(flow_dir).parent.name}", unit="video",
-                   disable=not progress)
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(one, stores):
-                    bar.update()
-        else:
-            for store in stores:
-                one(store)
-                bar.update()
-        bar.close()
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            done = pool.map(one, stores) if workers > 1 else map(one, stores)
+            for _ in tqdm(done, total=len(stores), desc=f"proposals {Path(flow_dir).parent.name}", unit="video",
+                          disable=not progress):
+                pass
         (tmp / "index.json").write_text(json.dumps(
             {"videos": [{"store": s.name} for s in stores], "stage": "proposals",
              "checkpoint": {"path": str(checkpoint), "sha256": info["file_sha256"]}}, indent=1))
