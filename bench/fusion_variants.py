@@ -39,6 +39,22 @@ def score(results: list, seqs: list[str]) -> dict:
             "per_sequence_J": {q: round(r.stats()["J_mean"], 4) for q, r in zip(seqs, results)}}
 
 
+def store_finder(dataset: str, params: dict):
+    """``(open(stage, seq) -> artifact, folders)``: a dataset's store of a stage, read from its own folder or, for a
+    second round (``dataset.reuse``), from the reused dataset's (the last folder holds every video's frames)."""
+    dirs = [ROOT / "data" / dataset]
+    if params["dataset"].get("reuse"):
+        dirs.append(ROOT / "data" / params["dataset"]["reuse"])
+
+    def store(name: str, seq: str):
+        for d in dirs:
+            if (d / name / f"{seq}.zarr").exists():
+                return open_artifact(d / name / f"{seq}.zarr", stage=name)
+        raise FileNotFoundError(f"{name}/{seq}.zarr in none of {[str(d) for d in dirs]}")
+
+    return store, dirs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset")

@@ -149,7 +149,7 @@ def test_every_inference_stage_is_in_the_demo_pipeline():
     assert steps(nested) == set(ORDER) - {"demo_data", "adapt_oclr", "imas_self_train"}
     assert "adapt_oclr" not in steps(demo)
     st = _stages(yaml.safe_load(render("davis2016_st")))
-    assert steps({"stages": st}) == {"imas_self_train", "imas", "fuse", "crf", "metrics", "quality", "export"}
+    assert steps({"stages": st}) == {"imas_self_train", "imas", "fuse", "crf", "foreground", "metrics", "quality", "export"}
     assert "data/davis2016_st/imas_train/imas.pt" in st["imas"]["deps"]
     r2 = _stages(yaml.safe_load(render("davis2016_r2")))
     assert "data/davis2016/crf" in r2["adapt_oclr"]["deps"] and "data/davis2016/flow" in r2["adapt_oclr"]["deps"]

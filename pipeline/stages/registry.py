@@ -31,6 +31,7 @@ ORDER: dict[str, tuple[str, str]] = {
     "imas": ("imas", "STAGE"),
     "fuse": ("fuse", "STAGE"),
     "crf": ("crf", "STAGE"),
+    "foreground": ("foreground", "STAGE"),
     "selection_eval": ("selection_eval", "STAGE"),
     "metrics": ("metrics", "STAGE"),
     "quality": ("quality", "STAGE"),
@@ -95,7 +96,7 @@ def named_inputs(st: Stage, params: dict) -> list[str]:
 
 #: stages in a dataset's graph only when something uses them (:func:`used_stages`); ``propagate_gt``
 #: (a diagnostic that needs ground truth) when ``eval.methods`` names it
-OPTIONAL = frozenset({"imas_flow", "train_imas", "imas", "fuse", "propagate_gt"})
+OPTIONAL = frozenset({"imas_flow", "train_imas", "imas", "fuse", "foreground", "propagate_gt"})
 #: params keys naming the mask stages a dataset's graph uses
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
             "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
