@@ -10,6 +10,9 @@ slot's proposal mask in a frame, and their combinations:
 * ``a+b``: the mean of the named confidences' within-video ranks (0 = worst frame, 1 = best), so no scale
   dominates.
 
+Beside each AP: the mean ground-truth IoU of the ``corrector.t`` frames each confidence ranks first (among the
+frames the selector may pick), i.e. of the exemplars it would choose.
+
 Labels only score (choosing data: the synthetic validation split; DAVIS reports).
 
     python bench/exemplar_score_combination.py synthval --out results/synthval/exemplar_score_combination.json
@@ -57,6 +60,8 @@ def main() -> None:
     seqs = sorted(q.name[:-5] for q in (data / "frames").glob("*.zarr"))
     variants = [c for r in (1, 2, 3) for c in itertools.combinations(CUES, r)]
     aps: dict[str, list[float]] = {"+".join(v): [] for v in variants}
+    tops: dict[str, list[float]] = {"+".join(v): [] for v in variants}   # mean IoU of the t top frames (exemplars)
+    t_ex = int(p["corrector"]["t"])
     t0 = time.time()
     for seq in seqs:
         fr = open_artifact(data / "frames" / f"{seq}.zarr", stage="frames")
@@ -79,12 +84,16 @@ def main() -> None:
                 r = selection_ap(iou, conf, n)
                 if r is not None:
                     aps["+".join(v)].append(r)
+                    usable = np.flatnonzero(np.isfinite(score[:, k]))         # the frames the selector may pick
+                    order = usable[np.argsort(-np.asarray(conf, np.float64)[usable], kind="stable")]
+                    tops["+".join(v)].append(float(iou[order[:t_ex]].mean()) if len(order) else float("nan"))
         print(f"{seq}: " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in aps.items() if v),
               f"({time.time() - t0:.0f} s)", flush=True)
     out = {"dataset": a.dataset, "protocol": protocol, "n": n, "sequences": len(seqs),
-           "objects": len(aps["selector"]), "AP": {k: round(float(np.mean(v)), 4) for k, v in aps.items()}}
+           "objects": len(aps["selector"]), "AP": {k: round(float(np.mean(v)), 4) for k, v in aps.items()},
+           "t": t_ex, "iou_top_t": {k: round(float(np.nanmean(v)), 4) for k, v in tops.items()}}
     for k, v in out["AP"].items():
-        print(f"{k:32s} AP {v:.4f}")
+        print(f"{k:32s} AP {v:.4f}  mean IoU of the top {t_ex} frames {out['iou_top_t'][k]:.4f}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(a.out, out)
 
