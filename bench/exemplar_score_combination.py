@@ -79,8 +79,9 @@ def main() -> None:
             m = labels == k + 1
             cue = {"selector": -score[:, k], "temporal": temporal_consistency(m),
                    "propagation": frame_ious(m, prop == k + 1)}
+            rk = {c: ranks(x) for c, x in cue.items()}
             for v in variants:
-                conf = cue[v[0]] if len(v) == 1 else np.mean([ranks(cue[c]) for c in v], axis=0)
+                conf = cue[v[0]] if len(v) == 1 else np.mean([rk[c] for c in v], axis=0)
                 r = selection_ap(iou, conf, n)
                 if r is not None:
                     aps["+".join(v)].append(r)

@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.stage import load_dataset_params  # noqa: E402
-from pipeline.core.store import FrameReader, open_artifact, write_json_atomic  # noqa: E402
+from pipeline.core.store import FrameReader, write_json_atomic  # noqa: E402
 from pipeline.crf import CRFConfig, refine_sequence  # noqa: E402
 from pipeline.fusion import label_map  # noqa: E402
 from pipeline.metrics.evaluation import evaluate_sequence  # noqa: E402
-from fusion_variants import score  # noqa: E402  (bench/, the script's folder)
+from fusion_variants import score, store_finder  # noqa: E402  (bench/, the script's folder)
 
 
 def soft_targets(probs: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -96,25 +96,25 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     p = load_dataset_params(a.dataset, ROOT)
-    data = ROOT / "data" / a.dataset
+    store, dirs = store_finder(a.dataset, p)
     ev = p["eval"]
     protocol = p["dataset"].get("protocol", "multi")
     thr = float(p["fuse"]["threshold"])
     crf_cfg = CRFConfig.from_params({k: v for k, v in p["crf"].items() if k != "input"})
-    seqs = a.sequences or sorted(q.name[:-5] for q in (data / "frames").glob("*.zarr"))
+    seqs = a.sequences or sorted(q.name[:-5] for q in (dirs[-1] / "frames").glob("*.zarr"))
     variants = []
     for v in a.variants:
         parts = v.split(":")
         variants.append((v, parts[0], float(parts[1]), int(parts[2]) if len(parts) > 2 else 64))
     res = {v[0]: {"fuse": [], "crf": []} for v in variants}
-    fit_s: dict[str, float] = {}                 # per fitted model (model:hidden), shared by its blends
+    fit_s: dict[tuple[str, int], float] = {}     # per fitted model (model, hidden), shared by its blends
     backbone = None
     t0 = time.time()
     for seq in seqs:
-        fr = open_artifact(data / "frames" / f"{seq}.zarr", stage="frames")
+        fr = store("frames", seq)
         gt, valid = fr["gt"][...], fr["gt_valid"][...]
-        probs = np.asarray(open_artifact(data / a.source / f"{seq}.zarr", stage=a.source)["probs"][...], np.float32)
-        feats = open_artifact(data / "features" / f"{seq}.zarr", stage="features")
+        probs = np.asarray(store(a.source, seq)["probs"][...], np.float32)
+        feats = store("features", seq)
         backbone = feats.attrs.get("backbone", {}).get("name")
         tokens = np.asarray(feats["tokens"][...], np.float32)
         fits: dict[tuple[str, int], np.ndarray] = {}
@@ -127,7 +127,7 @@ def main() -> None:
                     ts = time.time()
                     fits[(model, hidden)] = fit_predict(tokens, probs, model, hidden, iters=a.iters,
                                                         weight_decay=a.weight_decay)
-                    fit_s[f"{model}:{hidden}"] = fit_s.get(f"{model}:{hidden}", 0.0) + time.time() - ts
+                    fit_s[(model, hidden)] = fit_s.get((model, hidden), 0.0) + time.time() - ts
                 sp = (1 - alpha) * probs + alpha * fits[(model, hidden)]
             labels = np.stack([label_map(x, thr) for x in sp])
             kw = dict(protocol=protocol, match_on=ev["match_on"], resize=ev["resize"], bound_th=ev["bound_th"],
@@ -144,10 +144,9 @@ def main() -> None:
     out = {"dataset": a.dataset, "source": a.source, "protocol": protocol, "backbone": backbone,
            "iters": a.iters, "weight_decay": a.weight_decay, "sequences": seqs,
            "wall_s": round(time.time() - t0, 1), "variants": {}}
-    for name, *_ in variants:
+    for name, model, _, hidden in variants:
         row = {kind: score(res[name][kind], seqs) for kind in ("fuse", "crf") if res[name][kind]}
-        model, hidden = next((m, h) for n, m, _, h in variants if n == name)
-        row["fit_s_per_video"] = round(fit_s.get(f"{model}:{hidden}", 0.0) / max(len(seqs), 1), 2)
+        row["fit_s_per_video"] = round(fit_s.get((model, hidden), 0.0) / max(len(seqs), 1), 2)
         out["variants"][name] = row
         print(name, {k: (v["J"], v["JF"]) for k, v in row.items() if isinstance(v, dict)})
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
         raise ArtifactError(f"{ref_art.path}: its frames are not those of {src!r} (frame_names differ)")
     cover = slot_cover(labels, reference)
     keep = kept_slots(cover, cfg)
-    fallback = bool(cover) and not any(c >= cfg.min_cover for _, c in cover.values())
+    fallback = bool(keep) and cover[keep[0]][1] < cfg.min_cover      # kept_slots fell back to the best-covered
     why = (f"none reaches {cfg.min_cover:g}, so the one {ref} covers most" if fallback else
            f"those {ref} calls foreground on at least {cfg.min_cover:g} of their pixels")
     with ArtifactWriter(out, stage="foreground", params={"foreground": fp},
