@@ -21,6 +21,7 @@ ORDER: dict[str, tuple[str, str]] = {
     "features": ("features", "STAGE"),
     "selector": ("selector", "STAGE"),
     "exemplars": ("exemplars", "STAGE"),
+    "reselect": ("reselect", "STAGE"),
     "corrector": ("corrector", "STAGE"),
     "adapt_corrector": ("adapt_corrector", "STAGE"),
     "adapted": ("adapted", "STAGE"),
@@ -101,9 +102,10 @@ OPTIONAL = frozenset({"imas_flow", "train_imas", "imas", "fuse", "foreground", "
 USE_KEYS = ("eval.methods", "quality.methods", "quality.agree_with", "export.methods", "crf.input",
             "adapt.pseudo_labels", "adapt_oclr.pseudo_labels")
 #: stages in a dataset's graph only when their params key is not null
-SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels", "imas_self_train": "imas_self_train.targets"}
+SWITCHED = {"adapt_oclr": "adapt_oclr.pseudo_labels", "imas_self_train": "imas_self_train.targets",
+            "reselect": "reselect.agreement"}
 #: a switched-on stage that takes another's place (its output folder): the other is left out of the graph
-REPLACES = {"imas_self_train": "train_imas"}
+REPLACES = {"imas_self_train": "train_imas", "reselect": "exemplars"}
 #: label-based evaluations of a stage (the selection AP of the selector): in a dataset's graph only when
 #: ``eval.methods`` names a method made from that stage's output (none without ground truth; none when only
 #: the flow-based methods are scored, so ``dvc repro ...:metrics`` of those needs no selector)
@@ -175,9 +177,11 @@ def check_named_inputs(st: Stage, params: dict) -> None:
 #: depend on the round's root stages, and runs those and all below them again. Its entry stages (each switched on
 #: by its key naming the source's masks it learns from) decide the roots: entry -> (key, root):
 #: ``adapt_oclr`` (OCLR adapted to the source's final masks) reruns from the proposals, ``imas_self_train``
-#: (the source's IMAS trained further on them, in ``train_imas``'s place) from IMAS
+#: (the source's IMAS trained further on them, in ``train_imas``'s place) from IMAS, ``reselect`` (exemplars chosen
+#: again with the source's MAMP propagation, in ``exemplars``'s place) from the exemplars
 ROUND_ENTRIES: dict[str, tuple[str, str]] = {"adapt_oclr": ("adapt_oclr.pseudo_labels", "proposals"),
-                                             "imas_self_train": ("imas_self_train.targets", "train_imas")}
+                                             "imas_self_train": ("imas_self_train.targets", "train_imas"),
+                                             "reselect": ("reselect.agreement", "exemplars")}
 
 
 def round_roots(params: dict, dataset: str) -> set[str]:
@@ -187,7 +191,7 @@ def round_roots(params: dict, dataset: str) -> set[str]:
     if not roots:
         keys = " or ".join(key for key, _ in ROUND_ENTRIES.values())
         raise ValueError(f"dataset {dataset!r} reuses {reuse_source(params, dataset)!r} but starts no second round: "
-                         f"set {keys} (../<source>/crf)")
+                         f"set {keys} (../<source>/crf, or ../<source>/propagate for reselect.agreement)")
     return roots
 
 
@@ -200,7 +204,8 @@ def check_round_entry(params: dict, dataset: str, entry: str = "adapt_oclr") -> 
     src = reuse_source(params, dataset)
     parts = str(v).split("/")
     if src is None or len(parts) != 3 or parts[:2] != ["..", src] or parts[2] not in ORDER:
-        need = f"../{src}/crf" if src else "../<source>/crf, with dataset.reuse: <source>"
+        learns = "propagate" if entry == "reselect" else "crf"
+        need = f"../{src}/{learns}" if src else f"../<source>/{learns}, with dataset.reuse: <source>"
         raise ValueError(f"dataset {dataset!r}: {key} is {v!r}; {entry} starts a second round "
                          f"and learns from the first round's masks: set {key}: {need}")
     if entry == "imas_self_train":                  # it continues the source's IMAS, no other

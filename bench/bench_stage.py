@@ -1,6 +1,8 @@
-"""Time and peak memory of the foreground stage on one video (a fresh process per call: peak RSS is its own).
+"""Time and peak memory of one per-video stage without a model on one video (a fresh process per call: peak RSS
+is its own).
 
-    python bench/bench_foreground.py davis2016_st stroller
+    python bench/bench_stage.py foreground davis2016_st stroller
+    python bench/bench_stage.py reselect davis2016_st stroller
 
 Runs the stage's per-video function on the dataset's stores and writes the output to a scratch folder (the
 dataset's own store is left as it is); prints frames, seconds, seconds a frame and the process's peak RSS.
@@ -25,6 +27,7 @@ from pipeline.stages.registry import get_stage  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage")
     ap.add_argument("dataset")
     ap.add_argument("sequence")
     a = ap.parse_args()
@@ -32,11 +35,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{a.sequence}.zarr"
         t0 = time.time()
-        get_stage("foreground").run(None, ctx, a.sequence, out)
+        st = get_stage(a.stage)
+        if st.run is None or st.setup is not None:
+            raise SystemExit(f"{a.stage}: not a per-video stage without a model")
+        st.run(None, ctx, a.sequence, out)
         dt = time.time() - t0
-        T = open_artifact(out, stage="foreground")["labels"].shape[0]
+        T = open_artifact(ctx.store("frames", a.sequence), stage="frames")["rgb"].shape[0]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{a.dataset}/{a.sequence}: {T} frames, {dt:.2f} s ({dt / T * 1000:.1f} ms a frame), peak RSS {peak:.1f} MB")
+    print(f"{a.stage} {a.dataset}/{a.sequence}: {T} frames, {dt:.2f} s ({dt / T * 1000:.1f} ms a frame), peak RSS {peak:.1f} MB")
 
 
 if __name__ == "__main__":
