@@ -34,10 +34,10 @@ def main() -> None:
     ctx = Ctx(a.dataset, load_dataset_params(a.dataset, ROOT), ROOT)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{a.sequence}.zarr"
-        t0 = time.time()
         st = get_stage(a.stage)
         if st.run is None or st.setup is not None:
             raise SystemExit(f"{a.stage}: not a per-video stage without a model")
+        t0 = time.time()
         st.run(None, ctx, a.sequence, out)
         dt = time.time() - t0
         T = open_artifact(ctx.store("frames", a.sequence), stage="frames")["rgb"].shape[0]

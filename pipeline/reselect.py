@@ -5,9 +5,9 @@ label-free cues tell a good proposal frame from a bad one too: *temporal consist
 neighbouring frames' masks of the slot) and *propagation agreement*, the IoU of the proposal with the first
 round's MAMP propagation of the slot (each slot's exemplars carried through the video by appearance). A second
 round, once the first round's propagation exists, ranks every frame of a slot by each named cue within the
-video (0 = worst frame, 1 = best; ties share the mean rank), averages the ranks, and takes the ``t`` best frames
-the selector allows (a finite selector score: proposals below ``selector.min_area`` never become exemplars).
-Rank averaging puts cues of different scales on one footing.
+video among the frames the selector allows (a finite selector score: proposals below ``selector.min_area`` never
+become exemplars, and do not shift the others' ranks; ties share the mean rank), averages the ranks, and takes the
+``t`` best frames. Rank averaging puts cues of different scales on one footing.
 
 On the synthetic validation split (``bench/exemplar_score_combination.py``, the paper's Table-3 selection AP) the
 rank mean of the selector and propagation agreement retrieves good frames best (AP 0.815; the selector alone 0.780,
@@ -29,10 +29,13 @@ from scipy.stats import rankdata
 from pipeline.core.draw import resize_labels
 from pipeline.exemplars.scoring import frame_ious
 
-__all__ = ["CUES", "check_cues", "within_video_ranks", "slot_cues", "combined_confidence", "rank_by_confidence"]
+__all__ = ["CUES", "AGREEMENT", "check_cues", "within_video_ranks", "slot_cues", "combined_confidence",
+           "rank_by_confidence"]
 
 #: the label-free confidences of a slot's proposal in a frame that can be combined
 CUES = ("selector", "temporal", "propagation")
+#: the first round's mask stages with the proposals' slots (label k + 1 = slot k) that the propagation cue reads
+AGREEMENT = ("propagate", "corrector", "adapted")
 
 
 def check_cues(cues: Sequence[str]) -> tuple[str, ...]:
@@ -47,16 +50,22 @@ def check_cues(cues: Sequence[str]) -> tuple[str, ...]:
     return tuple(str(c) for c in cues)
 
 
-def within_video_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks of ``x`` ``[T, K]`` down each column (slot), scaled to [0, 1] (0 = lowest; ties share the mean
-    rank; nan and -inf lowest, +inf highest). One frame ranks 0."""
+def within_video_ranks(x: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Ranks ``1 .. n`` of ``x`` ``[T, K]`` down each column (slot) among its ``eligible`` frames (default all;
+    ``n`` of them), lowest first; ties share the mean rank (a whole or half number, so sums of ranks are exact);
+    nan and -inf lowest, +inf highest. NaN where a frame is not eligible."""
     a = np.asarray(x, np.float64)
-    a = np.where(np.isnan(a), -np.inf, a)
     if a.ndim != 2:
         raise ValueError(f"cue values must be [T, K], got shape {a.shape}")
-    T = a.shape[0]
-    r = rankdata(a, axis=0) - 1 if T else a
-    return np.asarray(r, np.float64) / max(T - 1, 1)
+    ok = np.ones(a.shape, bool) if eligible is None else np.asarray(eligible, bool)
+    if ok.shape != a.shape:
+        raise ValueError(f"eligible {ok.shape} and cue values {a.shape} differ in shape")
+    a = np.where(np.isnan(a), -np.inf, a)
+    out = np.full(a.shape, np.nan)
+    for k in range(a.shape[1]):
+        if ok[:, k].any():
+            out[ok[:, k], k] = rankdata(a[ok[:, k], k])
+    return out
 
 
 def slot_cues(labels: Any, agreement: Any | None, K: int) -> dict[str, np.ndarray]:
@@ -95,26 +104,37 @@ def slot_cues(labels: Any, agreement: Any | None, K: int) -> dict[str, np.ndarra
 
 
 def combined_confidence(score: np.ndarray, cues: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
-    """``[T, K]`` confidence (higher = better exemplar): the mean of the within-video ranks of the named cues,
-    ``selector`` being minus the selector's ``score`` (lower error = better) and the others from ``cues``
-    (:func:`slot_cues`). A single cue gives its ranks (the same order as the cue itself)."""
+    """``[T, K]`` confidence (higher = better exemplar) of the frames that may be exemplars (a finite selector
+    ``score``): the mean of their ranks by the named cues among those frames, scaled to [0, 1]; ``selector`` is
+    minus the selector's ``score`` (lower error = better), the others come from ``cues`` (:func:`slot_cues`). NaN
+    where the score is not finite (never an exemplar; such frames do not shift the others' ranks). Equal rank sums
+    give equal confidences (ties then go by frame index in :func:`rank_by_confidence`); a single cue keeps its
+    order."""
     s = np.asarray(score, np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"selector scores must be [T, K], got shape {s.shape}")
     values = {"selector": -s, **cues}
     missing = [n for n in names if n not in values]
     if missing:
         raise ValueError(f"cue {missing[0]!r} not computed (propagation needs the agreement store)")
+    if not names:
+        raise ValueError("no cue named")
     for n in names:
         if np.shape(values[n]) != s.shape:
             raise ValueError(f"cue {n!r} has shape {np.shape(values[n])}, the selector's scores {s.shape}")
-    return np.mean([within_video_ranks(values[n]) for n in names], axis=0)
+    eligible = np.isfinite(s)
+    total = np.sum([within_video_ranks(values[n], eligible) for n in names], axis=0)   # exact: half-integers
+    n = eligible.sum(axis=0, keepdims=True)
+    return (total / len(names) - 1) / np.maximum(n - 1, 1)
 
 
 def rank_by_confidence(score: np.ndarray, confidence: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray,
                                                                                      np.ndarray]:
     """As :func:`pipeline.exemplars.scoring.rank_exemplars`, ordered by ``confidence`` ``[T, K]`` (higher first;
     ties by frame index) instead of the selector's ``score``: ``frames [K, t]`` int32 (-1 where fewer than ``t``
-    frames have a finite score; only those may be exemplars), ``top [K, t]`` float32 (their selector scores,
-    inf for padding), ``ranking [K, T]`` int32 (all frames, best first)."""
+    frames have a finite score and a confidence; only those may be exemplars), ``top [K, t]`` float32 (their
+    selector scores, inf for padding), ``ranking [K, T]`` int32 (all frames, best first; those that may not be
+    exemplars last, by frame index), so ``frames`` is the start of ``ranking``."""
     s = np.asarray(score, np.float64)
     c = np.asarray(confidence, np.float64)
     if s.ndim != 2 or c.shape != s.shape:
@@ -122,11 +142,13 @@ def rank_by_confidence(score: np.ndarray, confidence: np.ndarray, t: int) -> tup
     if t < 1:
         raise ValueError(f"t (exemplars per object) must be >= 1, got {t}")
     T, K = s.shape
-    ranking = np.argsort(-np.nan_to_num(c.T, nan=-np.inf), axis=1, kind="stable").astype(np.int32)
+    ok = np.isfinite(s) & ~np.isnan(c)
+    key = np.where(ok, -np.where(ok, c, 0.0), np.inf)                   # frames that may not be exemplars last
+    ranking = np.argsort(key.T, axis=1, kind="stable").astype(np.int32)     # [K, T]
     frames = np.full((K, t), -1, np.int32)
     top = np.full((K, t), np.inf, np.float32)
     for k in range(K):
-        ok = [f for f in ranking[k] if np.isfinite(s[f, k])][:t]
-        frames[k, :len(ok)] = ok
-        top[k, :len(ok)] = s[ok, k]
+        pick = ranking[k][ok[ranking[k], k]][:t]
+        frames[k, :len(pick)] = pick
+        top[k, :len(pick)] = s[pick, k]
     return frames, top, ranking

@@ -145,12 +145,15 @@ def test_every_inference_stage_is_in_the_demo_pipeline():
     nested = yaml.safe_load(render("davis2016"))
     # the demo's generator only in the demo; DAVIS has IMAS; the OCLR adaptation (a switched stage: only where
     # its key is set) is the second round's first step, in the second round's pipeline; so is the IMAS
-    # self-training, which takes train_imas's place there
-    assert steps(nested) == set(ORDER) - {"demo_data", "adapt_oclr", "imas_self_train"}
+    # self-training, which takes train_imas's place there, and the exemplar round's reselection (exemplars's)
+    assert steps(nested) == set(ORDER) - {"demo_data", "adapt_oclr", "imas_self_train", "reselect"}
     assert "adapt_oclr" not in steps(demo)
     st = _stages(yaml.safe_load(render("davis2016_st")))
-    assert steps({"stages": st}) == {"imas_self_train", "imas", "fuse", "crf", "foreground", "metrics", "quality", "export"}
+    assert steps({"stages": st}) == {"reselect", "corrector", "adapt_corrector", "adapted", "propagate",
+                                     "imas_self_train", "imas", "fuse", "crf", "foreground", "metrics", "quality",
+                                     "export"}
     assert "data/davis2016_st/imas_train/imas.pt" in st["imas"]["deps"]
+    assert "data/davis2016/propagate" in st["reselect"]["deps"] and "data/davis2016_st/exemplars" in st["corrector"]["deps"]
     r2 = _stages(yaml.safe_load(render("davis2016_r2")))
     assert "data/davis2016/crf" in r2["adapt_oclr"]["deps"] and "data/davis2016/flow" in r2["adapt_oclr"]["deps"]
     assert "data/davis2016_r2/adapt_oclr/oclr_adapted.pt" in r2["proposals"]["deps"]

@@ -36,10 +36,14 @@ def _video() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_within_video_ranks_exact_ties_and_non_finite():
-    r = within_video_ranks(np.array([[3.0, 1.0], [1.0, 1.0], [2.0, np.nan], [np.inf, -np.inf]]))
-    np.testing.assert_allclose(r[:, 0], [2 / 3, 0, 1 / 3, 1])
-    np.testing.assert_allclose(r[:, 1], [5 / 6, 5 / 6, 1 / 6, 1 / 6])     # ties share; nan and -inf lowest
-    assert within_video_ranks(np.array([[5.0, 2.0]])).tolist() == [[0.0, 0.0]]
+    x = np.array([[3.0, 1.0], [1.0, 1.0], [2.0, np.nan], [np.inf, -np.inf]])
+    r = within_video_ranks(x)
+    np.testing.assert_array_equal(r[:, 0], [3, 1, 2, 4])
+    np.testing.assert_array_equal(r[:, 1], [3.5, 3.5, 1.5, 1.5])          # ties share; nan and -inf lowest
+    r = within_video_ranks(x, eligible=np.array([[1, 0], [1, 0], [1, 0], [0, 0]], bool))
+    np.testing.assert_array_equal(r[:3, 0], [3, 1, 2])                    # ranked among the eligible frames only
+    assert np.isnan(r[3, 0]) and np.isnan(r[:, 1]).all()
+    assert within_video_ranks(np.array([[5.0, 2.0]])).tolist() == [[1.0, 1.0]]
     with pytest.raises(ValueError, match=r"\[T, K\]"):
         within_video_ranks(np.zeros(3))
 
@@ -66,13 +70,15 @@ def test_slot_cues_exact_on_a_hand_made_video():
 def test_the_rank_mean_reorders_the_frames_and_never_picks_an_unscored_one():
     labels, agreement, score = _video()
     conf = combined_confidence(score, slot_cues(labels, agreement, 1), ("selector", "propagation"))
-    np.testing.assert_allclose(conf[:, 0], [(1 + 1 / 3) / 2, (2 / 3 + 1) / 2, (1 / 3 + 2 / 3) / 2, 0.0])
+    # among frames 0-2 (frame 3 has no finite score): selector ranks 3 2 1, propagation 1 3 2 -> means 2 2.5 1.5
+    np.testing.assert_allclose(conf[:3, 0], [0.5, 0.75, 0.25])
+    assert np.isnan(conf[3, 0])
     frames, top, ranking = rank_by_confidence(score, conf, t=2)
     assert frames.tolist() == [[1, 0]] and ranking.tolist() == [[1, 0, 2, 3]]
     np.testing.assert_allclose(top, [[0.2, 0.1]])                       # the selector's scores of the frames chosen
-    # frame 3 tops the confidence but has no finite selector score: padding, never an exemplar
-    frames, top, _ = rank_by_confidence(score, np.array([[0.0], [0.5], [0.2], [9.0]]), t=4)
-    assert frames.tolist() == [[1, 2, 0, -1]] and np.isinf(top[0, 3])
+    # frame 3 tops the confidence but has no finite selector score: last, padding, never an exemplar
+    frames, top, ranking = rank_by_confidence(score, np.array([[0.0], [0.5], [0.2], [9.0]]), t=4)
+    assert frames.tolist() == [[1, 2, 0, -1]] and ranking.tolist() == [[1, 2, 0, 3]] and np.isinf(top[0, 3])
     # the selector alone is the first round's choice
     sel = combined_confidence(score, {}, ("selector",))
     for a, b in zip(rank_by_confidence(score, sel, 3), rank_exemplars(score, 3)):
@@ -81,6 +87,30 @@ def test_the_rank_mean_reorders_the_frames_and_never_picks_an_unscored_one():
         combined_confidence(score, slot_cues(labels, None, 1), ("selector", "propagation"))
     with pytest.raises(ValueError, match="t .* must be >= 1"):
         rank_by_confidence(score, conf, 0)
+
+
+def test_slots_are_ranked_apart_and_equal_rank_sums_tie_exactly():
+    """Two slots: each column is ranked on its own (a slot's scores never move another's choice); frames whose
+    rank sums are equal get the same confidence, so they go by frame index (no float noise decides); a nan
+    selector score is no exemplar, like +inf."""
+    T = 91
+    rng = np.random.default_rng(0)
+    score = rng.random((T, 2))
+    prop = rng.random((T, 2))
+    score[5, 1], score[6, 1] = np.nan, np.inf
+    conf = combined_confidence(score, {"propagation": prop}, ("selector", "propagation"))
+    one = combined_confidence(score[:, :1], {"propagation": prop[:, :1]}, ("selector", "propagation"))
+    np.testing.assert_array_equal(conf[:, 0], one[:, 0])
+    assert np.isnan(conf[[5, 6], 1]).all() and np.isfinite(conf[:, 0]).all()
+    ranks = within_video_ranks(-score) + within_video_ranks(prop)
+    sums = ranks[:, 0]
+    for i in range(T):
+        for j in range(i + 1, T):
+            assert (conf[i, 0] == conf[j, 0]) == (sums[i] == sums[j])
+            assert (conf[i, 0] > conf[j, 0]) == (sums[i] > sums[j])
+    frames, _, ranking = rank_by_confidence(score, conf, t=10)
+    assert not {5, 6} & set(frames[1].tolist()) and ranking[1, -2:].tolist() == [5, 6]
+    np.testing.assert_array_equal(frames, ranking[:, :10])
 
 
 @pytest.mark.parametrize("cues, match", [([], "non-empty"), ("selector", "non-empty"), (["selector", "area"], "'area'"),
@@ -128,7 +158,8 @@ def test_the_stage_writes_an_exemplars_store_from_the_source_stores(project):
     ex = open_artifact(out, stage="exemplars")
     assert ex["frames"][...].tolist() == [[1]] and ex.attrs["changed"] == [1]
     np.testing.assert_allclose(ex["scores"][...], [[0.2]])
-    for bad, match in (({"cues": ["selector", "area"]}, "'area'"), ({"agreement": "../tiny/crf"}, "propagate")):
+    for bad, match in (({"cues": ["selector", "area"]}, "'area'"),
+                       ({"agreement": "../tiny/crf"}, "set reselect.agreement: ../tiny/propagate")):
         with pytest.raises(InputError, match=match):
             STAGE.run(None, Ctx("tinyx", {**p, "reselect": {**p["reselect"], **bad}}, project), "v", out)
     assert open_artifact(out, stage="exemplars")["frames"][...].tolist() == [[1]]      # nothing lost
@@ -151,6 +182,18 @@ def test_an_exemplar_round_reruns_the_exemplars_and_below(project):
     assert {"data/tiny/selector", "data/tiny/proposals", "data/tiny/propagate"} <= set(stages["reselect"]["deps"])
     assert stages["reselect"]["outs"] == [{"data/tinyx/exemplars": {"persist": True}}]
     assert "data/tinyx/exemplars" in stages["corrector"]["deps"]
-    for agreement in ("propagate", "../tinyx/propagate", "../tiny/nothing"):
+    # refused when the graph is built: not the source's, not a mask store with the proposals' slots, unknown cues
+    for agreement in ("propagate", "../tinyx/propagate", "../tiny/nothing", "../tiny/crf", "../tiny/frames"):
         with pytest.raises(ValueError, match="set reselect.agreement: ../tiny/propagate"):
             used_stages({**px, "reselect": {**px["reselect"], "agreement": agreement}}, "tinyx", project)
+    with pytest.raises(ValueError, match="'area' is not one of"):
+        used_stages({**px, "reselect": {**px["reselect"], "cues": ["area"]}}, "tinyx", project)
+    with pytest.raises(ValueError, match="reselect.agreement"):                # a round must switch an entry on
+        reused_stages({**px, "reselect": {**px["reselect"], "agreement": None}}, "tinyx", project)
+    # with the IMAS self-training entry too (as datasets/davis2016_st): both roots rerun, the selector is reused
+    both = _round(project)
+    both["imas_self_train"] = {**both["imas_self_train"], "targets": "../tiny/crf", "init": "data/tiny/imas_train/last.pt"}
+    both["fuse"] = {**both["fuse"], "sources": ["corrector", "imas"]}
+    names = used_stages(both, "tinyx", project)
+    assert {"reselect", "imas_self_train", "corrector", "imas", "crf"} <= set(names)
+    assert not {"exemplars", "train_imas"} & set(names)

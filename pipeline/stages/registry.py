@@ -208,6 +208,9 @@ def check_round_entry(params: dict, dataset: str, entry: str = "adapt_oclr") -> 
         need = f"../{src}/{learns}" if src else f"../<source>/{learns}, with dataset.reuse: <source>"
         raise ValueError(f"dataset {dataset!r}: {key} is {v!r}; {entry} starts a second round "
                          f"and learns from the first round's masks: set {key}: {need}")
+    extra = getattr(importlib.import_module(stage_module(entry)), "check_entry", None)
+    if extra is not None:                           # the entry's own rules (reselect: which stores, which cues)
+        extra(params, dataset)
     if entry == "imas_self_train":                  # it continues the source's IMAS, no other
         init, want = get_key(params, "imas_self_train.init"), f"data/{src}/imas_train/last.pt"
         if init != want:

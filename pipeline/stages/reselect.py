@@ -17,15 +17,26 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import InputError
-from pipeline.core.stage import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage, get_key
 from pipeline.core.store import ArtifactError, ArtifactWriter, FrameReader, open_artifact
 from pipeline.exemplars.scoring import rank_exemplars
-from pipeline.reselect import check_cues, combined_confidence, rank_by_confidence, slot_cues
+from pipeline.reselect import AGREEMENT, check_cues, combined_confidence, rank_by_confidence, slot_cues
 from pipeline.stages.registry import check_round_entry
 
 NAME = "reselect"
-#: the first round's mask stores with the proposals' slots (label k + 1 = slot k)
-AGREEMENT = ("propagate", "corrector", "adapted")
+
+
+def check_entry(params: dict, dataset: str) -> None:
+    """What :func:`~pipeline.stages.registry.check_round_entry` checks of this entry beyond every entry's rule,
+    when the graph is built: the agreement is one of the source's :data:`~pipeline.reselect.AGREEMENT` stores and
+    the cues are known (``ValueError`` naming the key)."""
+    rp = get_key(params, NAME)
+    src = str(rp["agreement"])
+    if src.rsplit("/", 1)[-1] not in AGREEMENT:
+        want = "/".join(src.split("/")[:2] + ["propagate"])
+        raise ValueError(f"dataset {dataset!r}: reselect.agreement is {src!r}, not one of the source's "
+                         f"{' | '.join(AGREEMENT)} stores: set reselect.agreement: {want}")
+    check_cues(rp["cues"])
 
 
 def _labels(path: Path, stage: str):
@@ -36,18 +47,14 @@ def _labels(path: Path, stage: str):
 
 
 def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
-    check_round_entry(ctx.params, ctx.dataset, NAME)
+    try:
+        check_round_entry(ctx.params, ctx.dataset, NAME)
+    except ValueError as e:
+        raise InputError(f"params.yaml: {e}") from None
     rp, t = ctx.section(NAME), int(ctx.section("corrector")["t"])
     if t < 1:
         raise InputError(f"params.yaml: corrector.t must be >= 1, got {t}")
-    src = str(rp["agreement"])
-    if src.rsplit("/", 1)[-1] not in AGREEMENT:
-        raise InputError(f"params.yaml: reselect.agreement: {src!r} is not the source's "
-                         f"{' | '.join(AGREEMENT)} (../<source>/propagate)")
-    try:
-        cues = check_cues(rp["cues"])
-    except ValueError as e:
-        raise InputError(f"params.yaml: {e}") from None
+    src, cues = str(rp["agreement"]), check_cues(rp["cues"])
     sel = open_artifact(ctx.store("selector", seq), stage="selector")
     score = np.asarray(sel.require("score", dtype="float32", ndim=2)[...], np.float64)
     T, K = score.shape
