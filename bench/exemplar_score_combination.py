@@ -7,8 +7,8 @@ slot's proposal mask in a frame, and their combinations:
 * ``selector``: minus the selector's relative error area (the ``selector`` store's ``score``);
 * ``temporal``: temporal consistency (mean IoU with the neighbouring frames' masks of the slot);
 * ``propagation``: IoU of the proposal with MAMP's propagation of the slot (the ``propagate`` store's labels);
-* ``a+b``: the mean of the named confidences' within-video ranks (0 = worst frame, 1 = best), so no scale
-  dominates.
+* ``a+b``: the mean of the named confidences' within-video ranks among the frames with a finite selector score
+  (:func:`pipeline.reselect.combined_confidence`, the rule of the ``reselect`` stage), so no scale dominates.
 
 Beside each AP: the mean ground-truth IoU of the ``corrector.t`` frames each confidence ranks first (among the
 frames the selector may pick), i.e. of the exemplars it would choose.
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,14 +36,9 @@ from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import open_artifact, write_json_atomic  # noqa: E402
 from pipeline.exemplars.evaluate import gt_objects  # noqa: E402
 from pipeline.exemplars.scoring import best_slot, frame_ious, match_objects, selection_ap, temporal_consistency  # noqa: E402
+from pipeline.reselect import combined_confidence  # noqa: E402
 
 CUES = ("selector", "temporal", "propagation")
-
-
-def ranks(x: np.ndarray) -> np.ndarray:
-    """Within-video ranks in [0, 1] (ties averaged; -inf/nan lowest)."""
-    x = np.nan_to_num(np.asarray(x, np.float64), nan=-1e30, posinf=1e30, neginf=-1e30)
-    return (rankdata(x) - 1) / max(len(x) - 1, 1)
 
 
 def main() -> None:
@@ -79,9 +73,9 @@ def main() -> None:
             m = labels == k + 1
             cue = {"selector": -score[:, k], "temporal": temporal_consistency(m),
                    "propagation": frame_ious(m, prop == k + 1)}
-            rk = {c: ranks(x) for c, x in cue.items()}
+            others = {c: x[:, None] for c, x in cue.items() if c != "selector"}
             for v in variants:
-                conf = cue[v[0]] if len(v) == 1 else np.mean([rk[c] for c in v], axis=0)
+                conf = cue[v[0]] if len(v) == 1 else combined_confidence(score[:, k:k + 1], others, v)[:, 0]
                 r = selection_ap(iou, conf, n)
                 if r is not None:
                     aps["+".join(v)].append(r)
