@@ -27,7 +27,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from pipeline.core.draw import resize_labels
-from pipeline.exemplars.scoring import frame_ious
+from pipeline.exemplars.scoring import frame_ious, rank_exemplars
 
 __all__ = ["CUES", "AGREEMENT", "check_cues", "within_video_ranks", "slot_cues", "combined_confidence",
            "rank_by_confidence"]
@@ -139,16 +139,10 @@ def rank_by_confidence(score: np.ndarray, confidence: np.ndarray, t: int) -> tup
     c = np.asarray(confidence, np.float64)
     if s.ndim != 2 or c.shape != s.shape:
         raise ValueError(f"score {s.shape} and confidence {c.shape} must be the same [T, K]")
-    if t < 1:
-        raise ValueError(f"t (exemplars per object) must be >= 1, got {t}")
-    T, K = s.shape
     ok = np.isfinite(s) & ~np.isnan(c)
-    key = np.where(ok, -np.where(ok, c, 0.0), np.inf)                   # frames that may not be exemplars last
-    ranking = np.argsort(key.T, axis=1, kind="stable").astype(np.int32)     # [K, T]
-    frames = np.full((K, t), -1, np.int32)
-    top = np.full((K, t), np.inf, np.float32)
-    for k in range(K):
-        pick = ranking[k][ok[ranking[k], k]][:t]
-        frames[k, :len(pick)] = pick
-        top[k, :len(pick)] = s[pick, k]
+    big = np.finfo(np.float64).max                    # rank_exemplars keeps finite keys only: +-inf confidences too
+    key = np.where(ok, np.nan_to_num(-c, posinf=big, neginf=-big), np.inf)   # lower first; the others last
+    frames, _, ranking = rank_exemplars(key, t)
+    picked = np.maximum(frames, 0)
+    top = np.where(frames >= 0, s.T[np.arange(s.shape[1])[:, None], picked], np.inf).astype(np.float32)
     return frames, top, ranking

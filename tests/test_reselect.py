@@ -13,14 +13,7 @@ from pipeline.core.store import ArtifactWriter, open_artifact
 from pipeline.exemplars.scoring import rank_exemplars
 from pipeline.reselect import check_cues, combined_confidence, rank_by_confidence, slot_cues, within_video_ranks
 
-from test_stages_runner import _make_project
-
-
-@pytest.fixture()
-def project(tmp_path, monkeypatch):
-    root = _make_project(tmp_path)
-    monkeypatch.setenv("MOTIONSEG_ROOT", str(root))
-    return root
+from test_stages_runner import project  # noqa: F401  (the tiny-project fixture)
 
 
 def _video() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,7 +114,7 @@ def test_bad_cues_are_named(cues, match):
     assert check_cues(["temporal", "selector"]) == ("temporal", "selector")
 
 
-def _round(project, agreement="../tiny/propagate", cues=("selector", "propagation")):
+def _round(project, agreement="../tiny/propagate", cues=("selector", "propagation")):  # noqa: F811
     src = yaml.safe_load((project / "datasets" / "tiny" / "dataset.yaml").read_text())
     doc = {**src, "dataset": {**src["dataset"], "name": "tinyx", "reuse": "tiny"},
            "reselect": {"agreement": agreement, "cues": list(cues)}}
@@ -136,7 +129,7 @@ def _store(path, stage, name, arr, dims):
         wr.attrs.update({"sequence": path.stem})
 
 
-def test_the_stage_writes_an_exemplars_store_from_the_source_stores(project):
+def test_the_stage_writes_an_exemplars_store_from_the_source_stores(project):  # noqa: F811
     from pipeline.stages.reselect import STAGE
 
     labels, agreement, score = _video()
@@ -165,7 +158,7 @@ def test_the_stage_writes_an_exemplars_store_from_the_source_stores(project):
     assert open_artifact(out, stage="exemplars")["frames"][...].tolist() == [[1]]      # nothing lost
 
 
-def test_an_exemplar_round_reruns_the_exemplars_and_below(project):
+def test_an_exemplar_round_reruns_the_exemplars_and_below(project):  # noqa: F811
     """``reselect.agreement``: a second round whose root is the exemplars stage; the selector and the proposals
     are the source's, the corrector, adaptation, propagation, fusion and CRF the round's own."""
     from pipeline.stages.dvcgen import render

@@ -40,9 +40,7 @@ def check_entry(params: dict, dataset: str) -> None:
 
 
 def _labels(path: Path, stage: str):
-    art = open_artifact(path, stage=stage)
-    if "labels" not in art:
-        raise ArtifactError(f"{art.path}: no 'labels' array ({stage!r} cannot be read by the reselect stage)")
+    art = open_artifact(path, stage=stage)              # a missing array is an ArtifactError naming store and array
     return art, FrameReader(art.require("labels", dtype="uint8", ndim=3))
 
 
