@@ -1,8 +1,9 @@
 """Which form of motion-semantic alignment follows J over videos? A probe of the semantic response's
 rule (a fixed cosine threshold, as the paper and ``quality`` today, or the nearest of the mask's and
 the background's mean tokens) and of the paper's size rule (a response wider than ``max_width`` or
-taller than ``max_height`` of the frame scores 0: always, never, or only when the response reaches
-that far beyond the mask itself). Per variant and method: Spearman over sequences between a
+taller than ``max_height`` of the frame scores 0: ``paper`` always, ``none`` never, ``beyond`` only when
+the mask itself stays within that limit in the same direction, so a large object's own mask is not
+zeroed). Frames whose masks hold no object score 0, as in the quality report. Per variant and method: Spearman over sequences between a
 sequence's mean alignment and its J. The synthetic validation split chooses; DAVIS is reported.
 
     python bench/alignment_variants.py synthval_st --methods crf fuse imas --out results/synthval_st/alignment_variants.json
@@ -31,17 +32,20 @@ from pipeline.core.store import open_artifact  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 RULES = ("paper", "none", "beyond")
+#: every variant's name: response rule / size rule
+VARIANTS = tuple(f"{r}/{rule}" for r in (*(f"thr{th}" for th in THRESHOLDS), "proto") for rule in RULES)
 
 
 class _Resized:
-    """``frames[a:b]`` resized to ``size`` (H, W) one batch at a time (None: as stored)."""
+    """The frames ``index`` of ``frames``, sliced like an array (``[a:b]``) and resized to ``size`` (H, W)
+    one batch at a time (None: as stored)."""
 
-    def __init__(self, frames, size):
-        self.frames, self.size = frames, size
-        self.shape = (frames.shape[0], *(size or frames.shape[1:3]), 3)
+    def __init__(self, frames, size, index: list[int]):
+        self.frames, self.size, self.index = frames, size, index
+        self.shape = (len(index), *(size or frames.shape[1:3]), 3)
 
     def __getitem__(self, sl):
-        x = np.asarray(self.frames[sl])
+        x = np.stack([np.asarray(self.frames[i]) for i in self.index[sl]])
         if not self.size:
             return x
         return np.stack([cv2.resize(f, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA) for f in x])
@@ -55,7 +59,7 @@ def _extent(a: np.ndarray) -> float:
 def object_scores(t: np.ndarray, m: np.ndarray, max_w: float, max_h: float) -> dict[str, float]:
     """Every variant's alignment of one mask ``m`` [H, W] on unit tokens ``t`` [C, h, w]."""
     H, W = m.shape
-    C, h, w = t.shape
+    _, h, w = t.shape
     grid = cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
     if grid.sum() <= 1e-6:
         return {}
@@ -85,18 +89,20 @@ def object_scores(t: np.ndarray, m: np.ndarray, max_w: float, max_h: float) -> d
     return out
 
 
-def sequence_scores(tokens, labels, max_w: float, max_h: float, stride: int) -> dict[str, float]:
-    per_frame: dict[str, list[float]] = {}
-    for i in range(0, labels.shape[0], stride):
+def sequence_scores(tokens, labels, max_w: float, max_h: float, frames: list[int]) -> dict[str, float]:
+    """Mean over ``frames`` (indices into ``labels``; ``tokens`` holds those frames in that order) of
+    each frame's mean over its objects, per variant; a frame without objects scores 0."""
+    if len(tokens) != len(frames):
+        raise ValueError(f"{len(tokens)} token frames for {len(frames)} mask frames")
+    per_frame: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    for j, i in enumerate(frames):
         lab = np.asarray(labels[i])
-        tok = np.asarray(tokens[i], np.float32)
+        tok = np.asarray(tokens[j], np.float32)
         tok = tok / np.maximum(np.linalg.norm(tok, axis=0, keepdims=True), 1e-6)
         ids = [int(v) for v in np.unique(lab) if v not in (0, 255)]
-        objs = [object_scores(tok, lab == k, max_w, max_h) for k in ids]
-        objs = [o for o in objs if o]
-        keys = objs[0].keys() if objs else per_frame.keys()
-        for k in keys:
-            per_frame.setdefault(k, []).append(float(np.mean([o[k] for o in objs])) if objs else 0.0)
+        objs = [o for o in (object_scores(tok, lab == k, max_w, max_h) for k in ids) if o]
+        for k in VARIANTS:
+            per_frame[k].append(float(np.mean([o[k] for o in objs])) if objs else 0.0)
     return {k: float(np.mean(v)) for k, v in per_frame.items()}
 
 
@@ -125,22 +131,26 @@ def main() -> None:
     seqs = sorted(set.intersection(*(set(v) for v in J.values())))
     scores = {m: {} for m in a.methods}
     for s in seqs:
+        fr = open_artifact(data / "frames" / f"{s}.zarr")
+        frames = list(range(0, fr["rgb"].shape[0], a.stride))
         if bb is None:
-            tokens = open_artifact(data / "features" / f"{s}.zarr")["tokens"]
+            store = open_artifact(data / "features" / f"{s}.zarr")["tokens"]
+            if store.shape[0] != fr["rgb"].shape[0]:
+                raise ValueError(f"{s}: {store.shape[0]} feature frames, {fr['rgb'].shape[0]} frames")
+            tokens = [store[i] for i in frames]
         else:
-            fr = open_artifact(data / "frames" / f"{s}.zarr")
-            rgb = _Resized(fr["rgb_full"] if a.size and fr["rgb_full"].shape[1] > fr["rgb"].shape[1] else fr["rgb"],
-                           a.size)
+            big = a.size and "rgb_full" in fr and fr["rgb_full"].shape[1] > fr["rgb"].shape[1]
+            rgb = _Resized(fr["rgb_full"] if big else fr["rgb"], a.size, frames)
             tokens = np.concatenate([tok for _, tok in extract_features(bb, rgb, progress=False)])
         for m in a.methods:
             scores[m][s] = sequence_scores(tokens, open_artifact(data / m / f"{s}.zarr")["labels"],
-                                           float(q["max_width"]), float(q["max_height"]), a.stride)
+                                           float(q["max_width"]), float(q["max_height"]), frames)
         print(s, {m: round(scores[m][s].get("thr0.7/paper", 0.0), 3) for m in a.methods}, flush=True)
-    variants = sorted({k for m in a.methods for d in scores[m].values() for k in d})
     table = {}
-    for v in variants:
-        row = {m: rho([scores[m][s].get(v, 0.0) for s in seqs], [J[m][s] for s in seqs]) for m in a.methods}
-        row["mean"] = round(float(np.mean([x for x in row.values() if x is not None])), 3)
+    for v in VARIANTS:
+        row = {m: rho([scores[m][s][v] for s in seqs], [J[m][s] for s in seqs]) for m in a.methods}
+        defined = [x for x in row.values() if x is not None]
+        row["mean"] = round(float(np.mean(defined)), 3) if defined else None
         table[v] = row
         print(v, json.dumps(row), flush=True)
     report = {"dataset": a.dataset, "methods": a.methods, "backbone": a.backbone or "features store",
