@@ -261,7 +261,8 @@ def _exp_run(proj, env, assignment):
 
 @pytest.mark.parametrize("assignment,first,allowed", [
     ("corrector.t=15", "exemplars", ("exemplars", "corrector", "crf", "propagate") + ADAPT_STAGES),
-    ("corrector.window=5", "corrector", ("corrector", "crf") + ADAPT_STAGES),
+    # propagate reads the adapted masks (propagate.references: adapted), so it follows the corrector too
+    ("corrector.window=5", "corrector", ("corrector", "crf", "propagate") + ADAPT_STAGES),
 ])
 def test_corrector_params_rerun_only_what_they_affect(project, assignment, first, allowed):
     proj, env, _ = project
