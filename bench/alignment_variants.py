@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bench.quality_vs_j import per_sequence_j, rho  # noqa: E402
 from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import open_artifact  # noqa: E402
+from pipeline.quality.alignment import _extent, _unit  # noqa: E402  (the quality stage's own helpers)
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 RULES = ("paper", "none", "beyond")
@@ -49,11 +50,6 @@ class _Resized:
         if not self.size:
             return x
         return np.stack([cv2.resize(f, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA) for f in x])
-
-
-def _extent(a: np.ndarray) -> float:
-    idx = np.flatnonzero(a)
-    return 0.0 if idx.size == 0 else (idx[-1] - idx[0] + 1) / a.size
 
 
 def object_scores(t: np.ndarray, m: np.ndarray, max_w: float, max_h: float) -> dict[str, float]:
@@ -97,8 +93,7 @@ def sequence_scores(tokens, labels, max_w: float, max_h: float, frames: list[int
     per_frame: dict[str, list[float]] = {k: [] for k in VARIANTS}
     for j, i in enumerate(frames):
         lab = np.asarray(labels[i])
-        tok = np.asarray(tokens[j], np.float32)
-        tok = tok / np.maximum(np.linalg.norm(tok, axis=0, keepdims=True), 1e-6)
+        tok = _unit(tokens[j])
         ids = [int(v) for v in np.unique(lab) if v not in (0, 255)]
         objs = [o for o in (object_scores(tok, lab == k, max_w, max_h) for k in ids) if o]
         for k in VARIANTS:
