@@ -28,6 +28,60 @@ from pipeline.stages.runner import run as run_stage
 #: the stage whose masks are the pipeline's answer
 FINAL = "crf"
 MADE_BY = "# made by `motionseg run`"
+#: ``preset`` choices: auto = cpu without a CUDA device, else none; none = params.yaml as it is (the paper's)
+PRESETS = ("auto", "cpu", "none")
+PRESET_DIR = Path(__file__).resolve().parent / "data" / "presets"
+
+
+def resolve_preset(name: str) -> str:
+    """``cpu`` or ``none``: what preset ``name`` means on this machine."""
+    if name not in PRESETS:
+        raise InputError(f"preset {name!r}: use one of {', '.join(PRESETS)}")
+    if name == "auto":
+        import torch
+
+        return "none" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def preset_overrides(name: str) -> dict:
+    """The keys preset ``name`` writes into a registered dataset's dataset.yaml (``{}`` for none)."""
+    name = resolve_preset(name)
+    return {} if name == "none" else yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+
+
+def _leaves(doc: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    out = []
+    for k, v in doc.items():
+        out += _leaves(v, prefix + (k,)) if isinstance(v, dict) else [(prefix + (k,), v)]
+    return out
+
+
+def apply_preset(doc: dict, preset: str) -> dict:
+    """``doc`` (a dataset.yaml) with the preset's keys added where it has none; ``none`` drops every key of
+    the cpu preset that still holds the preset's value (a value the user changed stays)."""
+    want = preset_overrides(preset)
+    if want:
+        for path, v in _leaves(want):
+            cur = doc
+            for k in path[:-1]:
+                cur = cur.setdefault(k, {})
+            cur.setdefault(path[-1], v)
+        return doc
+    for path, v in _leaves(preset_overrides("cpu")):
+        chain = [doc]
+        for k in path[:-1]:
+            nxt = chain[-1].get(k)
+            if not isinstance(nxt, dict):
+                break
+            chain.append(nxt)
+        else:
+            if path[-1] in chain[-1] and chain[-1][path[-1]] == v:
+                del chain[-1][path[-1]]
+                for i in range(len(chain) - 1, 0, -1):     # sections left empty go too
+                    if not chain[i]:
+                        del chain[i - 1][path[i - 1]]
+    return doc
 
 
 def _name(path: Path) -> str:
@@ -44,12 +98,15 @@ def _link(src: Path, dst: Path) -> None:
     os.symlink(src.resolve(), dst)
 
 
-def register(path: str | os.PathLike, name: str | None = None, root: Path | None = None) -> str:
-    """Make ``path`` (a video file, a folder of videos or a folder of frames) a dataset here."""
+def register(path: str | os.PathLike, name: str | None = None, root: Path | None = None,
+             preset: str = "auto") -> str:
+    """Make ``path`` (a video file, a folder of videos or a folder of frames) a dataset here, with the keys of
+    ``preset`` (:data:`PRESETS`) among its overrides."""
     root = root or project_root()
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    resolve_preset(preset)
     name = name or _name(path)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise InputError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
@@ -84,8 +141,10 @@ def register(path: str | os.PathLike, name: str | None = None, root: Path | None
             raise InputError(f"{path}: holds neither videos ({', '.join(VIDEO_EXTS)}) nor frames "
                              f"({', '.join(IMAGE_EXTS)})")
     doc = yaml.safe_load(f.read_text()) if f.exists() else {}
-    doc["dataset"] = {"name": name, "root": f"data/{name}/input", "layout": layout, "resolution": "480p",
-                      "sparse_gt": True, "protocol": "multi"}
+    doc = apply_preset(doc or {}, preset)
+    doc.pop("dataset", None)
+    doc = {"dataset": {"name": name, "root": f"data/{name}/input", "layout": layout, "resolution": "480p",
+                       "sparse_gt": True, "protocol": "multi"}, **doc}
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(MADE_BY + "; add overrides of params.yaml keys below\n" + yaml.safe_dump(doc, sort_keys=False))
     return name
@@ -119,13 +178,14 @@ def run_needed(name: str, root: Path) -> tuple[Ctx, dict]:
 
 
 def run(path: str | os.PathLike, out: str | os.PathLike | None = None, name: str | None = None,
-        root: Path | None = None, video: bool = True, log=print) -> dict:
-    """Segment the moving objects of ``path``; write masks, overlays and a report to ``out``."""
+        root: Path | None = None, video: bool = True, log=print, preset: str = "auto") -> dict:
+    """Segment the moving objects of ``path``; write masks, overlays and a report to ``out``. ``preset``:
+    see :func:`register`."""
     from pipeline.export import export_sequence
 
     root = root or project_root()
     t0 = time.perf_counter()
-    name = register(path, name, root)
+    name = register(path, name, root, preset=preset)
     ctx, timings = run_needed(name, root)
     params = ctx.params
     out = Path(out) if out else root / "results" / name
@@ -143,12 +203,14 @@ def run(path: str | os.PathLike, out: str | os.PathLike | None = None, name: str
                      "objects": len([a for a in areas if a > 0]), "mean_area": [round(a, 4) for a in areas]})
     wall = time.perf_counter() - t0
     report = {"input": str(path), "dataset": name, "final_stage": FINAL,
-              "backbone": params["features"]["backbone"], "flow": params["flow"]["method"],
+              "preset": resolve_preset(preset), "backbone": params["features"]["backbone"],
+              "flow": params["flow"]["method"], "flow_size": params["flow"]["infer_size"] or "original",
               "sequences": rows, "stages": timings, "wall_s": round(wall, 1)}
     write_json_atomic(out / "report.json", report)
     lines = [f"# motionseg run: {path}", "",
-             f"{len(rows)} sequence(s), final masks from stage `{FINAL}` (flow {report['flow']}, appearance backbone "
-             f"{report['backbone']}), {wall:.0f} s.", "",
+             f"{len(rows)} sequence(s), final masks from stage `{FINAL}` (flow {report['flow']} at "
+             f"{report['flow_size']}, appearance backbone {report['backbone']}, preset {report['preset']}), "
+             f"{wall:.0f} s.", "",
              "| sequence | frames | size | objects | mean area per object |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['sequence']} | {r['frames']} | {r['size'][1]}x{r['size'][0]} | {r['objects']} | "
@@ -164,10 +226,11 @@ def run(path: str | os.PathLike, out: str | os.PathLike | None = None, name: str
     return {**report, "out": str(out)}
 
 
-def segment(frames: Any, name: str = "segment", root: Path | None = None) -> np.ndarray:
+def segment(frames: Any, name: str = "segment", root: Path | None = None, preset: str = "auto") -> np.ndarray:
     """Label maps ``[T, H, W]`` uint8 (0 = background, k = object k) of one video.
 
-    ``frames``: a video file, a folder of frames, or an array ``[T, H, W, 3]`` uint8 RGB.
+    ``frames``: a video file, a folder of frames, or an array ``[T, H, W, 3]`` uint8 RGB. ``preset``: see
+    :func:`register`.
     """
     import cv2
 
@@ -188,7 +251,7 @@ def segment(frames: Any, name: str = "segment", root: Path | None = None) -> np.
         for p in path.glob("*.png"):
             if int(p.stem) >= len(arr):
                 p.unlink()
-    ds = register(path, f"run-{name}" if not isinstance(frames, (str, os.PathLike)) else None, root)
+    ds = register(path, f"run-{name}" if not isinstance(frames, (str, os.PathLike)) else None, root, preset=preset)
     ctx, _ = run_needed(ds, root)
     stores = sorted((ctx.data / FINAL).glob("*.zarr"))
     return np.asarray(open_artifact(stores[0], stage=FINAL)["labels"][...])

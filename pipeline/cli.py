@@ -119,13 +119,17 @@ def run_cmd(path: Path = typer.Argument(..., help="A video file, a folder of vid
             out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (default results/run-<name>)."),
             name: Optional[str] = typer.Option(None, help="Dataset name (default run-<file or folder name>)."),
             video: bool = typer.Option(True, help="Also write overlay videos."),
+            preset: str = typer.Option("auto", help="Settings added to the video's dataset.yaml: cpu = CPU-sized "
+                                       "flow, propagation and CRF (pipeline/data/presets/cpu.yaml); none = "
+                                       "params.yaml as it is (the paper's: RAFT-large at full size, for a GPU); "
+                                       "auto = cpu without a CUDA device."),
             ) -> None:
     """Segment the moving objects of your own video: DAVIS-palette masks, overlay video, contact sheet
     and report.md, through the same stages and cache as `dvc repro`."""
     from pipeline.api import run
     from pipeline.core.runtime import report_errors
 
-    code = report_errors(lambda: run(path, out, name=name, video=video, log=typer.echo))
+    code = report_errors(lambda: run(path, out, name=name, video=video, log=typer.echo, preset=preset))
     if code:
         raise typer.Exit(code)
 

@@ -304,7 +304,8 @@ def test_motionseg_run_on_a_video_file_and_again_from_cache(project, tmp_path):
         wr.write(img)
     wr.release()
     out = tmp_path / "out"
-    log = _run([str(BIN / "motionseg"), "run", str(video), "-o", str(out)], proj, env)
+    # --preset none: the project's tiny params.yaml as it is (the cpu preset would bring RAFT in)
+    log = _run([str(BIN / "motionseg"), "run", str(video), "-o", str(out), "--preset", "none"], proj, env)
     assert "sequence(s)" in log
     pngs = sorted((out / "my-clip" / "masks").glob("*.png"))
     assert len(pngs) == 6 and Image.open(pngs[0]).mode == "P" and Image.open(pngs[0]).size == (96, 64)
@@ -313,10 +314,10 @@ def test_motionseg_run_on_a_video_file_and_again_from_cache(project, tmp_path):
     assert report["final_stage"] == "crf" and report["sequences"][0]["frames"] == 6
     assert "| my-clip | 6 |" in (out / "report.md").read_text()
     assert (proj / "datasets" / "run-my-clip" / "dataset.yaml").exists()
-    _run([str(BIN / "motionseg"), "run", str(video), "-o", str(out)], proj, env)
+    _run([str(BIN / "motionseg"), "run", str(video), "-o", str(out), "--preset", "none"], proj, env)
     again = json.loads((out / "report.json").read_text())
     assert all(v["ran"] == 0 for v in again["stages"].values()), again["stages"]
-    code = ("import sys, numpy as np; from pipeline.api import segment; m = segment(sys.argv[1]); "
+    code = ("import sys, numpy as np; from pipeline.api import segment; m = segment(sys.argv[1], preset='none'); "
             "print(m.shape, m.dtype)")
     shown = _run([sys.executable, "-c", code, str(video)], proj, env)
     assert "(6, 64, 96) uint8" in shown

@@ -231,6 +231,35 @@ def test_run_registration_keeps_other_datasets_and_only_this_input(project, tmp_
     assert doc["dataset"]["layout"] == "videos" and doc["dataset"]["root"] == "data/clip/input"
 
 
+def test_run_presets_add_cpu_settings_keep_the_users_and_none_takes_them_back(project, tmp_path):
+    """`motionseg run --preset cpu` writes the CPU-sized keys into the video's dataset.yaml (valid params keys,
+    dataset block first) without overwriting a value the user set; `--preset none` removes the preset's keys
+    that still hold the preset's value, so params.yaml rules again; an unknown preset is an error."""
+    from pipeline.api import MADE_BY, preset_overrides, register
+    from pipeline.core.io import InputError
+
+    a = tmp_path / "a.mp4"
+    a.write_bytes(b"x")
+    f = project / "datasets" / "clip" / "dataset.yaml"
+    register(a, "clip", project, preset="cpu")
+    doc = yaml.safe_load(f.read_text())
+    assert list(doc)[0] == "dataset" and doc["flow"] == preset_overrides("cpu")["flow"]
+    p = load_dataset_params("clip", project)
+    assert p["flow"]["infer_size"] == [128, 224] and p["mamp"]["registration"] is False
+    assert p["crf"]["max_side"] == 427 and p["adapt"]["threads"] == 2
+    doc["flow"]["iters"] = 20                                   # the user's own value
+    f.write_text(MADE_BY + "\n" + yaml.safe_dump(doc))
+    register(a, "clip", project, preset="cpu")
+    assert yaml.safe_load(f.read_text())["flow"]["iters"] == 20
+    register(a, "clip", project, preset="none")
+    doc = yaml.safe_load(f.read_text())
+    assert doc["flow"] == {"iters": 20} and not {"mamp", "crf", "adapt"} & set(doc)
+    base = yaml.safe_load((project / "params.yaml").read_text())
+    assert load_dataset_params("clip", project)["flow"]["infer_size"] == base["flow"]["infer_size"]
+    with pytest.raises(InputError, match="preset 'gpu'"):
+        register(a, "clip", project, preset="gpu")
+
+
 def test_a_different_weights_file_reruns_the_stage_and_null_files_are_no_files(project, monkeypatch, tmp_path):
     """features: the backbone's weight file (found in the weights cache, outside the project) is part of
     the fingerprint; a params key naming a file set to null (mamp.checkpoint for backbone lab) is no file."""

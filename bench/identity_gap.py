@@ -1,0 +1,87 @@
+"""How much of a mask stage's J is lost to object identity: J under the metrics stage's rule (one
+prediction per ground-truth object for the whole video) against J when every frame may match its
+objects afresh (Hungarian matching per frame, so identity switches and an object split between two
+slots over time cost nothing). A large gap means the slots follow the wrong object over time; no gap
+with a low J means the masks themselves are wrong. Reads the stores, writes nothing but ``--out``.
+Multi-object protocol; 255 is void.
+
+    python bench/identity_gap.py demo proposals crf --out results/demo/identity_gap.json
+    python bench/identity_gap.py synthval proposals crf --out results/synthval/identity_gap.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.core.store import open_artifact  # noqa: E402
+from pipeline.metrics.evaluation import evaluate_sequence, resize_labels  # noqa: E402
+
+
+def frame_ious(pred: np.ndarray, gt: np.ndarray, n_gt: int, n_pred: int) -> np.ndarray:
+    """``[n_gt, n_pred]`` IoU of every (ground-truth object, predicted object) pair in one frame; a pair
+    that is empty in both counts 1 (as the DAVIS measure does)."""
+    gt = np.where(gt == 255, 0, gt)
+    joint = np.bincount(gt.ravel().astype(np.int64) * (n_pred + 1) + pred.ravel(),
+                        minlength=(n_gt + 1) * (n_pred + 1)).reshape(n_gt + 1, n_pred + 1)
+    inter = joint[1:, 1:].astype(np.float64)
+    union = joint[1:].sum(1)[:, None] + joint[:, 1:].sum(0)[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def sequence_gap(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> tuple[list[float], list[float]]:
+    """(J per object under the metrics stage's matching, J per object with per-frame matching)."""
+    res = evaluate_sequence(pred, gt, gt_valid=valid, protocol="multi")
+    video = [float(o.stats["J_mean"]) for o in res.objects]
+    n_gt = len(video)
+    pred = np.stack([resize_labels(p, gt.shape[1:]) for p in pred])
+    n_pred = max(int(pred.max(initial=0)), n_gt)
+    per_frame = np.zeros(n_gt)
+    frames = [t for t in range(len(gt)) if valid[t]]
+    for t in frames:
+        iou = frame_ious(pred[t], gt[t], n_gt, n_pred)
+        r, c = linear_sum_assignment(-iou)
+        per_frame[r] += iou[r, c]
+    return video, list(per_frame / max(len(frames), 1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset")
+    ap.add_argument("methods", nargs="+", help="mask stages with `labels`")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    data = ROOT / "data" / a.dataset
+    out = {"dataset": a.dataset, "methods": {}}
+    for m in a.methods:
+        rows, vids, frames = {}, [], []
+        for store in sorted((data / m).glob("*.zarr")):
+            seq = store.name[:-5]
+            fr = open_artifact(data / "frames" / store.name, stage="frames")
+            gt = np.asarray(fr["gt"][...])
+            valid = np.asarray(fr["gt_valid"][...]) if "gt_valid" in fr else np.ones(len(gt), bool)
+            pred = np.asarray(open_artifact(store, stage=m)["labels"][...])
+            v, f = sequence_gap(pred, gt, valid)
+            rows[seq] = {"J_video_matching": [round(x, 4) for x in v], "J_frame_matching": [round(x, 4) for x in f]}
+            vids += v
+            frames += f
+        out["methods"][m] = {"J_video_matching": round(float(np.mean(vids)), 4),
+                             "J_frame_matching": round(float(np.mean(frames)), 4), "objects": len(vids),
+                             "sequences": rows}
+        print(f"{m}: J {np.mean(vids):.4f} (one match per video) vs {np.mean(frames):.4f} (per frame), "
+              f"{len(vids)} objects")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
