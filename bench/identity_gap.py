@@ -7,6 +7,7 @@ Multi-object protocol; 255 is void.
 
     python bench/identity_gap.py demo proposals crf --out results/demo/identity_gap.json
     python bench/identity_gap.py synthval proposals crf --out results/synthval/identity_gap.json
+    python bench/identity_gap.py demo proposals adapted --trace demo-02   # + per-frame IoU of each (slot, object)
 """
 
 from __future__ import annotations
@@ -53,11 +54,26 @@ def sequence_gap(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> tuple[l
     return video, list(per_frame / max(len(frames), 1))
 
 
+def print_trace(method: str, seq: str, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, n_gt: int) -> None:
+    """One line per frame: for each predicted slot, its IoU with each ground-truth object ('-' = empty slot)."""
+    pred = np.stack([resize_labels(p, gt.shape[1:]) for p in pred])
+    n_pred = int(pred.max(initial=0))
+    print(f"{method} {seq}: slot k: IoU with objects 1..{n_gt}")
+    for t in range(len(gt)):
+        if not valid[t]:
+            continue
+        iou = frame_ious(pred[t], gt[t], n_gt, n_pred)
+        cells = [f"slot {k + 1}: " + ("-" if not (pred[t] == k + 1).any() else "/".join(f"{x:.2f}" for x in iou[:, k]))
+                 for k in range(n_pred)]
+        print(f"  {t:3d}  " + "   ".join(cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset")
     ap.add_argument("methods", nargs="+", help="mask stages with `labels`")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--trace", help="a sequence whose per-frame IoU of every (slot, object) pair is printed")
     a = ap.parse_args()
     data = ROOT / "data" / a.dataset
     out = {"dataset": a.dataset, "methods": {}}
@@ -70,6 +86,8 @@ def main() -> None:
             valid = np.asarray(fr["gt_valid"][...]) if "gt_valid" in fr else np.ones(len(gt), bool)
             pred = np.asarray(open_artifact(store, stage=m)["labels"][...])
             v, f = sequence_gap(pred, gt, valid)
+            if seq == a.trace:
+                print_trace(m, seq, pred, gt, valid, len(v))
             rows[seq] = {"J_video_matching": [round(x, 4) for x in v], "J_frame_matching": [round(x, 4) for x in f]}
             vids += v
             frames += f

@@ -28,59 +28,55 @@ from pipeline.stages.runner import run as run_stage
 #: the stage whose masks are the pipeline's answer
 FINAL = "crf"
 MADE_BY = "# made by `motionseg run`"
-#: ``preset`` choices: auto = cpu without a CUDA device, else none; none = params.yaml as it is (the paper's)
+#: ``preset`` choices: cpu = the CPU-sized keys of ``data/presets/cpu.yaml``; none = params.yaml as it is (the
+#: paper's settings); auto = cpu without a CUDA device, and the dataset.yaml left as it is with one
 PRESETS = ("auto", "cpu", "none")
 PRESET_DIR = Path(__file__).resolve().parent / "data" / "presets"
 
 
 def resolve_preset(name: str) -> str:
-    """``cpu`` or ``none``: what preset ``name`` means on this machine."""
+    """What preset ``name`` does on this machine: ``cpu``, ``none`` or ``keep`` (auto with a CUDA device)."""
     if name not in PRESETS:
         raise InputError(f"preset {name!r}: use one of {', '.join(PRESETS)}")
     if name == "auto":
         import torch
 
-        return "none" if torch.cuda.is_available() else "cpu"
+        return "keep" if torch.cuda.is_available() else "cpu"
     return name
 
 
-def preset_overrides(name: str) -> dict:
-    """The keys preset ``name`` writes into a registered dataset's dataset.yaml (``{}`` for none)."""
-    name = resolve_preset(name)
-    return {} if name == "none" else yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+def preset_overrides() -> dict:
+    """The sections of the cpu preset: ``{section: {key: value}}``."""
+    return yaml.safe_load((PRESET_DIR / "cpu.yaml").read_text())
 
 
-def _leaves(doc: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
-    out = []
-    for k, v in doc.items():
-        out += _leaves(v, prefix + (k,)) if isinstance(v, dict) else [(prefix + (k,), v)]
-    return out
-
-
-def apply_preset(doc: dict, preset: str) -> dict:
-    """``doc`` (a dataset.yaml) with the preset's keys added where it has none; ``none`` drops every key of
-    the cpu preset that still holds the preset's value (a value the user changed stays)."""
-    want = preset_overrides(preset)
-    if want:
-        for path, v in _leaves(want):
-            cur = doc
-            for k in path[:-1]:
-                cur = cur.setdefault(k, {})
-            cur.setdefault(path[-1], v)
-        return doc
-    for path, v in _leaves(preset_overrides("cpu")):
-        chain = [doc]
-        for k in path[:-1]:
-            nxt = chain[-1].get(k)
-            if not isinstance(nxt, dict):
-                break
-            chain.append(nxt)
-        else:
-            if path[-1] in chain[-1] and chain[-1][path[-1]] == v:
-                del chain[-1][path[-1]]
-                for i in range(len(chain) - 1, 0, -1):     # sections left empty go too
-                    if not chain[i]:
-                        del chain[i - 1][path[i - 1]]
+def apply_preset(doc: dict, preset: str, where: str = "dataset.yaml") -> dict:
+    """``doc`` (a dataset.yaml's mapping) with ``preset`` applied. cpu: each section of the preset (flow,
+    mamp, ...) is added as a whole unless ``doc`` already sets one of that section's preset keys (then the
+    section is the user's: a ``flow.method: dis`` never gets RAFT's iterations and size); none: every preset
+    key whose value is still the preset's is removed (so params.yaml rules), and sections left empty go;
+    auto with a CUDA device: nothing changes."""
+    action = resolve_preset(preset)
+    if not isinstance(doc, dict):
+        raise InputError(f"{where}: must be a mapping of params keys, got {type(doc).__name__}")
+    want = preset_overrides()
+    for sec in want:
+        if doc.get(sec) is None:
+            doc.pop(sec, None)
+        elif not isinstance(doc[sec], dict):
+            raise InputError(f"{where}: {sec} must be a mapping of keys, got {doc[sec]!r}")
+    if action == "cpu":
+        for sec, keys in want.items():
+            if not set(keys) & set(doc.get(sec, {})):
+                doc.setdefault(sec, {}).update(keys)
+    elif action == "none":
+        for sec, keys in want.items():
+            mine = doc.get(sec, {})
+            for k, v in keys.items():
+                if k in mine and mine[k] == v and type(mine[k]) is type(v):
+                    del mine[k]
+            if sec in doc and not mine:
+                del doc[sec]
     return doc
 
 
@@ -106,13 +102,13 @@ def register(path: str | os.PathLike, name: str | None = None, root: Path | None
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    resolve_preset(preset)
     name = name or _name(path)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise InputError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
     f = dataset_params_path(name, root)
     if f.exists() and not f.read_text().startswith(MADE_BY):
         raise InputError(f"{f}: dataset {name!r} exists and was not made by `motionseg run`; choose another --name")
+    doc = apply_preset((yaml.safe_load(f.read_text()) if f.exists() else None) or {}, preset, where=str(f))
     inp = root / "data" / name / "input"
     if inp.exists():          # this call's input only: links of an earlier call are removed
         for p in sorted(inp.rglob("*"), key=lambda q: len(q.parts), reverse=True):
@@ -140,8 +136,6 @@ def register(path: str | os.PathLike, name: str | None = None, root: Path | None
         else:
             raise InputError(f"{path}: holds neither videos ({', '.join(VIDEO_EXTS)}) nor frames "
                              f"({', '.join(IMAGE_EXTS)})")
-    doc = yaml.safe_load(f.read_text()) if f.exists() else {}
-    doc = apply_preset(doc or {}, preset)
     doc.pop("dataset", None)
     doc = {"dataset": {"name": name, "root": f"data/{name}/input", "layout": layout, "resolution": "480p",
                        "sparse_gt": True, "protocol": "multi"}, **doc}
@@ -203,7 +197,7 @@ def run(path: str | os.PathLike, out: str | os.PathLike | None = None, name: str
                      "objects": len([a for a in areas if a > 0]), "mean_area": [round(a, 4) for a in areas]})
     wall = time.perf_counter() - t0
     report = {"input": str(path), "dataset": name, "final_stage": FINAL,
-              "preset": resolve_preset(preset), "backbone": params["features"]["backbone"],
+              "preset": f"{preset} ({resolve_preset(preset)})", "backbone": params["features"]["backbone"],
               "flow": params["flow"]["method"], "flow_size": params["flow"]["infer_size"] or "original",
               "sequences": rows, "stages": timings, "wall_s": round(wall, 1)}
     write_json_atomic(out / "report.json", report)
@@ -234,6 +228,7 @@ def segment(frames: Any, name: str = "segment", root: Path | None = None, preset
     """
     import cv2
 
+    resolve_preset(preset)                     # a bad preset fails before any frame is written
     root = root or project_root()
     if isinstance(frames, (str, os.PathLike)):
         path = Path(frames)

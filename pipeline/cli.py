@@ -119,10 +119,11 @@ def run_cmd(path: Path = typer.Argument(..., help="A video file, a folder of vid
             out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (default results/run-<name>)."),
             name: Optional[str] = typer.Option(None, help="Dataset name (default run-<file or folder name>)."),
             video: bool = typer.Option(True, help="Also write overlay videos."),
-            preset: str = typer.Option("auto", help="Settings added to the video's dataset.yaml: cpu = CPU-sized "
-                                       "flow, propagation and CRF (pipeline/data/presets/cpu.yaml); none = "
-                                       "params.yaml as it is (the paper's: RAFT-large at full size, for a GPU); "
-                                       "auto = cpu without a CUDA device."),
+            preset: str = typer.Option("auto", help="auto | cpu | none. cpu: CPU-sized flow, propagation, CRF and "
+                                       "adaptation threads written into the video's dataset.yaml "
+                                       "(pipeline/data/presets/cpu.yaml; sections you set stay yours); none: "
+                                       "those keys taken out again, params.yaml as it is (the paper's settings, "
+                                       "for a GPU); auto: cpu without a CUDA device, the file untouched with one."),
             ) -> None:
     """Segment the moving objects of your own video: DAVIS-palette masks, overlay video, contact sheet
     and report.md, through the same stages and cache as `dvc repro`."""

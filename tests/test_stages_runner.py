@@ -231,10 +231,14 @@ def test_run_registration_keeps_other_datasets_and_only_this_input(project, tmp_
     assert doc["dataset"]["layout"] == "videos" and doc["dataset"]["root"] == "data/clip/input"
 
 
-def test_run_presets_add_cpu_settings_keep_the_users_and_none_takes_them_back(project, tmp_path):
-    """`motionseg run --preset cpu` writes the CPU-sized keys into the video's dataset.yaml (valid params keys,
-    dataset block first) without overwriting a value the user set; `--preset none` removes the preset's keys
-    that still hold the preset's value, so params.yaml rules again; an unknown preset is an error."""
+def test_run_presets_add_cpu_settings_keep_the_users_and_none_takes_them_back(project, tmp_path, monkeypatch):
+    """`motionseg run --preset cpu` writes the CPU-sized sections into the video's dataset.yaml (valid params
+    keys, dataset block first), never into a section where the user set one of the preset's keys; `--preset
+    none` removes the preset's keys that still hold the preset's value, so params.yaml rules again; `auto` is
+    cpu without CUDA and leaves the file alone with it; a bad preset or a malformed section is a one-line
+    error before anything is written."""
+    import torch
+
     from pipeline.api import MADE_BY, preset_overrides, register
     from pipeline.core.io import InputError
 
@@ -243,21 +247,43 @@ def test_run_presets_add_cpu_settings_keep_the_users_and_none_takes_them_back(pr
     f = project / "datasets" / "clip" / "dataset.yaml"
     register(a, "clip", project, preset="cpu")
     doc = yaml.safe_load(f.read_text())
-    assert list(doc)[0] == "dataset" and doc["flow"] == preset_overrides("cpu")["flow"]
+    assert list(doc)[0] == "dataset" and doc["flow"] == preset_overrides()["flow"]
     p = load_dataset_params("clip", project)
     assert p["flow"]["infer_size"] == [128, 224] and p["mamp"]["registration"] is False
     assert p["crf"]["max_side"] == 427 and p["adapt"]["threads"] == 2
-    doc["flow"]["iters"] = 20                                   # the user's own value
+    doc["flow"] = {"method": "dis"}                             # the user's own flow
+    doc["mamp"]["radius"] = 4                                   # ... and window
     f.write_text(MADE_BY + "\n" + yaml.safe_dump(doc))
     register(a, "clip", project, preset="cpu")
-    assert yaml.safe_load(f.read_text())["flow"]["iters"] == 20
+    doc = yaml.safe_load(f.read_text())
+    assert doc["flow"] == {"method": "dis"} and doc["mamp"] == {"radius": 4, "registration": False}
     register(a, "clip", project, preset="none")
     doc = yaml.safe_load(f.read_text())
-    assert doc["flow"] == {"iters": 20} and not {"mamp", "crf", "adapt"} & set(doc)
+    assert list(doc)[0] == "dataset" and doc["flow"] == {"method": "dis"} and doc["mamp"] == {"radius": 4}
+    assert not {"crf", "adapt"} & set(doc)
     base = yaml.safe_load((project / "params.yaml").read_text())
-    assert load_dataset_params("clip", project)["flow"]["infer_size"] == base["flow"]["infer_size"]
+    assert load_dataset_params("clip", project)["crf"]["max_side"] == base["crf"]["max_side"]
+
+    before = f.read_text()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    register(a, "clip", project, preset="auto")                  # with a GPU: the file as it is
+    assert yaml.safe_load(f.read_text()) == yaml.safe_load(before)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    register(a, "clip", project, preset="auto")                  # without: the cpu preset
+    assert yaml.safe_load(f.read_text())["crf"] == preset_overrides()["crf"]
+
+    links = sorted(p.name for p in (project / "data" / "clip" / "input").iterdir())
+    before = f.read_text()
+    b = tmp_path / "b.mp4"                                      # a failed call must not link it
+    b.write_bytes(b"y")
     with pytest.raises(InputError, match="preset 'gpu'"):
-        register(a, "clip", project, preset="gpu")
+        register(b, "clip", project, preset="gpu")
+    f.write_text(MADE_BY + "\nflow: raft_large\n")
+    with pytest.raises(InputError, match="flow must be a mapping"):
+        register(b, "clip", project, preset="cpu")
+    assert f.read_text() == MADE_BY + "\nflow: raft_large\n"
+    assert sorted(p.name for p in (project / "data" / "clip" / "input").iterdir()) == links == ["a.mp4"]
+    f.write_text(before)
 
 
 def test_a_different_weights_file_reruns_the_stage_and_null_files_are_no_files(project, monkeypatch, tmp_path):
