@@ -51,8 +51,10 @@ def main(argv=None) -> int:
     jpgs = sorted(glob.glob(str(src / "JPEGImages" / "480p" / a.sequence / "*.jpg")))[:a.frames]
     if len(jpgs) < 2:
         raise SystemExit(f"{src}/JPEGImages/480p/{a.sequence}: fewer than 2 frames")
-    if a.keep and a.keep.exists() and any(a.keep.iterdir()):
-        raise SystemExit(f"{a.keep}: not empty; --keep needs a new or empty folder")
+    if a.keep:
+        a.keep = a.keep.resolve()
+        if a.keep.exists() and (not a.keep.is_dir() or any(a.keep.iterdir())):
+            raise SystemExit(f"{a.keep}: not an empty folder; --keep needs a new or empty one")
     proj = a.keep or Path(tempfile.mkdtemp(prefix="run-bench-"))
     proj.mkdir(parents=True, exist_ok=True)
     try:

@@ -5,8 +5,8 @@ slots over time cost nothing). A large gap means the slots follow the wrong obje
 with a low J means the masks themselves are wrong. Reads the stores, writes nothing but ``--out``.
 Multi-object protocol; 255 is void.
 
-    python bench/identity_gap.py demo proposals crf --out results/demo/identity_gap.json
-    python bench/identity_gap.py synthval proposals crf --out results/synthval/identity_gap.json
+    python bench/identity_gap.py demo proposals corrector adapted crf --out results/demo/identity_gap.json
+    python bench/identity_gap.py synthval proposals corrector adapted crf --out results/synthval/identity_gap.json
     python bench/identity_gap.py demo proposals adapted --trace demo-02   # + per-frame IoU of each (slot, object)
 """
 

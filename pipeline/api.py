@@ -50,6 +50,12 @@ def preset_overrides() -> dict:
     return yaml.safe_load((PRESET_DIR / "cpu.yaml").read_text())
 
 
+def _preset_label(preset: str) -> str:
+    """The preset as the report names it: cpu, none, auto (cpu) or auto (dataset.yaml as it is)."""
+    r = resolve_preset(preset)
+    return preset if preset != "auto" else f"auto ({'cpu' if r == 'cpu' else 'dataset.yaml as it is'})"
+
+
 def apply_preset(doc: dict, preset: str, where: str = "dataset.yaml") -> dict:
     """``doc`` (a dataset.yaml's mapping) with ``preset`` applied. cpu: each section of the preset (flow,
     mamp, ...) is added as a whole unless ``doc`` already sets one of that section's preset keys (then the
@@ -94,48 +100,60 @@ def _link(src: Path, dst: Path) -> None:
     os.symlink(src.resolve(), dst)
 
 
+def _checked_doc(name: str, root: Path, preset: str) -> tuple[Path, dict]:
+    """``(dataset.yaml path, its mapping with ``preset`` applied)`` of dataset ``name``; every check that needs no
+    input (a plain name, a file this command made, valid YAML, mapping sections, a known preset) is here, so a
+    failure leaves everything on disk as it was."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise InputError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
+    f = dataset_params_path(name, root)
+    text = f.read_text() if f.exists() else ""
+    if f.exists() and not text.startswith(MADE_BY):
+        raise InputError(f"{f}: dataset {name!r} exists and was not made by `motionseg run`; choose another --name")
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return f, apply_preset(doc, preset, where=str(f))
+
+
 def register(path: str | os.PathLike, name: str | None = None, root: Path | None = None,
              preset: str = "auto") -> str:
     """Make ``path`` (a video file, a folder of videos or a folder of frames) a dataset here, with the keys of
-    ``preset`` (:data:`PRESETS`) among its overrides."""
+    ``preset`` (:data:`PRESETS`) among its overrides. Every check comes before the links of an earlier call are
+    replaced, so a bad input loses nothing."""
     root = root or project_root()
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     name = name or _name(path)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-        raise InputError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
-    f = dataset_params_path(name, root)
-    if f.exists() and not f.read_text().startswith(MADE_BY):
-        raise InputError(f"{f}: dataset {name!r} exists and was not made by `motionseg run`; choose another --name")
-    doc = apply_preset((yaml.safe_load(f.read_text()) if f.exists() else None) or {}, preset, where=str(f))
+    f, doc = _checked_doc(name, root, preset)
     inp = root / "data" / name / "input"
-    if inp.exists():          # this call's input only: links of an earlier call are removed
-        for p in sorted(inp.rglob("*"), key=lambda q: len(q.parts), reverse=True):
-            if p.is_symlink() or p.is_file():
-                p.unlink()
-            elif p.is_dir():
-                p.rmdir()
     seq = re.sub(r"[^A-Za-z0-9._+-]+", "-", path.stem if path.is_file() else path.name).strip("-") or "video"
     if path.is_file():
         if path.suffix.lower() not in VIDEO_EXTS:
             raise InputError(f"{path}: not a video ({', '.join(VIDEO_EXTS)}) or a folder")
-        layout = "videos"
-        _link(path, inp / f"{seq}{path.suffix.lower()}")
+        layout, links = "videos", [(path, inp / f"{seq}{path.suffix.lower()}")]
     else:
         files = sorted(p for p in path.iterdir() if p.is_file())
         videos = [p for p in files if p.suffix.lower() in VIDEO_EXTS]
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
         if videos and not images:
             layout = "videos"
-            for v in videos:
-                _link(v, inp / (re.sub(r"[^A-Za-z0-9._+-]+", "-", v.stem) + v.suffix.lower()))
+            links = [(v, inp / (re.sub(r"[^A-Za-z0-9._+-]+", "-", v.stem) + v.suffix.lower())) for v in videos]
         elif images:
-            layout = "davis"
-            _link(path, inp / "JPEGImages" / "480p" / seq)
+            layout, links = "davis", [(path, inp / "JPEGImages" / "480p" / seq)]
         else:
             raise InputError(f"{path}: holds neither videos ({', '.join(VIDEO_EXTS)}) nor frames "
                              f"({', '.join(IMAGE_EXTS)})")
+    if inp.exists():          # this call's input only: links of an earlier call are removed
+        for p in sorted(inp.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+            elif p.is_dir():
+                p.rmdir()
+    for src, dst in links:
+        _link(src, dst)
     doc.pop("dataset", None)
     doc = {"dataset": {"name": name, "root": f"data/{name}/input", "layout": layout, "resolution": "480p",
                        "sparse_gt": True, "protocol": "multi"}, **doc}
@@ -197,7 +215,7 @@ def run(path: str | os.PathLike, out: str | os.PathLike | None = None, name: str
                      "objects": len([a for a in areas if a > 0]), "mean_area": [round(a, 4) for a in areas]})
     wall = time.perf_counter() - t0
     report = {"input": str(path), "dataset": name, "final_stage": FINAL,
-              "preset": f"{preset} ({resolve_preset(preset)})", "backbone": params["features"]["backbone"],
+              "preset": _preset_label(preset), "backbone": params["features"]["backbone"],
               "flow": params["flow"]["method"], "flow_size": params["flow"]["infer_size"] or "original",
               "sequences": rows, "stages": timings, "wall_s": round(wall, 1)}
     write_json_atomic(out / "report.json", report)
@@ -228,8 +246,9 @@ def segment(frames: Any, name: str = "segment", root: Path | None = None, preset
     """
     import cv2
 
-    resolve_preset(preset)                     # a bad preset fails before any frame is written
     root = root or project_root()
+    if not isinstance(frames, (str, os.PathLike)):   # a bad name, preset or dataset.yaml fails before any frame
+        _checked_doc(f"run-{name}", root, preset)    # is written
     if isinstance(frames, (str, os.PathLike)):
         path = Path(frames)
     else:

@@ -235,11 +235,11 @@ def test_run_presets_add_cpu_settings_keep_the_users_and_none_takes_them_back(pr
     """`motionseg run --preset cpu` writes the CPU-sized sections into the video's dataset.yaml (valid params
     keys, dataset block first), never into a section where the user set one of the preset's keys; `--preset
     none` removes the preset's keys that still hold the preset's value, so params.yaml rules again; `auto` is
-    cpu without CUDA and leaves the file alone with it; a bad preset or a malformed section is a one-line
-    error before anything is written."""
+    cpu without CUDA and leaves the file alone with it; a bad preset, a malformed section, invalid YAML or
+    an input that is not a video is a one-line error before any link, file or frame is written."""
     import torch
 
-    from pipeline.api import MADE_BY, preset_overrides, register
+    from pipeline.api import MADE_BY, preset_overrides, register, segment
     from pipeline.core.io import InputError
 
     a = tmp_path / "a.mp4"
@@ -282,8 +282,21 @@ def test_run_presets_add_cpu_settings_keep_the_users_and_none_takes_them_back(pr
     with pytest.raises(InputError, match="flow must be a mapping"):
         register(b, "clip", project, preset="cpu")
     assert f.read_text() == MADE_BY + "\nflow: raft_large\n"
-    assert sorted(p.name for p in (project / "data" / "clip" / "input").iterdir()) == links == ["a.mp4"]
+    f.write_text(MADE_BY + "\nflow: [\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        register(b, "clip", project, preset="cpu")
     f.write_text(before)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(InputError, match="not a video"):
+        register(notes, "clip", project)
+    assert sorted(p.name for p in (project / "data" / "clip" / "input").iterdir()) == links == ["a.mp4"]
+    g = project / "datasets" / "run-arr" / "dataset.yaml"         # segment(): no frame written either
+    g.parent.mkdir(parents=True)
+    g.write_text(MADE_BY + "\nflow: raft_large\n")
+    with pytest.raises(InputError, match="flow must be a mapping"):
+        segment(np.zeros((3, 8, 8, 3), np.uint8), "arr", project, preset="cpu")
+    assert not (project / "data" / "run-arr").exists()
 
 
 def test_a_different_weights_file_reruns_the_stage_and_null_files_are_no_files(project, monkeypatch, tmp_path):
