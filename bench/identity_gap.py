@@ -24,31 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.store import open_artifact  # noqa: E402
-from pipeline.metrics.evaluation import evaluate_sequence, resize_labels  # noqa: E402
-
-
-def frame_ious(pred: np.ndarray, gt: np.ndarray, n_gt: int, n_pred: int) -> np.ndarray:
-    """``[n_gt, n_pred]`` IoU of every (ground-truth object, predicted object) pair in one frame; a pair
-    that is empty in both counts 1 (as the DAVIS measure does)."""
-    gt = np.where(gt == 255, 0, gt)
-    joint = np.bincount(gt.ravel().astype(np.int64) * (n_pred + 1) + pred.ravel(),
-                        minlength=(n_gt + 1) * (n_pred + 1)).reshape(n_gt + 1, n_pred + 1)
-    inter = joint[1:, 1:].astype(np.float64)
-    union = joint[1:].sum(1)[:, None] + joint[:, 1:].sum(0)[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+from pipeline.metrics.evaluation import evaluate_sequence, pair_iou, resize_labels  # noqa: E402
 
 
 def sequence_gap(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> tuple[list[float], list[float]]:
-    """(J per object under the metrics stage's matching, J per object with per-frame matching)."""
+    """(J per object under the metrics stage's matching, J per object with per-frame matching); ``pred`` at the
+    ground truth's size, void already background."""
     res = evaluate_sequence(pred, gt, gt_valid=valid, protocol="multi")
     video = [float(o.stats["J_mean"]) for o in res.objects]
     n_gt = len(video)
-    pred = np.stack([resize_labels(p, gt.shape[1:]) for p in pred])
     n_pred = max(int(pred.max(initial=0)), n_gt)
     per_frame = np.zeros(n_gt)
     frames = [t for t in range(len(gt)) if valid[t]]
     for t in frames:
-        iou = frame_ious(pred[t], gt[t], n_gt, n_pred)
+        iou = pair_iou(pred[t], gt[t], n_gt, n_pred)
         r, c = linear_sum_assignment(-iou)
         per_frame[r] += iou[r, c]
     return video, list(per_frame / max(len(frames), 1))
@@ -56,13 +45,12 @@ def sequence_gap(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> tuple[l
 
 def print_trace(method: str, seq: str, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, n_gt: int) -> None:
     """One line per frame: for each predicted slot, its IoU with each ground-truth object ('-' = empty slot)."""
-    pred = np.stack([resize_labels(p, gt.shape[1:]) for p in pred])
     n_pred = int(pred.max(initial=0))
     print(f"{method} {seq}: slot k: IoU with objects 1..{n_gt}")
     for t in range(len(gt)):
         if not valid[t]:
             continue
-        iou = frame_ious(pred[t], gt[t], n_gt, n_pred)
+        iou = pair_iou(pred[t], gt[t], n_gt, n_pred)
         cells = [f"slot {k + 1}: " + ("-" if not (pred[t] == k + 1).any() else "/".join(f"{x:.2f}" for x in iou[:, k]))
                  for k in range(n_pred)]
         print(f"  {t:3d}  " + "   ".join(cells))
@@ -83,8 +71,10 @@ def main() -> None:
             seq = store.name[:-5]
             fr = open_artifact(data / "frames" / store.name, stage="frames")
             gt = np.asarray(fr["gt"][...])
+            gt = np.where(gt == 255, 0, gt)                      # void counts as background, as in the metrics
             valid = np.asarray(fr["gt_valid"][...]) if "gt_valid" in fr else np.ones(len(gt), bool)
-            pred = np.asarray(open_artifact(store, stage=m)["labels"][...])
+            pred = np.stack([resize_labels(p, gt.shape[1:])
+                             for p in np.asarray(open_artifact(store, stage=m)["labels"][...])])
             v, f = sequence_gap(pred, gt, valid)
             if seq == a.trace:
                 print_trace(m, seq, pred, gt, valid, len(v))

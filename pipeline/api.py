@@ -86,6 +86,11 @@ def apply_preset(doc: dict, preset: str, where: str = "dataset.yaml") -> dict:
     return doc
 
 
+def _file_stem(stem: str) -> str:
+    """``stem`` as a plain file name: runs of other characters become one '-'."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", stem)
+
+
 def _name(path: Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem if path.is_file() else path.name).strip("-") or "video"
     return f"run-{stem}"[:60]
@@ -129,7 +134,7 @@ def register(path: str | os.PathLike, name: str | None = None, root: Path | None
     name = name or _name(path)
     f, doc = _checked_doc(name, root, preset)
     inp = root / "data" / name / "input"
-    seq = re.sub(r"[^A-Za-z0-9._+-]+", "-", path.stem if path.is_file() else path.name).strip("-") or "video"
+    seq = _file_stem(path.stem if path.is_file() else path.name).strip("-") or "video"
     if path.is_file():
         if path.suffix.lower() not in VIDEO_EXTS:
             raise InputError(f"{path}: not a video ({', '.join(VIDEO_EXTS)}) or a folder")
@@ -140,7 +145,7 @@ def register(path: str | os.PathLike, name: str | None = None, root: Path | None
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
         if videos and not images:
             layout = "videos"
-            links = [(v, inp / (re.sub(r"[^A-Za-z0-9._+-]+", "-", v.stem) + v.suffix.lower())) for v in videos]
+            links = [(v, inp / (_file_stem(v.stem) + v.suffix.lower())) for v in videos]
         elif images:
             layout, links = "davis", [(path, inp / "JPEGImages" / "480p" / seq)]
         else:

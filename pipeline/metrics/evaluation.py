@@ -180,10 +180,9 @@ def _frames(x: Any, what: str, sequence: str) -> Sequence:
         raise ValueError(f"sequence {sequence!r}: {what} labels must be a [T, H, W] array or a list of 2-D frames") from None
 
 
-def _pair_scores(
-    pred: np.ndarray, gt: np.ndarray, n_gt: int, n_cand: int, kernel: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """J and F of every (GT label 1..n_gt, predicted label 1..n_cand) pair of one frame."""
+def pair_iou(pred: np.ndarray, gt: np.ndarray, n_gt: int, n_cand: int) -> np.ndarray:
+    """J ``[n_gt, n_cand]`` of every (GT label 1..n_gt, predicted label 1..n_cand) pair of one frame (label maps of
+    one shape, void already background; a pair empty in both is 1, as DAVIS scores it)."""
     k1 = n_cand + 1
     n_bins = (n_gt + 1) * k1
     if n_bins <= 256 and gt.size < (1 << 24):
@@ -199,8 +198,14 @@ def _pair_scores(
     area_g = hist[1:, :].sum(axis=1)
     area_p = hist[:, 1:].sum(axis=0)
     union = area_g[:, None] + area_p[None, :] - inter
-    j = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
+
+def _pair_scores(
+    pred: np.ndarray, gt: np.ndarray, n_gt: int, n_cand: int, kernel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """J and F of every (GT label 1..n_gt, predicted label 1..n_cand) pair of one frame."""
+    j = pair_iou(pred, gt, n_gt, n_cand)
     gb = _label_boundaries(gt, n_gt, kernel)
     pb = _label_boundaries(pred, n_cand, kernel)
     f = np.empty((n_gt, n_cand), dtype=np.float64)
