@@ -7,6 +7,8 @@ slot's proposal mask in a frame, and their combinations:
 * ``selector``: minus the selector's relative error area (the ``selector`` store's ``score``);
 * ``temporal``: temporal consistency (mean IoU with the neighbouring frames' masks of the slot);
 * ``propagation``: IoU of the proposal with MAMP's propagation of the slot (the ``propagate`` store's labels);
+* ``motion_baseline``: IoU of the proposal with the motion baseline's track paired with the slot for the video
+  (:func:`pipeline.exemplars.agreement.track_agreement`, the cue of ``exemplars.agree_with``);
 * ``a+b``: the mean of the named confidences' within-video ranks among the frames with a finite selector score
   (:func:`pipeline.reselect.combined_confidence`, the rule of the ``reselect`` stage), so no scale dominates.
 
@@ -34,11 +36,12 @@ sys.path.insert(0, str(ROOT))
 from pipeline.core.draw import resize_labels  # noqa: E402
 from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import open_artifact, write_json_atomic  # noqa: E402
+from pipeline.exemplars.agreement import track_agreement  # noqa: E402
 from pipeline.exemplars.evaluate import gt_objects  # noqa: E402
 from pipeline.exemplars.scoring import best_slot, frame_ious, match_objects, selection_ap, temporal_consistency  # noqa: E402
 from pipeline.reselect import combined_confidence  # noqa: E402
 
-CUES = ("selector", "temporal", "propagation")
+CUES = ("selector", "temporal", "propagation", "motion_baseline")
 
 
 def main() -> None:
@@ -52,7 +55,7 @@ def main() -> None:
     n = a.n or int(p["selection_eval"]["n"])
     protocol = p["dataset"].get("protocol", "multi")
     seqs = sorted(q.name[:-5] for q in (data / "frames").glob("*.zarr"))
-    variants = [c for r in (1, 2, 3) for c in itertools.combinations(CUES, r)]
+    variants = [c for r in (1, 2, 3, 4) for c in itertools.combinations(CUES, r)]
     aps: dict[str, list[float]] = {"+".join(v): [] for v in variants}
     tops: dict[str, list[float]] = {"+".join(v): [] for v in variants}   # mean IoU of the t top frames (exemplars)
     t_ex = int(p["corrector"]["t"])
@@ -60,19 +63,22 @@ def main() -> None:
     for seq in seqs:
         fr = open_artifact(data / "frames" / f"{seq}.zarr", stage="frames")
         valid = np.asarray(fr["gt_valid"][...], bool)
-        labels = np.asarray(open_artifact(data / "proposals" / f"{seq}.zarr", stage="proposals")["labels"][...])[valid]
+        labels_all = np.asarray(open_artifact(data / "proposals" / f"{seq}.zarr", stage="proposals")["labels"][...])
+        labels = labels_all[valid]
         score = np.asarray(open_artifact(data / "selector" / f"{seq}.zarr", stage="selector")["score"][...],
                            np.float64)[valid]
         prop = np.asarray(open_artifact(data / "propagate" / f"{seq}.zarr", stage="propagate")["labels"][...])[valid]
         prop = np.stack([resize_labels(x, labels.shape[1:]) for x in prop])      # MAMP may run at another size
         gt, _ = gt_objects(np.asarray(fr["gt"][...])[valid], labels.shape[1:], protocol)
         K = score.shape[1]
+        base = open_artifact(data / "motion_baseline" / f"{seq}.zarr", stage="motion_baseline")["labels"]
+        motion = track_agreement(labels_all, base, K)[0][valid]     # slots paired with tracks over the whole video
         matches = ([(0, *best_slot(labels, gt[:, 0], range(K)))] if protocol in ("single", "merged")
                    else match_objects(labels, gt, K))
         for _, k, iou in matches:
             m = labels == k + 1
             cue = {"selector": -score[:, k], "temporal": temporal_consistency(m),
-                   "propagation": frame_ious(m, prop == k + 1)}
+                   "propagation": frame_ious(m, prop == k + 1), "motion_baseline": motion[:, k]}
             others = {c: x[:, None] for c, x in cue.items() if c != "selector"}
             for v in variants:
                 conf = cue[v[0]] if len(v) == 1 else combined_confidence(score[:, k:k + 1], others, v)[:, 0]

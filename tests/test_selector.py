@@ -600,7 +600,7 @@ def test_selector_exemplars_and_selection_eval_stages(tmp_path, monkeypatch, spl
     write_dataset(tmp_path, "s2", 22)
     params = {"dataset": {"name": "fake"}, "sequences": ["s1", "s2"], "protocol": "multi",
               "selector": {"checkpoint": "checkpoints/sel.pt", "chunk": 10, "min_area": 4, "device": "cpu"},
-              "corrector": {"t": 5}, "selection_eval": {"n": 5, "random_trials": 50, "seed": 0, "figures": 1}}
+              "corrector": {"t": 5}, "exemplars": {"agree_with": []}, "selection_eval": {"n": 5, "random_trials": 50, "seed": 0, "figures": 1}}
     import yaml
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -206,11 +206,15 @@ def match_objects(labels: np.ndarray, gt_objects: np.ndarray, K: int) -> list[tu
 
 
 def write_exemplars(selector_store: Any, out: Any, t: int = 10, params: dict | None = None,
-                    sequence: str | None = None) -> dict:
+                    sequence: str | None = None, ranked: tuple | None = None, inputs: dict | None = None,
+                    attrs: dict | None = None) -> dict:
     """Exemplars store ``out`` of one sequence from its selector store's ``score`` [T, K]:
     ``frames`` [K, t] int32 (best first, -1 = fewer than t frames with a finite score),
     ``scores`` [K, t] float32 (+inf for padding), ``ranking`` [K, T] int32 (all frames,
-    best first, ties by frame index); :func:`pipeline.exemplars.scoring.rank_exemplars`."""
+    best first, ties by frame index); :func:`pipeline.exemplars.scoring.rank_exemplars`.
+    ``ranked``: ``(frames, scores, ranking)`` ordered otherwise (the rank mean of the selector and other
+    label-free cues, :func:`pipeline.reselect.rank_by_confidence`), written instead; ``inputs`` and ``attrs``:
+    the other stores it read and what to record beside (provenance, store attributes)."""
     from pathlib import Path
 
     from pipeline.core.store import ArtifactWriter, open_artifact
@@ -219,17 +223,18 @@ def write_exemplars(selector_store: Any, out: Any, t: int = 10, params: dict | N
     sel = open_artifact(selector_store, stage="selector")
     score = np.asarray(sel.require("score", dtype="float32", ndim=2)[...])
     T, K = score.shape
-    frames, top, ranking = rank_exemplars(score, int(t))
+    frames, top, ranking = rank_exemplars(score, int(t)) if ranked is None else ranked
+    how = "lowest relative error area" if ranked is None else "highest mean rank of the selector and the other cues"
     with ArtifactWriter(out, stage="exemplars", params={"corrector": {"t": int(t)}, **dict(params or {})},
-                        inputs={"selector": sel.path}) as wr:
+                        inputs={"selector": sel.path, **dict(inputs or {})}) as wr:
         wr.write("frames", frames, ("object", "rank"),
-                 attrs={"meaning": "exemplar frames of object slot k, best (lowest relative error area) first; "
+                 attrs={"meaning": f"exemplar frames of object slot k, best ({how}) first; "
                                    "-1 = no further frame with a finite score"})
         wr.write("scores", top, ("object", "rank"), attrs={"meaning": "selector score of each exemplar frame"})
         wr.write("ranking", ranking, ("object", "rank"), attrs={"meaning": "all frames of slot k, best first"})
         wr.attrs.update({"sequence": sequence or sel.attrs.get("sequence") or Path(str(out)).stem, "t": int(t),
                          "num_objects": K, "num_frames": T,
-                         "exemplars_found": [int((frames[k] >= 0).sum()) for k in range(K)]})
+                         "exemplars_found": [int((frames[k] >= 0).sum()) for k in range(K)], **dict(attrs or {})})
     return {"T": T, "K": K, "t": int(t), "found": [int((frames[k] >= 0).sum()) for k in range(K)]}
 
 
