@@ -15,7 +15,7 @@ from _stages import run_stage_on
 import torch
 import yaml
 
-from pipeline.core.store import ArtifactWriter, open_artifact
+from pipeline.core.store import ArtifactError, ArtifactWriter, open_artifact
 from pipeline.oclr.infer import (
     match_layers,
     predict_arrays,
@@ -231,10 +231,13 @@ def test_stage_writes_the_store(tmp_path):
         wr.attrs["frame_names"] = [f"f{t:03d}" for t in range(T)]
     params = {"dataset": {"name": "toy"}, "proposals": {"checkpoint": "checkpoints/oclr.pt", "window": None,
                                                          "overlap": 2, "device": "cpu", "threshold": 0.3,
-                                                         "infer_size": None, "batch": 1}}
+                                                         "infer_size": None, "batch": 1, "split_with": []}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run_stage_on("proposals", tmp_path, "seq-a")
     art = open_artifact(tmp_path / "data" / "toy" / "proposals" / "seq-a.zarr", stage="proposals")
+    # OCLR's labels as they are: no split record, and split_with is not in the provenance (bytes as before the key)
+    assert "split" not in art.attrs and "split_with" not in art.attrs["provenance"]["params"]["proposals"]
+    assert set(art.attrs["provenance"]["inputs"]) == {"flow", "checkpoint"}
     assert art.require("amodal", dtype="float16", dims=("frame", "object", "y", "x")).shape == (T, 3, 32, 56)
     assert art.require("labels", dtype="uint8", dims=("frame", "y", "x")).shape == (T, 32, 56)
     assert art.require("order", dtype="float32", dims=("frame", "object")).shape == (T, 3)
@@ -245,6 +248,35 @@ def test_stage_writes_the_store(tmp_path):
     assert [w["start"] for w in a["windows"]] == [0, 3]
     assert a["threshold"] == 0.3 and art["labels"].attrs["threshold"] == 0.3 and "> 0.3" in \
         art["labels"].attrs["meaning"]
+    # split_with [motion_baseline]: OCLR's amodal and order as before, the labels those of split_slots, the tracks
+    # store among the inputs; a baseline store of another length names both stores and writes nothing
+    from pipeline.oclr.split import split_slots
+    labels = art["labels"][...]
+    amodal, order = art["amodal"][...], art["order"][...]
+    rng = np.random.default_rng(2)
+    tracks = np.where(labels > 0, labels % 3 + 1, 0).astype(np.uint8)        # slots 0-2 -> tracks 2, 3, 1
+    tracks[rng.random(tracks.shape) < 0.2] = 0
+    base = tmp_path / "data" / "toy" / "motion_baseline" / "seq-a.zarr"
+    with ArtifactWriter(base, stage="motion_baseline") as wr:
+        wr.write("labels", tracks[:T - 1], ("frame", "y", "x"))
+    params["proposals"]["split_with"] = ["motion_baseline"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ArtifactError, match=r"motion_baseline/seq-a.zarr: 8 frames, .*flow/seq-a.zarr 9"):
+        run_stage_on("proposals", tmp_path, "seq-a")
+    assert open_artifact(art.path)["labels"][...].tolist() == labels.tolist()
+    with ArtifactWriter(base, stage="motion_baseline") as wr:
+        wr.write("labels", tracks, ("frame", "y", "x"))
+    msg = run_stage_on("proposals", tmp_path, "seq-a")
+    split = open_artifact(art.path, stage="proposals")
+    expected = labels.copy()
+    record = split_slots(expected, tracks, 3)
+    assert split.attrs["split"] == {"with": "motion_baseline", **record} and "frames split" in msg
+    np.testing.assert_array_equal(split["labels"][...], expected)
+    np.testing.assert_array_equal(split["amodal"][...], amodal)
+    np.testing.assert_array_equal(split["order"][...], order)
+    assert set(split.attrs["provenance"]["inputs"]) == {"flow", "checkpoint", "motion_baseline"}
+    assert split.attrs["provenance"]["params"]["proposals"]["split_with"] == ["motion_baseline"]
+    params["proposals"]["split_with"] = []
     # a missing checkpoint is one clear line naming the path and the fix
     params["proposals"]["checkpoint"] = "checkpoints/missing.pt"
     params.pop("dataset")                       # the project's params.yaml has no dataset section

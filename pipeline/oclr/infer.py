@@ -223,17 +223,21 @@ def predict_arrays(model: torch.nn.Module, flow: Any, **kw) -> dict:
 
 # --------------------------------------------------------------------------- stores
 def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dict, pp: dict | None = None,
-                    device: Any = None, sequence: str | None = None, quiet: bool = False) -> dict:
+                    device: Any = None, sequence: str | None = None, quiet: bool = False,
+                    tracks: tuple[str, Any] | None = None) -> dict:
     """Proposals store ``out`` (arrays ``amodal``, ``labels``, ``order``) of one flow store.
 
     ``model``/``info``: from :func:`pipeline.oclr.train.load_oclr`. ``pp``: the
     ``proposals`` params (``window``, ``overlap``, ``infer_size``, ``batch``, ``threshold``,
-    ``checkpoint``), recorded as provenance. Returns the run info (windows, infer size).
+    ``checkpoint``, ``split_with``), recorded as provenance. ``tracks``: ``(name, store)`` of the stage
+    whose tracks split slots holding two objects (``proposals.split_with``, :mod:`pipeline.oclr.split`;
+    recorded in the attribute ``split``), or None for OCLR's labels as they are. Returns the run info
+    (windows, infer size, and ``split`` when there were tracks).
     """
     import sys
     from pathlib import Path
 
-    from pipeline.core.store import ArtifactWriter, FrameReader, open_artifact
+    from pipeline.core.store import ArtifactError, ArtifactWriter, FrameReader, open_artifact
 
     pp = dict(pp or {})
     flow_art = open_artifact(flow_store, stage=None)
@@ -254,8 +258,15 @@ def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dic
     K = model.cfg.num_queries
     ckpt = {"path": str(pp.get("checkpoint") or info.get("path")), "sha256": info["file_sha256"]}
     run: dict = {}
-    with ArtifactWriter(out, stage="proposals", params={"proposals": pp},
-                        inputs={"flow": flow_art.path, "checkpoint": ckpt}) as wr:
+    inputs: dict = {"flow": flow_art.path, "checkpoint": ckpt}
+    if tracks is not None:
+        name, store = tracks
+        trk_art = open_artifact(store, stage=name)
+        trk = trk_art.require("labels", dtype="uint8", ndim=3)
+        if trk.shape[0] != T:
+            raise ArtifactError(f"{trk_art.path}: {trk.shape[0]} frames, {flow_art.path} {T}")
+        inputs[name] = trk_art.path
+    with ArtifactWriter(out, stage="proposals", params={"proposals": pp}, inputs=inputs) as wr:
         amodal = wr.create("amodal", (T, K, h, w), "float16", ("frame", "object", "y", "x"),
                            attrs={"meaning": "amodal probability of object slot k (identities kept over "
                                              "the sequence)"})
@@ -272,6 +283,11 @@ def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dic
             amodal[fp.t] = fp.amodal
             labels[fp.t] = fp.labels
             order[fp.t] = fp.order
+        if tracks is not None:
+            from pipeline.oclr.split import split_slots
+
+            run["split"] = {"with": tracks[0], **split_slots(labels, FrameReader(trk), K)}
+            wr.attrs["split"] = run["split"]
         wr.attrs.update({
             "sequence": sequence or flow_art.attrs.get("sequence") or Path(str(out)).stem, "num_objects": K,
             "window": window, "overlap": overlap, "infer_size": run.get("infer_size"), "threshold": threshold,
