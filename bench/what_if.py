@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import shutil
 import sys
@@ -42,6 +43,15 @@ def with_value(params: dict, key: str, value) -> dict:
         raise KeyError(f"{key}: not a params key")
     cur[last] = value
     return out
+
+
+def per_sequence(before: Path, after: Path) -> dict:
+    """``{sequence: [J before, J after]}`` from two metrics folders' ``per_sequence.csv``."""
+    def read(folder: Path) -> dict:
+        with open(folder / "per_sequence.csv", newline="") as f:
+            return {r["sequence"]: round(float(r["J_mean"]), 4) for r in csv.DictReader(f)}
+    old, new = read(before), read(after)
+    return {s: [old.get(s), new.get(s)] for s in sorted(set(old) | set(new))}
 
 
 def main() -> None:
@@ -81,7 +91,9 @@ def main() -> None:
         new = json.loads((base / "results" / a.dataset / "metrics" / m / "summary.json").read_text())
         old = json.loads((ROOT / "results" / a.dataset / "metrics" / m / "summary.json").read_text())
         rows[m] = {"J_before": round(old["J_mean"], 4), "J_after": round(new["J_mean"], 4),
-                   "JF_before": round(old["JF_mean"], 4), "JF_after": round(new["JF_mean"], 4)}
+                   "JF_before": round(old["JF_mean"], 4), "JF_after": round(new["JF_mean"], 4),
+                   "J_per_sequence": per_sequence(ROOT / "results" / a.dataset / "metrics" / m,
+                                                  base / "results" / a.dataset / "metrics" / m)}
         print(f"{m:16s} J {old['J_mean']:.4f} -> {new['J_mean']:.4f}   J&F {old['JF_mean']:.4f} -> "
               f"{new['JF_mean']:.4f}", flush=True)
     out = {"dataset": a.dataset, "set": changes, "reran": rerun, "seconds": seconds, "methods": rows,

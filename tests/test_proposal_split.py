@@ -50,11 +50,37 @@ def test_frames_the_rule_leaves_alone(labels, match):
     assert moves == [] and np.array_equal(out, labels)
 
 
-def test_mostly_is_inclusive():
-    """Slot 0 holds exactly half (MOSTLY) of track 1 (column 6): those 4 pixels move."""
-    out, moves = split_frame(_masks((1, 0, 1), (1, 6, 6)), TRACKS, np.array([0, 1]))
+def test_the_boundaries_of_the_rule():
+    """MOSTLY and LITTLE are inclusive: exactly half of a track is taken over, exactly a quarter is kept."""
+    match = np.array([0, 1])
+    # slot 0 holds exactly half (MOSTLY) of track 1 (column 6): those 4 pixels move
+    out, moves = split_frame(_masks((1, 0, 1), (1, 6, 6)), TRACKS, match)
     assert moves == [(0, 1, 4)]
     np.testing.assert_array_equal(out, _masks((1, 0, 1), (2, 6, 6)))
+    # slot 1 still holds exactly a quarter (2 of 8 pixels) of its track: it has its object, nothing moves
+    labels = _masks((1, 0, 1), (1, 5, 6))
+    labels[:2, 5] = 2
+    assert split_frame(labels, TRACKS, match)[1] == []
+    # slot 1 holds 1 pixel (under a quarter): slot 0's 7 pixels of track 1 move
+    labels[1, 5] = 1
+    assert split_frame(labels, TRACKS, match)[1] == [(0, 1, 7)]
+    # slot 0 holds exactly a quarter (2 of 8 pixels) of its own track: it holds two objects, so it gives back
+    labels = _masks((1, 5, 6))
+    labels[:2, 0] = 1
+    out, moves = split_frame(labels, TRACKS, match)
+    assert moves == [(0, 1, 8)] and (out[:, 5:7] == 2).all() and (out[:2, 0] == 1).all()
+    # ... and one pixel less (under a quarter) is a swap, left alone
+    labels[1, 0] = 0
+    assert split_frame(labels, TRACKS, match)[1] == []
+
+
+def test_two_slots_holding_half_each_both_give_back():
+    """Slots 0 and 2 each hold half of track 1 (and all of their own tracks): both halves go back to slot 1."""
+    tracks = _masks((1, 0, 1), (2, 5, 6), (3, 3, 3))
+    labels = _masks((1, 0, 1), (1, 5, 5), (3, 3, 3), (3, 6, 6))
+    out, moves = split_frame(labels, tracks, np.array([0, 1, 2]))
+    assert moves == [(0, 1, 4), (2, 1, 4)]
+    np.testing.assert_array_equal(out, tracks)
 
 
 def test_a_video_is_paired_once_and_only_merged_frames_are_rewritten():

@@ -253,9 +253,16 @@ def test_stage_writes_the_store(tmp_path):
     from pipeline.oclr.split import split_slots
     labels = art["labels"][...]
     amodal, order = art["amodal"][...], art["order"][...]
-    rng = np.random.default_rng(2)
-    tracks = np.where(labels > 0, labels % 3 + 1, 0).astype(np.uint8)        # slots 0-2 -> tracks 2, 3, 1
-    tracks[rng.random(tracks.shape) < 0.2] = 0
+    # tracks = the slots (slot k -> track k + 1), except in the last frame: there slot a (the largest) holds its own
+    # track and, on the second half of its pixels, the track of slot b, which holds none of it: a merge to split
+    area = np.stack([(labels == k + 1).sum(axis=(1, 2)) for k in range(3)], axis=1)        # [T, 3]
+    a = int(area[-1].argmax())
+    b = max((k for k in range(3) if k != a), key=lambda k: area[:-1, k].sum())
+    assert area[-1, a] >= 2 and (area[:-1, b] > 0).sum() >= 2      # the tiny model's output allows it (pairing)
+    tracks = labels.copy()
+    tracks[-1][labels[-1] == b + 1] = 0
+    ys, xs = np.nonzero(labels[-1] == a + 1)
+    tracks[-1][ys[len(ys) // 2:], xs[len(xs) // 2:]] = b + 1
     base = tmp_path / "data" / "toy" / "motion_baseline" / "seq-a.zarr"
     with ArtifactWriter(base, stage="motion_baseline") as wr:
         wr.write("labels", tracks[:T - 1], ("frame", "y", "x"))
@@ -270,7 +277,11 @@ def test_stage_writes_the_store(tmp_path):
     split = open_artifact(art.path, stage="proposals")
     expected = labels.copy()
     record = split_slots(expected, tracks, 3)
-    assert split.attrs["split"] == {"with": "motion_baseline", **record} and "frames split" in msg
+    assert split.attrs["split"] == {"with": "motion_baseline", **record} and "1 frames split" in msg
+    assert record["tracks"][a] == a + 1 and record["tracks"][b] == b + 1
+    assert record["frames"] == {str(T - 1): [[a, b, len(ys) - len(ys) // 2]]}
+    assert (expected != labels).sum() == len(ys) - len(ys) // 2
+    assert "moved to the slot paired with it" in split["labels"].attrs["meaning"]
     np.testing.assert_array_equal(split["labels"][...], expected)
     np.testing.assert_array_equal(split["amodal"][...], amodal)
     np.testing.assert_array_equal(split["order"][...], order)

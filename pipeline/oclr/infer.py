@@ -288,6 +288,8 @@ def write_proposals(flow_store: Any, out: Any, model: torch.nn.Module, info: dic
 
             run["split"] = {"with": tracks[0], **split_slots(labels, FrameReader(trk), K)}
             wr.attrs["split"] = run["split"]
+            labels.spec.attrs["meaning"] += (f"; in the frames of the store's attribute 'split', pixels of a "
+                                             f"{tracks[0]} track moved to the slot paired with it")
         wr.attrs.update({
             "sequence": sequence or flow_art.attrs.get("sequence") or Path(str(out)).stem, "num_objects": K,
             "window": window, "overlap": overlap, "infer_size": run.get("infer_size"), "threshold": threshold,

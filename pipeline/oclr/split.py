@@ -16,9 +16,11 @@ pixels back to its slot when
 - that other slot also holds at least :data:`LITTLE` of its own track (it holds two objects, rather than
   having swapped identities).
 
-Only the pixels inside the track move; ``amodal`` and ``order`` stay OCLR's. The fractions are part of the
-rule (a majority, a small share), not tunables. A video where no frame meets the rule keeps its labels as they
-are. Memory is flat in the video length: masks are read a frame at a time.
+Only the track's pixels that the other slot holds move (those in the background or in a third slot stay);
+``amodal`` and ``order`` stay OCLR's, so a CRF run on the proposals themselves (``crf.input: proposals``, which
+reads ``amodal``) does not see the split. The fractions are part of the rule (a majority, a small share), not
+tunables. A video where no frame meets the rule keeps its labels as they are. Memory is flat in the video
+length: masks are read a frame at a time.
 """
 
 from __future__ import annotations
@@ -74,11 +76,10 @@ def split_frame(labels: np.ndarray, tracks: np.ndarray, match: np.ndarray) -> tu
             jk = int(match[k])
             if k == to or jk < 0 or sizes[jk] == 0:
                 continue
-            if share(k, j) >= MOSTLY and share(k, jk) >= LITTLE:
+            if share(k, j) >= MOSTLY and share(k, jk) >= LITTLE:      # two slots can each hold exactly half
                 inside = (tracks == j + 1) & (labels == k + 1)
                 out[inside] = to + 1
                 moves.append((k, to, int(inside.sum())))
-                break
     return out, moves
 
 

@@ -25,7 +25,7 @@ def split_with(ctx: Ctx) -> tuple[str, ...]:
 
 def _setup(ctx: Ctx):
     pp = {k: v for k, v in ctx.section("proposals").items() if k in KEYS}
-    if not split_with(ctx):                 # OCLR's labels as they are: provenance (and bytes) as before the key
+    if not split_with(ctx):                 # OCLR's labels as they are: arrays and provenance as before the key
         pp.pop("split_with", None)
     dev = resolve_device(pp["device"])
     model, info = load_oclr(ctx.path(pp["checkpoint"]), dev)
