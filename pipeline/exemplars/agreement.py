@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 
 from pipeline.core.draw import resize_labels
 
-__all__ = ["AGREE_WITH", "check_agree_with", "track_agreement"]
+__all__ = ["AGREE_WITH", "check_agree_with", "joint_histogram", "track_agreement", "track_labels"]
 
 #: stages before the exemplars whose ``labels`` are objects with identities of their own (label j + 1 = track j)
 AGREE_WITH = ("motion_baseline",)
@@ -46,13 +46,19 @@ def check_agree_with(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def joint_histogram(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> np.ndarray:
+    """``[na, nb]`` pixel counts of each (label of ``a``, label of ``b``) pair of two label maps of one shape, labels
+    below ``na`` and ``nb``: row 0 / column 0 are the background, column sums the areas of ``b``'s labels."""
+    return np.bincount(np.asarray(a, np.int64).ravel() * nb + np.asarray(b, np.int64).ravel(),
+                       minlength=na * nb).reshape(na, nb)
+
+
 def _pair_ious(slots: np.ndarray, tracks: np.ndarray, K: int, J: int) -> np.ndarray:
     """``[K, J]`` IoU of slot label ``k + 1`` with track label ``j + 1`` in one frame (0 where both are empty;
     labels above ``K`` count as background), from one joint histogram of the two label maps."""
     if not (K and J):
         return np.zeros((K, J))
-    s = np.where(slots <= K, slots, 0).astype(np.int64)
-    hist = np.bincount((s * (J + 1) + tracks).ravel(), minlength=(K + 1) * (J + 1)).reshape(K + 1, J + 1)
+    hist = joint_histogram(np.where(slots <= K, slots, 0), tracks, K + 1, J + 1)
     inter = hist[1:, 1:].astype(np.float64)
     union = hist[1:].sum(1)[:, None] + hist[:, 1:].sum(0)[None] - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
@@ -89,3 +95,8 @@ def track_agreement(labels: Any, tracks: Any, K: int) -> tuple[np.ndarray, np.nd
             cue[:, k] = ious[:, k, match[k]]
     return cue, match
 
+
+def track_labels(match: np.ndarray) -> list[int]:
+    """:func:`track_agreement`'s pairing as the tracks' labels per slot (track j = label j + 1; 0 = none), the
+    form the stores record."""
+    return [int(j) + 1 if j >= 0 else 0 for j in match]

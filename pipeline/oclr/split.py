@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.draw import resize_labels
-from pipeline.exemplars.agreement import track_agreement
+from pipeline.exemplars.agreement import joint_histogram, track_agreement, track_labels
 
 __all__ = ["SPLIT_WITH", "LITTLE", "MOSTLY", "check_split_with", "split_frame", "split_slots"]
 
@@ -60,21 +60,20 @@ def split_frame(labels: np.ndarray, tracks: np.ndarray, match: np.ndarray) -> tu
     out = labels.copy()
     moves: list[tuple] = []
     K = len(match)
-    held = {}                                  # held[k, j]: share of track j's pixels in slot k
-    sizes = {int(j): int((tracks == j + 1).sum()) for j in match if j >= 0}
+    J = int(max(int(tracks.max(initial=0)), int(np.max(match, initial=-1)) + 1))
+    hist = joint_histogram(np.where(labels <= K, labels, 0), tracks, K + 1, J + 1)   # [slot + 1, track + 1]
+    size = hist.sum(axis=0)
 
-    def share(k: int, j: int) -> float:
-        if (k, j) not in held:
-            held[k, j] = float(((tracks == j + 1) & (labels == k + 1)).sum()) / max(sizes[j], 1)
-        return held[k, j]
+    def share(k: int, j: int) -> float:        # share of track j's pixels that slot k holds
+        return hist[k + 1, j + 1] / max(int(size[j + 1]), 1)
 
     for to in range(K):
         j = int(match[to])
-        if j < 0 or sizes[j] == 0 or share(to, j) >= LITTLE:
+        if j < 0 or size[j + 1] == 0 or share(to, j) >= LITTLE:
             continue
         for k in range(K):
             jk = int(match[k])
-            if k == to or jk < 0 or sizes[jk] == 0:
+            if k == to or jk < 0 or size[jk + 1] == 0:
                 continue
             if share(k, j) >= MOSTLY and share(k, jk) >= LITTLE:      # two slots can each hold exactly half
                 inside = (tracks == j + 1) & (labels == k + 1)
@@ -97,4 +96,4 @@ def split_slots(labels: Any, tracks: Any, K: int) -> dict:
         if moves:
             labels[t] = new
             frames[str(t)] = [list(m) for m in moves]
-    return {"tracks": [int(j) + 1 if j >= 0 else 0 for j in match], "frames": frames}
+    return {"tracks": track_labels(match), "frames": frames}

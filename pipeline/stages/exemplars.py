@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.core.io import InputError
 from pipeline.core.stage import Ctx, Stage, get_key
 from pipeline.core.store import ArtifactError, FrameReader, open_artifact
-from pipeline.exemplars.agreement import check_agree_with, track_agreement
+from pipeline.exemplars.agreement import check_agree_with, track_agreement, track_labels
 from pipeline.exemplars.scoring import write_exemplars
 from pipeline.reselect import combined_confidence, rank_by_confidence
 
@@ -52,7 +52,7 @@ def _run(_, ctx: Ctx, seq: str, out: Path) -> str:
                                 f"{path} {trk.shape[0]}")
         inputs[name] = path
         cues[name], match = track_agreement(labels, trk, K)
-        tracks[name] = [int(j) + 1 if j >= 0 else 0 for j in match]
+        tracks[name] = track_labels(match)
     names = ("selector", *others)
     ranked = rank_by_confidence(score, combined_confidence(score, cues, names), t)
     first = write_exemplars(sel.path, out, t, params=params, sequence=seq, ranked=ranked, inputs=inputs,
