@@ -7,6 +7,10 @@ The stages the new values reach (those reading a key and everything downstream, 
 
     python bench/what_if.py synthval exemplars.agree_with=[motion_baseline] \\
         --out results/synthval/what_if_exemplars_agree_with.json
+
+``--until STAGE`` stops at that stage: only the stages the new values reach that STAGE needs run (for example
+``--until corrector`` probes the proposals, selection and correction without the adaptation, whose seed moves each
+video's J by a few hundredths; docs/results.md "Session 31").
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pipeline.core.stage import Ctx, get_key, load_dataset_params  # noqa: E402
 from pipeline.core.store import write_json_atomic  # noqa: E402
 from pipeline.stages.registry import ORDER, get_stage, used_stages  # noqa: E402
 from pipeline.stages.runner import run  # noqa: E402
-from pipeline.stages.tune import SCORING, reached, run_from_copy, scratch_project  # noqa: E402
+from pipeline.stages.tune import SCORING, affected, reached, run_from_copy, scratch_project  # noqa: E402
 
 
 def with_value(params: dict, key: str, value) -> dict:
@@ -60,6 +64,7 @@ def main() -> None:
     ap.add_argument("set", nargs="+", help="KEY=VALUE (YAML value)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--keep", action="store_true", help="keep the scratch project")
+    ap.add_argument("--until", metavar="STAGE", help="run only the reached stages this stage needs")
     a = ap.parse_args()
     params = load_dataset_params(a.dataset, ROOT)
     changes = {}
@@ -71,6 +76,14 @@ def main() -> None:
     graph = used_stages(params, a.dataset, ROOT)
     hit = set().union(*(reached(k, ctx) for k in changes))
     rerun = [n for n in ORDER if n in hit and n in graph and n not in SCORING]
+    if a.until:
+        if a.until not in rerun:
+            sys.exit(f"--until {a.until}: not one of the stages {changes} reaches ({', '.join(rerun)})")
+        need = {k: set(affected(k, a.until, ctx)) for k in changes}
+        idle = [k for k, stages in need.items() if not stages]
+        if idle:
+            sys.exit(f"--until {a.until}: {', '.join(idle)} changes no stage that {a.until} needs")
+        rerun = [n for n in rerun if n in set().union(*need.values())]
     fresh = {get_stage(n).out or n for n in rerun} | {"tune"} | {(get_stage(n).out or n).split("/")[0] for n in SCORING}
     trained = {n: get_stage(n).out or n for n in rerun if get_stage(n).whole is not None}
     base = scratch_project(ctx, ctx.data / "tune" / "what_if", fresh)
@@ -96,7 +109,11 @@ def main() -> None:
                                                   base / "results" / a.dataset / "metrics" / m)}
         print(f"{m:16s} J {old['J_mean']:.4f} -> {new['J_mean']:.4f}   J&F {old['JF_mean']:.4f} -> "
               f"{new['JF_mean']:.4f}", flush=True)
-    out = {"dataset": a.dataset, "set": changes, "reran": rerun, "seconds": seconds, "methods": rows,
+    if not rows:
+        print(f"warning: no rerun stage is one of eval.methods ({', '.join(get_key(params, 'eval.methods'))}): "
+              "nothing was scored", flush=True)
+    out = {"dataset": a.dataset, "set": changes, "until": a.until, "reran": rerun, "seconds": seconds,
+           "methods": rows,
            "before": f"results/{a.dataset}/metrics/<method>/summary.json (the committed stores)"}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(a.out, out)

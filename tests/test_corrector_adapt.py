@@ -18,7 +18,10 @@ from pipeline.corrector.adapt import (
     _collate,
     adapt_corrector,
     adapt_loss,
+    averaged_weights,
     export_adapted,
+    normalize_adapt_config,
+    weight_average,
 )
 from pipeline.corrector.model import EXPORT_FORMAT, load_corrector
 from pipeline.corrector.train import oracle_exemplars
@@ -122,6 +125,11 @@ def test_adaptation_fits_the_pseudo_labels_resumes_and_exports(real, tmp_path):
           f"{m['pseudo_label_J_after']:.3f}")
     assert last * 2 <= first
     assert m["pseudo_label_J_after"] > m["pseudo_label_J_before"] + 0.1
+    assert "ema" not in m
+    ck = torch.load(out / "last.pt", weights_only=False)        # state written before adapt.ema existed resumes
+    assert ck["ema"] is None
+    del ck["config"]["ema"]
+    torch.save(ck, out / "last.pt")
     m2 = adapt_corrector(_cfg(real, iterations=44), real / "data/toy", SEQS, out, progress=False)
     assert m2["resumed_from"] == 40 and m2["iterations"] == 44
     with pytest.raises(ArtifactError, match="cannot resume"):
@@ -130,9 +138,45 @@ def test_adaptation_fits_the_pseudo_labels_resumes_and_exports(real, tmp_path):
     assert info["adapt_iterations"] == 44
     model, linfo = load_corrector(tmp_path / "adapted.pt")
     assert model.proposal_inputs is False and linfo["proposal_inputs"] is False
-    assert linfo["train"]["adapted"]["pseudo_labels"] == "corrector"
+    assert linfo["train"]["adapted"]["pseudo_labels"] == "corrector" and "ema" not in linfo["train"]["adapted"]
     base, binfo = load_corrector(real / "corrector.pt")
     assert base.proposal_inputs is True and binfo["proposal_inputs"] is True
+
+
+def test_weight_average_is_the_exponential_average_of_the_steps():
+    model = torch.nn.Linear(1, 1, bias=False)
+    assert weight_average(model, 0.0) is None
+    avg = weight_average(model, 0.5)
+    for value in (1.0, 3.0, 5.0):                  # first step copied, then avg = 0.5 avg + 0.5 value: 1, 2, 3.5
+        with torch.no_grad():
+            model.weight.fill_(value)
+        avg.update_parameters(model)
+    got = averaged_weights(avg.state_dict())
+    assert list(got) == ["weight"] and torch.equal(got["weight"], torch.tensor([[3.5]]))
+    assert float(model.weight.detach()) == 5.0
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="ema must be in"):
+            normalize_adapt_config(_cfg(Path("."), ema=bad))
+
+
+def test_adaptation_with_ema_exports_the_average_and_resumes_it(real, tmp_path):
+    """``adapt.ema``: last.pt keeps the running average beside the weights, a resumed run ends with the same
+    average as an uninterrupted one, and the export holds the average, not the last step's weights."""
+    cfg = dict(ckpt_every=5, check_windows=0, ema=0.8)
+    adapt_corrector(_cfg(real, iterations=12, **cfg), real / "data/toy", SEQS, tmp_path / "a", progress=False)
+    adapt_corrector(_cfg(real, iterations=8, **cfg), real / "data/toy", SEQS, tmp_path / "b", progress=False)
+    m = adapt_corrector(_cfg(real, iterations=12, **cfg), real / "data/toy", SEQS, tmp_path / "b", progress=False)
+    assert m["resumed_from"] == 8 and m["ema"] == 0.8
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in "ab")
+    assert a["ema"].keys() == b["ema"].keys() and all(torch.equal(v, b["ema"][k]) for k, v in a["ema"].items())
+    avg = averaged_weights(a["ema"])
+    assert avg.keys() == a["model"].keys()
+    assert not all(torch.equal(v, a["model"][k]) for k, v in avg.items())
+    export_adapted(tmp_path / "a" / "last.pt", tmp_path / "adapted.pt")
+    model, info = load_corrector(tmp_path / "adapted.pt")
+    assert info["train"]["adapted"]["ema"] == 0.8
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v.half().float()) for k, v in avg.items() if v.is_floating_point())
 
 
 def test_missing_pseudo_labels_name_the_store(real):

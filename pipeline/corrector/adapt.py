@@ -35,7 +35,8 @@ Training (:func:`adapt_corrector`): starts from an exported corrector, Adam with
 small lr (paper 2e-5, i.e. 0.4x its synthetic lr), linear warm-up, gradient
 clipping, seeded; resumable ``last.pt`` (same config), ``train_curve.csv`` and
 ``metrics.json`` (pseudo-label J of the adapted model on a fixed set of held-in
-windows, a label-free sanity check), export with :func:`export_adapted`.
+windows, a label-free sanity check), export with :func:`export_adapted`. With ``adapt.ema`` a moving average of
+the weights is kept (:func:`weight_average`); the export and the final pseudo-label J use it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
 from pipeline import __version__
@@ -91,7 +93,7 @@ ADAPT_LOSS_WEIGHTS: dict[str, float] = {"mask": 1.0, "recon": 0.1, "alpha": 0.5}
 CONFIG_KEYS: tuple[str, ...] = (
     "checkpoint", "pseudo_labels", "window", "batch_size", "lr", "warmup_iters", "grad_clip", "iterations",
     "time_budget_s", "ckpt_every", "log_every", "check_windows", "loss_weights", "zero_proposals", "seed",
-    "device", "amp", "deterministic", "threads",
+    "device", "amp", "deterministic", "threads", "ema",
 )
 
 RESUME_FREE_KEYS = frozenset({"iterations", "time_budget_s", "ckpt_every", "log_every", "device", "threads",
@@ -111,6 +113,9 @@ def normalize_adapt_config(cfg: Mapping[str, Any] | None) -> dict:
         if out[k] < 1:
             raise ValueError(f"corrector adaptation config: {k} must be >= 1, got {out[k]}")
     out["lr"] = float(out["lr"])
+    out["ema"] = float(out["ema"])
+    if not 0.0 <= out["ema"] < 1.0:
+        raise ValueError(f"corrector adaptation config: ema must be in [0, 1), got {out['ema']}")
     return out
 
 
@@ -264,6 +269,20 @@ def pseudo_label_j(model: torch.nn.Module, dataset: AdaptWindowDataset, n: int, 
 
 
 # --------------------------------------------------------------------------- training
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights (``adapt.ema``; ``None`` when ``decay`` is 0): after
+    each step ``avg = decay * avg + (1 - decay) * weights``, starting from the first step's weights. The
+    adaptation exports the average instead of the last step's weights."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def averaged_weights(state: Mapping[str, Any]) -> dict:
+    """The model's own ``state_dict`` inside a saved :func:`weight_average` state (``module.`` keys)."""
+    return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+
+
 def adapt_corrector(cfg: Mapping[str, Any], data_dir: str | os.PathLike, sequences: Sequence[str],
                     out_dir: str | os.PathLike, log_dir: str | os.PathLike | None = None,
                     progress: bool = True) -> dict:
@@ -295,16 +314,19 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
         raise ArtifactError(f"{data_dir}/features: backbone {bb!r}, but {cfg['checkpoint']} was trained on "
                             f"{info['backbone']!r} tokens")
     model.proposal_inputs = not cfg["zero_proposals"]
+    ema = weight_average(model, cfg["ema"])
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, cfg["warmup_iters"], 10 ** 9, 1.0))
     start, prev_seconds, resumed = 0, 0.0, False
     if ckpt_path.exists():
         ck = load_train_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "a corrector adaptation")
-        diff = config_diff(ck["config"], cfg, RESUME_FREE_KEYS)
+        diff = config_diff({"ema": 0.0, **ck["config"]}, cfg, RESUME_FREE_KEYS)     # state from before adapt.ema
         if ck.get("source_sha256") != info["file_sha256"]:
             diff.append("checkpoint (file changed)")
         refuse_resume(ckpt_path, diff, f"Delete {out_dir} to start over.", made="adapted")
         start, prev_seconds, _ = restore_training(ck, model, opt, sched)
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         resumed = True
     tlog = CsvLog(log_dir / "train_curve.csv", TRAIN_CURVE_COLUMNS, start if resumed else None)
     n_check = cfg["check_windows"]
@@ -318,6 +340,7 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
 
     def save(it: int) -> None:
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "ema": None if ema is None else ema.state_dict(),
                            "scheduler": sched.state_dict(), "iteration": it, "rng": rng_state(), "config": cfg,
                            "model_config": info["model_config"], "train_seconds": seconds(), "last_val": None,
                            "source_sha256": info["file_sha256"], "source": info, "proposal_inputs":
@@ -331,6 +354,8 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
             out = forward_batch(model, batch, dev, cfg["amp"])
             loss, parts = adapt_loss(out, batch["targets"], batch["weight"], batch["tokens"], cfg["loss_weights"])
             vals = loop.step(loss, parts)
+            if ema is not None:
+                ema.update_parameters(model)
             it = loop.it
             first_loss = vals["total"] if first_loss is None else first_loss
             over = loop.over_budget()
@@ -344,7 +369,8 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
     finally:
         tlog.close()
         loop.close()
-    j_after = pseudo_label_j(model, check_ds, n_check, dev, cfg["amp"]) if n_check else None
+    final = model if ema is None else ema.module                        # the weights export_adapted writes
+    j_after = pseudo_label_j(final, check_ds, n_check, dev, cfg["amp"]) if n_check else None
     ran = it - start
     metrics = {"iterations": it, "iterations_target": total, "stopped_by": stopped_by, "resumed_from":
                start if resumed else None, "iterations_this_run": ran, "train_time_s": round(seconds(), 3),
@@ -355,7 +381,7 @@ def _adapt(cfg, data_dir, sequences, out_dir, log_dir, progress) -> dict:
                "check_windows": n_check, "source_checkpoint": {"path": str(cfg["checkpoint"]),
                                                               "sha256": info["file_sha256"]},
                "skipped_steps": loop.guard.skipped, "zero_proposals": cfg["zero_proposals"], "lr": cfg["lr"],
-               "pseudo_labels": cfg["pseudo_labels"],
+               "pseudo_labels": cfg["pseudo_labels"], **({"ema": cfg["ema"]} if cfg["ema"] else {}),
                "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(Path(log_dir) / "metrics.json", metrics)
     return metrics
@@ -406,7 +432,8 @@ def adapt_to_sequence(model: torch.nn.Module, data_dir: str | os.PathLike, seque
 
 def export_adapted(last_pt: str | os.PathLike, path: str | os.PathLike, max_mb: float | None = 25.0) -> dict:
     """The adapted corrector as an exported corrector checkpoint (loadable by
-    :func:`pipeline.corrector.train.load_corrector`, which restores ``proposal_inputs``)."""
+    :func:`pipeline.corrector.train.load_corrector`, which restores ``proposal_inputs``): the moving average of
+    the weights when the run kept one (``adapt.ema``), else the last iteration's."""
     from pipeline.core.store import sha256_file
     from pipeline.corrector.model import EXPORT_FORMAT
 
@@ -418,10 +445,13 @@ def export_adapted(last_pt: str | os.PathLike, path: str | os.PathLike, max_mb: 
     cfg = ck["config"]
     train = {**(src.get("train") or {}), "adapted": {k: cfg[k] for k in ("pseudo_labels", "lr", "window",
                                                                         "zero_proposals", "loss_weights")}}
+    if cfg.get("ema"):                                   # recorded only when on: an export without it is unchanged
+        train["adapted"]["ema"] = cfg["ema"]
     train["adapted"].update({"iterations": int(ck["iteration"]), "source_sha256": ck["source_sha256"]})
     summary = {**(src.get("summary") or {}), "adapt_iterations": int(ck["iteration"]),
                "adapt_seconds": float(ck["train_seconds"])}
-    doc = write_export(EXPORT_FORMAT, ck["model"], {"model_config": ck["model_config"], "train": train,
+    weights = ck["model"] if not ck.get("ema") else averaged_weights(ck["ema"])
+    doc = write_export(EXPORT_FORMAT, weights, {"model_config": ck["model_config"], "train": train,
                        "summary": summary, "proposal_inputs": bool(ck["proposal_inputs"])}, path,
                        fp16=True, max_mb=max_mb, what="adapted corrector")
     return {"path": str(path), "encoding": doc["encoding"], "bytes": path.stat().st_size,
