@@ -1,5 +1,6 @@
 """README command 1 on a fresh copy: `dvc repro` of the demo in a new git + DVC project, timed
-stage by stage (wall time after the install), plus the demo metrics.
+stage by stage (wall time after the install), plus the demo metrics (J, labels) and the quality stage's
+label-free scores (agreement, alignment: what may choose a setting).
 
     python bench/bench_demo.py [--set datasets/demo/dataset.yaml:flow.method=dis ...] [--out FILE]
 """
@@ -77,8 +78,14 @@ def main() -> None:
         d = json.loads(f.read_text())
         if "J_mean" in d:
             metrics[f.parent.name] = {"J": round(d["J_mean"], 3), "JF": round(d["JF_mean"], 3)}
+    label_free = {}                                     # the quality stage's scores (no labels): what may choose
+    for f in sorted((proj / "results" / "demo" / "quality").glob("*/summary.json")):
+        d = json.loads(f.read_text())
+        label_free[f.parent.name] = {k: round(d[f"{k}_mean"], 3) for k in ("agreement", "alignment")
+                                     if d.get(f"{k}_mean") is not None}
     lock = proj / "dvc.lock"
     rep = {"wall_s": round(wall, 1), "stages": len(stamps), "stage_s": durations, "metrics": metrics,
+           "label_free": label_free,
            "dvc_lock_bytes": lock.stat().st_size, "set": a.set, "cpus": os.cpu_count(), "project": str(proj)}
     print(json.dumps(rep, indent=1))
     if a.out:
