@@ -15,8 +15,10 @@ import torch
 def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    buf = io.BytesIO()              # a file name would name the zip archive's folder (random here): bytes in memory
+    torch.save(obj, buf)            # give every save of the same object the same bytes
     try:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -83,9 +85,9 @@ def write_export(fmt: str, model_state: Mapping[str, Any], header: Mapping[str, 
     """Write an inference checkpoint ``{format, encoding, **header, state, weights_sha256, ...}``
     atomically to ``path`` and return it. ``fp16=True``: fp16 weights, or int8 (per-output-channel
     scale) for the large tensors when the fp16 file would exceed ``max_mb`` (1e6 bytes);
-    ``fp16=False``: float32. A file over ``max_mb`` even in int8 is a ValueError."""
-    import datetime as _dt
-
+    ``fp16=False``: float32. A file over ``max_mb`` even in int8 is a ValueError. No time stamp: the same
+    weights and header give the same bytes, so a retrained identical model leaves its consumers' DVC state and
+    provenance unchanged (when a run finished is in its training log)."""
     from pipeline import __version__
 
     path = Path(path)
@@ -93,8 +95,7 @@ def write_export(fmt: str, model_state: Mapping[str, Any], header: Mapping[str, 
     for mode in (["fp16", "int8"] if fp16 else ["fp32"]):
         state = encode_state(model_state, mode)
         doc = {"format": fmt, "encoding": ENCODINGS[mode], **header, "state": state,
-               "weights_sha256": weights_sha256(state), "package_version": __version__,
-               "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+               "weights_sha256": weights_sha256(state), "package_version": __version__}
         size = serialized_size(doc)
         if not fp16 or max_mb is None or size <= max_mb * 1e6:
             break
