@@ -12,13 +12,25 @@ from typing import Any, Mapping
 import torch
 
 
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` of ``obj`` in memory. Saved to a file name, torch names the zip archive's folder after the
+    file (a random temporary name in :func:`atomic_torch_save`); in memory every save of the same object gives
+    the same bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` of ``obj`` to ``path`` via a temporary file + rename (never a half-written file)."""
+    write_bytes_atomic(torch_bytes(obj), path)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    buf = io.BytesIO()              # a file name would name the zip archive's folder (random here): bytes in memory
-    torch.save(obj, buf)            # give every save of the same object the same bytes
     try:
-        tmp.write_bytes(buf.getvalue())
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -71,12 +83,6 @@ def decode_state(state: Mapping[str, Any]) -> dict:
     return out
 
 
-def serialized_size(obj: Any) -> int:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.tell()
-
-
 ENCODINGS = {"fp16": "fp16", "int8": "int8+fp16", "fp32": "fp32"}
 
 
@@ -91,18 +97,18 @@ def write_export(fmt: str, model_state: Mapping[str, Any], header: Mapping[str, 
     from pipeline import __version__
 
     path = Path(path)
-    doc, size = None, 0
+    doc, data = None, b""
     for mode in (["fp16", "int8"] if fp16 else ["fp32"]):
         state = encode_state(model_state, mode)
         doc = {"format": fmt, "encoding": ENCODINGS[mode], **header, "state": state,
                "weights_sha256": weights_sha256(state), "package_version": __version__}
-        size = serialized_size(doc)
-        if not fp16 or max_mb is None or size <= max_mb * 1e6:
+        data = torch_bytes(doc)                          # serialized once: sized here, written below
+        if not fp16 or max_mb is None or len(data) <= max_mb * 1e6:
             break
     else:
-        raise ValueError(f"{path}: the exported {what} checkpoint is {size / 1e6:.1f} MB even with int8 weights, "
-                         f"over max_mb={max_mb}")
-    atomic_torch_save(doc, path)
+        raise ValueError(f"{path}: the exported {what} checkpoint is {len(data) / 1e6:.1f} MB even with int8 "
+                         f"weights, over max_mb={max_mb}")
+    write_bytes_atomic(data, path)
     return doc
 
 
