@@ -35,7 +35,10 @@ Algorithm (all steps deterministic for a given seed):
    closing, hole filling, connected components with nearby components merged,
    tiny components dropped.
 4. Tracking: each object index owns a memory mask that is warped along the
-   flow every frame.  Components are matched to memories by Hungarian
+   flow every frame.  A component holding most of the memory of two or more
+   recent objects (they touch or cross) is first split between them, each
+   pixel going to the nearest memory (``split_merged``).  Components are
+   matched to memories by Hungarian
    assignment on IoU (falling back to centroid proximity for objects that
    jumped or reappeared); unmatched components that mostly lie inside a
    matched memory are absorbed into it; the remaining ones take free indices
@@ -143,6 +146,11 @@ class BaselineConfig:
     #: Re-identification radius (fraction of the image diagonal): a component that overlaps no
     #: memory may continue the track whose last centroid is this close (0 disables).
     reid_dist: float = 0.15
+    #: Objects that touch or cross become one component; when at least two recent tracks (seen
+    #: within ``hold_frames``) each have at least this fraction of their (flow-warped) memory inside
+    #: one component, the component is split between them (each pixel to the nearest memory), so
+    #: both keep their identity through the crossing. 0 disables (one object takes the whole blob).
+    split_merged: float = 0.5
 
 
 # ---------------------------------------------------------------------------
@@ -398,6 +406,8 @@ class MotionBaseline:
             raise ValueError(f"unknown model {self.cfg.model!r}")
         if self.cfg.combine not in ("mean", "min", "max", "geo"):
             raise ValueError(f"unknown combine {self.cfg.combine!r}")
+        if not 0.0 <= self.cfg.split_merged <= 1.0:
+            raise ValueError(f"split_merged must be in [0, 1] (0 = off), got {self.cfg.split_merged!r}")
         self.seed = seed
         self.reset()
 
@@ -484,11 +494,37 @@ class MotionBaseline:
         order = [i for i in np.argsort(-areas, kind="stable") if areas[i] >= max(min_area, 1)]
         return [lab == (i + 1) for i in order]
 
+    def _split_merged(self, comps: List[np.ndarray]) -> List[np.ndarray]:
+        """Split each component that holds most of the memory of two or more recent tracks
+        between them: a pixel goes to the track whose memory is nearest (inside several: the
+        largest memory value)."""
+        cfg = self.cfg
+        recent = [t for t in self._tracks.values() if t.age <= cfg.hold_frames]
+        if len(recent) < 2 or not comps:
+            return comps
+        mems = [(t.memory >= 0.5) for t in recent]
+        areas = [int(m.sum()) for m in mems]
+        out: List[np.ndarray] = []
+        for c in comps:
+            inside = [k for k, m in enumerate(mems)
+                      if areas[k] > 0 and (m & c).sum() >= cfg.split_merged * areas[k]]
+            if len(inside) < 2:
+                out.append(c)
+                continue
+            cost = np.stack([cv2.distanceTransform((~mems[k]).astype(np.uint8), cv2.DIST_L2, 3)
+                             - recent[k].memory for k in inside])
+            owner = np.argmin(cost, 0)
+            parts = [c & (owner == i) for i in range(len(inside))]
+            out.extend(p for p in parts if p.any())
+        return out
+
     def _track(self, comps: List[np.ndarray]) -> np.ndarray:
         cfg = self.cfg
         H, W = self._shape
         K = cfg.num_objects
         out = np.zeros((H, W), np.uint8)
+        if cfg.split_merged > 0:
+            comps = self._split_merged(comps)
         ids = sorted(self._tracks)
         assigned = {}  # comp index -> track id
         if comps and ids:

@@ -300,18 +300,29 @@ class RaftEstimator(FlowEstimator):
 
 
 class DisEstimator(FlowEstimator):
-    """OpenCV DIS optical flow on grayscale images."""
+    """OpenCV DIS optical flow on grayscale images.
+
+    ``finest_scale``: the finest pyramid level DIS computes (0 = the input
+    resolution, 1 = half of it, ...); None keeps the preset's (medium: 1, the
+    flow computed at half resolution and upsampled).
+    """
 
     method = "dis"
     PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
                "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 
-    def __init__(self, preset: str = "medium"):
+    def __init__(self, preset: str = "medium", finest_scale: int | None = None):
         if preset not in self.PRESETS:
             raise ValueError(f"DIS preset must be one of {list(self.PRESETS)}, got {preset!r}")
         self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(self.PRESETS[preset])
+        if finest_scale is not None:
+            if isinstance(finest_scale, bool) or not isinstance(finest_scale, int) or not 0 <= finest_scale <= 4:
+                raise ValueError(f"params flow.dis_finest_scale: expected null or an integer 0..4, "
+                                 f"got {finest_scale!r}")
+            self._dis.setFinestScale(finest_scale)
+        self.finest_scale = int(self._dis.getFinestScale())
 
     def _compute(self, a, b):
         out = np.empty((a.shape[0], 2) + a.shape[1:3], np.float32)
@@ -323,7 +334,7 @@ class DisEstimator(FlowEstimator):
 
     def describe(self):
         return {"method": self.method, "model": "cv2.DISOpticalFlow", "preset": self.preset,
-                "input": "grayscale", **_versions()}
+                "finest_scale": self.finest_scale, "input": "grayscale", **_versions()}
 
 
 class FarnebackEstimator(FlowEstimator):
@@ -378,12 +389,13 @@ def _pick_device(device: Any):
 def build_flow_estimator(method: str, weights: str | os.PathLike | None = None, iters: int = 20,
                          device: Any = "auto", allow_download: bool = True,
                          cache_dir: str | os.PathLike | None = None, amp: str | None = None,
-                         dis_preset: str = "medium") -> FlowEstimator:
+                         dis_preset: str = "medium", dis_finest_scale: int | None = None) -> FlowEstimator:
     """Estimator for ``method`` in :data:`FLOW_METHODS`.
 
     RAFT: ``weights`` = checkpoint path or name (see :func:`resolve_raft_weights`),
     ``iters`` refinement iterations, ``device`` 'auto' = CUDA when present,
-    ``amp`` None / 'bf16' / 'fp16' (GPU only). DIS: ``dis_preset``.
+    ``amp`` None / 'bf16' / 'fp16' (GPU only). DIS: ``dis_preset``, ``dis_finest_scale``
+    (None = the preset's finest pyramid level).
     """
     if method in RAFT_MODELS:
         path = resolve_raft_weights(method, weights, cache_dir, allow_download=allow_download)
@@ -391,7 +403,7 @@ def build_flow_estimator(method: str, weights: str | os.PathLike | None = None, 
         net = load_raft(method, path, dev)
         return RaftEstimator(net, method, iters=iters, device=dev, checkpoint=path, amp=amp)
     if method == "dis":
-        return DisEstimator(dis_preset)
+        return DisEstimator(dis_preset, dis_finest_scale)
     if method == "farneback":
         return FarnebackEstimator()
     close = [m for m in FLOW_METHODS if m == str(method).lower().replace("-", "_")]

@@ -176,6 +176,28 @@ def test_identity_tracking_with_area_swap():
     assert ida == {1} and idb == {2}
 
 
+@pytest.mark.parametrize("split_merged", [0.0, 0.5])
+def test_touching_objects_keep_their_identities(split_merged):
+    """Two objects side by side form one component for 17 frames (longer than max_age), then two
+    again. Split between the tracks' memories, each keeps its index and its exact pixels throughout;
+    without the split the blob is object 1 and, once apart, the second part is absorbed into it."""
+    a, b = _box(40, 60, 30, 30), _box(44, 90, 26, 30)  # b touches a's right side
+    seg = MotionBaseline(BaselineConfig(split_merged=split_merged))
+    seg._setup(H, W)
+    exact, last = [], None
+    for t in range(24):
+        lab = seg._track([a | b] if 3 <= t < 20 else [a, b])
+        exact.append(bool(((lab == 1) == a).all() and ((lab == 2) == b).all()))
+        last = lab
+    if split_merged:
+        assert all(exact)
+        with pytest.raises(ValueError, match="split_merged"):
+            MotionBaseline(BaselineConfig(split_merged=1.5))
+    else:
+        assert exact[:3] == [True] * 3 and not any(exact[3:])
+        assert (last[a] == 1).all() and (last[b] == 1).all()
+
+
 def test_identity_survives_short_dropout():
     # object visible, still for a few frames (no residual), then moving again
     rng = np.random.default_rng(6)

@@ -12,7 +12,7 @@ from pipeline.core.stage import Ctx, Stage, weights_fingerprint
 def _setup(ctx: Ctx):
     fp = ctx.section("flow")
     return build_flow_estimator(fp["method"], weights=fp.get("weights") or fp.get("checkpoint"),
-                                iters=int(fp["iters"]), device=fp["device"])
+                                iters=int(fp["iters"]), device=fp["device"], dis_finest_scale=fp["dis_finest_scale"])
 
 
 def _run(est, ctx: Ctx, seq: str, out: Path) -> str:
