@@ -192,6 +192,16 @@ class Stage:
 _WEIGHTS_MEMO: dict[tuple, str | None] = {}
 
 
+def dataset_sequences(ctx: Ctx) -> list[str]:
+    """The dataset's sequences: those its frames stage ingested (here, beside :class:`Ctx`, so that the
+    dataset-level stages need neither the runner nor the stage registry)."""
+    d = ctx.data / "frames"
+    seqs = sorted(p.name[:-5] for p in d.glob("*.zarr")) if d.is_dir() else []
+    if not seqs:
+        raise FileNotFoundError(f"{d}: no frames stores (run the frames stage of dataset {ctx.dataset!r} first)")
+    return seqs
+
+
 def weights_fingerprint(resolve: Callable[[], Path]) -> str | None:
     """sha256 of a weight file found outside the project (the weights cache), for a stage's fingerprint:
     a different file there reruns the stage. ``resolve()`` finds (or fetches) it before any sequence runs,

@@ -13,8 +13,7 @@ import shutil
 
 from pipeline.core.store import write_json_atomic
 from pipeline.corrector.adapt import adapt_corrector, export_adapted
-from pipeline.core.stage import Ctx, Stage
-from pipeline.stages.sequences import dataset_sequences
+from pipeline.core.stage import Ctx, Stage, dataset_sequences
 
 
 def _whole(ctx: Ctx) -> str:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import shutil
 
-from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
+from pipeline.core.stage import Ctx, Stage, dataset_sequences, get_key, load_dataset_params
 from pipeline.oclr.adapt import OCLR_KEYS, adapt_oclr
 from pipeline.stages.registry import check_round_entry
-from pipeline.stages.sequences import dataset_sequences
 
 OUT = "adapt_oclr"
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import shutil
 
-from pipeline.core.stage import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage, dataset_sequences
 from pipeline.imas.self_train import SELF_TRAIN_KEYS, mask_targets, self_train_imas
 from pipeline.imas.train import CONFIG_KEYS, FrameBank
 from pipeline.stages.registry import check_round_entry
-from pipeline.stages.sequences import dataset_sequences
 from pipeline.stages.train_imas import FLOWS, OUT
 
 NAME = "imas_self_train"

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.core.store import sha256_file, write_json_atomic
-from pipeline.core.stage import Ctx, Stage, get_key
-from pipeline.stages.sequences import dataset_sequences
+from pipeline.core.stage import Ctx, Stage, dataset_sequences, get_key
 
 EXECUTORS = ("inprocess", "process", "ray")
 LEDGER = ".done"

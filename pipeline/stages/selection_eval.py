@@ -23,8 +23,7 @@ from pipeline.exemplars.evaluate import (
     gt_objects,
     summarize_selection,
 )
-from pipeline.core.stage import Ctx, Stage
-from pipeline.stages.sequences import dataset_sequences
+from pipeline.core.stage import Ctx, Stage, dataset_sequences
 
 
 def _csv_text(rows: list[dict]) -> str:

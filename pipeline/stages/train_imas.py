@@ -14,11 +14,10 @@ from __future__ import annotations
 import shutil
 
 from pipeline.core.io import InputError
-from pipeline.core.stage import Ctx, Stage
+from pipeline.core.stage import Ctx, Stage, dataset_sequences
 from pipeline.crf import CRFConfig
 from pipeline.imas.train import CONFIG_KEYS, FrameBank, train_imas
 from pipeline.quality.alignment import AlignmentConfig
-from pipeline.stages.sequences import dataset_sequences
 
 #: the CRF knobs stage 2's refined masks use (``background`` is moot with one object)
 CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat", "iterations",

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.core.stage import Ctx, Stage, get_key, load_dataset_params
+from pipeline.core.stage import Ctx, Stage, dataset_sequences, get_key, load_dataset_params
 from pipeline.core.store import open_artifact, write_json_atomic
 from pipeline.stages.registry import ORDER, get_stage, used_stages
 from pipeline.stages.runner import run
-from pipeline.stages.sequences import dataset_sequences
 
 __all__ = ["affected", "reached", "run_from_copy", "scratch_project", "scoring_params", "tune"]
 
