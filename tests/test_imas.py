@@ -386,8 +386,11 @@ def test_imas_learns_from_the_flow_store_imas_flow_names(tmp_path, monkeypatch):
     ctx = Ctx("demo", p, tmp_path)
     assert TRAIN.input_dirs(ctx) == ["frames", "imas_flow", "features"]
     fp = flow_params(ctx)
-    assert fp == {**{k: p["flow"][k] for k in ("checkpoint", "weights", "gap", "batch_size", "device")},
-                  **p["imas_flow"]}
+    assert fp == {**{k: p["flow"][k] for k in ("checkpoint", "weights", "dis_finest_scale", "gap", "batch_size",
+                                               "device")}, **p["imas_flow"]}
+    from pipeline.stages.imas_flow import _setup as imas_flow_setup
+    q = {**p, "imas_flow": {**p["imas_flow"], "method": "dis"}}  # the estimator builds from that section alone
+    assert imas_flow_setup(Ctx("demo", q, tmp_path)).describe()["finest_scale"] == p["flow"]["dis_finest_scale"]
     p["flow"]["method"] = "dis"                 # the dataset's own flow does not reach the second one
     assert flow_params(Ctx("demo", p, tmp_path)) == fp
     assert "flow.method" not in IMAS_FLOW.reads and "imas_flow" in IMAS_FLOW.reads

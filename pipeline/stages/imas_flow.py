@@ -17,7 +17,7 @@ from pipeline.core.stage import Ctx, Stage
 from pipeline.stages import flow as flow_stage
 
 #: keys of the ``flow`` section this stage reads (the others come from ``imas_flow``)
-SHARED = ("checkpoint", "weights", "gap", "batch_size", "device")
+SHARED = ("checkpoint", "weights", "dis_finest_scale", "gap", "batch_size", "device")
 
 
 def flow_params(ctx: Ctx) -> dict:
