@@ -28,10 +28,11 @@ from pipeline.baseline import BaselineConfig, motion_segment  # noqa: E402
 from pipeline.core.stage import load_dataset_params  # noqa: E402
 from pipeline.core.store import open_artifact  # noqa: E402
 from pipeline.metrics.evaluation import evaluate_sequence, resize_labels  # noqa: E402
+from pipeline.metrics.results import summarize  # noqa: E402
 
 
 def score(data: Path, cfg: BaselineConfig, protocol: str) -> dict:
-    per, J, JF = {}, [], []
+    per, results = {}, []
     for store in sorted((data / "flow").glob("*.zarr")):
         flow = open_artifact(store, stage="flow")["flow"]
         fr = open_artifact(data / "frames" / store.name, stage="frames")
@@ -41,9 +42,9 @@ def score(data: Path, cfg: BaselineConfig, protocol: str) -> dict:
                            for lab in motion_segment((np.asarray(flow[t]) for t in range(flow.shape[0])), cfg)])
         res = evaluate_sequence(labels, gt, gt_valid=valid, protocol=protocol)
         per[store.name[:-5]] = [round(float(o.stats["J_mean"]), 4) for o in res.objects]
-        J += [float(o.stats["J_mean"]) for o in res.objects]
-        JF += [float(o.stats["JF_mean"]) for o in res.objects]
-    return {"J": round(float(np.mean(J)), 4), "JF": round(float(np.mean(JF)), 4), "objects": len(J),
+        results.append(res)
+    summary = summarize(results)  # the metrics stage's summary
+    return {"J": round(summary["J_mean"], 4), "JF": round(summary["JF_mean"], 4), "objects": summary["n_objects"],
             "per_object_J": per}
 
 
