@@ -24,12 +24,12 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(weights_app, name="weights")
 app.add_typer(ckpt_app, name="checkpoints")
 
-# model -> (params section whose `export` names the trained file, published name, training stage)
+# model -> (params section whose `export` names the trained file, published name (None: the export's), training stage)
 PUBLISHABLE = {"oclr": ("oclr", "oclr_cpu.pt", "train_oclr"),
                "selector": ("train_selector", "selector_cpu.pt", "train_selector"),
                "corrector": ("train_corrector", "corrector_cpu.pt", "train_corrector"),
                "mamp": ("train_mamp", "mamp.pt", "train_mamp"),
-               "oclr_flow": ("oclr_flow", "oclr_raft_cpu.pt", "finetune_oclr")}
+               "oclr_flow": ("oclr_flow", None, "finetune_oclr")}
 
 
 def _fail(msg: str) -> None:
@@ -275,7 +275,7 @@ def weights_fetch(cache_dir: Optional[Path] = typer.Option(None, help="Where to 
 def checkpoints_publish(
     model: str = typer.Argument(..., help=f"Which model: {', '.join(PUBLISHABLE)}."),
     source: Optional[Path] = typer.Option(None, help="Exported file (default: params <model>.export)."),
-    name: Optional[str] = typer.Option(None, help="File name in checkpoints/ (default per model)."),
+    name: Optional[str] = typer.Option(None, help="File name in checkpoints/ (default per model; oclr_flow: the export's)."),
     max_mb: float = typer.Option(25.0, help="Refuse files larger than this (git-tracked)."),
 ) -> None:
     """Copy a training stage's exported checkpoint into checkpoints/ (git-tracked).
@@ -304,7 +304,7 @@ def checkpoints_publish(
     size_mb = src.stat().st_size / 2**20
     if size_mb > max_mb:
         _fail(f"{src}: {size_mb:.1f} MB is over the {max_mb} MB limit for committed checkpoints")
-    dest = project_root() / "checkpoints" / (name or default_name)
+    dest = project_root() / "checkpoints" / (name or default_name or src.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
     shutil.copyfile(src, tmp)

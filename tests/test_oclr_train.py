@@ -310,6 +310,8 @@ def test_finetune_on_another_flow_renders_the_same_videos_resumes_and_refuses_a_
     drawn options of a bigger split's first N), their flow by the configured estimator, `init`
     continued; a rerun with more iterations resumes without rendering again; another flow for the
     same folder is an error, never a mix."""
+    import zarr
+
     from pipeline.oclr.finetune import FINETUNE_KEYS, finetune_on_flow
 
     train_oclr(tiny_cfg(data, iterations=2, val_split=None), tmp_path / "src", progress=False)
@@ -319,7 +321,7 @@ def test_finetune_on_another_flow_renders_the_same_videos_resumes_and_refuses_a_
     flow = {"method": "dis", "checkpoint": None, "weights": None, "iters": 1, "gap": 1, "batch_size": 4,
             "device": "cpu"}
     ft = {"init": str(tmp_path / "src.pt"), "videos": 2, "flow": flow, "iterations": 3, "lr": 1e-4,
-          "warmup_iters": 1, "decay_every": 10, "time_budget_s": None}
+          "warmup_iters": 1, "decay_every": 10, "time_budget_s": None, "threads": None}
     assert sorted(ft) == sorted(FINETUNE_KEYS)
     oclr = tiny_cfg(data)
     work = tmp_path / "ft"
@@ -332,6 +334,11 @@ def test_finetune_on_another_flow_renders_the_same_videos_resumes_and_refuses_a_
                                                                              tmp_path / "full")]
     assert len(drawn[0]) == 2 and drawn[0] == drawn[1][:2]                # options and content_sha256
     assert sorted(p.name for p in (work / "split" / "flow").glob("*.zarr")) == [e["store"] for e in drawn[0]]
+    # flow.dis_finest_scale reaches the estimator: DIS at full resolution is other flow than at OpenCV's preset
+    store = sorted((work / "split" / "flow").glob("*.zarr"))[0].name
+    D.build_split_flow(work / "split" / "render", tmp_path / "f0", {**flow, "dis_finest_scale": 0}, progress=False)
+    f_none, f_0 = (zarr.open_group(d / store, mode="r")["flow"][:] for d in (work / "split" / "flow", tmp_path / "f0"))
+    assert f_none.shape == f_0.shape and np.abs(f_none - f_0).mean() > 1e-3
     stamp = (work / "split" / "render" / "index.json").stat().st_mtime_ns
     again = finetune_on_flow(work, oclr, {**ft, "iterations": 5}, synth, progress=False)
     assert again["resumed_from"] == 3 and again["iterations"] == 5
@@ -368,7 +375,7 @@ def test_publish_copies_the_export_with_a_sidecar_and_refuses_a_large_file(tmp_p
 
     r = publish("oclr_flow")
     assert r.returncode == 0, r.stderr
-    dest = tmp_path / "checkpoints" / "oclr_raft_cpu.pt"
+    dest = tmp_path / "checkpoints" / "x.pt"                              # the export's file name
     side = json.loads(dest.with_suffix(".json").read_text())
     assert side["sha256"] == hashlib.sha256(b"\x01" * 3000).hexdigest() == hashlib.sha256(dest.read_bytes()).hexdigest()
     assert side["trained"]["iterations"] == 7 and side["trained"]["hours"] == 1.5

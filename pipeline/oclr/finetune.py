@@ -30,12 +30,13 @@ from pipeline.synth.dataset import (
 from pipeline.train.scaffold import check_keys
 
 #: keys of the ``oclr_flow`` params section (documented there)
-FINETUNE_KEYS = ("init", "videos", "flow", "iterations", "lr", "warmup_iters", "decay_every", "time_budget_s")
+FINETUNE_KEYS = ("init", "videos", "flow", "iterations", "lr", "warmup_iters", "decay_every", "time_budget_s",
+                 "threads")
 
 
 def finetune_config(oclr: Mapping[str, Any], finetune: Mapping[str, Any], work: str | os.PathLike) -> dict:
     """The :func:`train_oclr` config: ``oclr``'s training settings with ``finetune``'s run (init,
-    iterations, schedule, budget) on ``work``'s split, without validation."""
+    iterations, schedule, budget, threads) on ``work``'s split, without validation."""
     finetune = check_keys(finetune, FINETUNE_KEYS, "oclr_flow")
     if not finetune["init"]:
         raise ValueError("oclr_flow.init: a fine-tuning run needs an exported OCLR checkpoint to start from")
@@ -46,6 +47,8 @@ def finetune_config(oclr: Mapping[str, Any], finetune: Mapping[str, Any], work: 
                iterations=int(finetune["iterations"]), lr=float(finetune["lr"]),
                warmup_iters=int(finetune["warmup_iters"]), decay_every=int(finetune["decay_every"]),
                time_budget_s=finetune["time_budget_s"])
+    if finetune["threads"] is not None:
+        cfg["threads"] = int(finetune["threads"])
     return cfg
 
 

@@ -418,7 +418,7 @@ def build_split_flow(render_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     ``flow_params``: ``method`` (raft_large | raft_small | dis | farneback),
     ``checkpoint`` / ``weights``, ``iters``, ``device``, ``batch_size``, ``gap``
-    (default 1). ``estimator`` overrides the one built from them. ``params``:
+    (default 1), ``dis_finest_scale`` (DIS only; default null = OpenCV's preset). ``estimator`` overrides the one built from them. ``params``:
     recorded as provenance (default ``{"synth": {"flow": flow_params}}``).
     """
     from tqdm.auto import tqdm
@@ -431,7 +431,8 @@ def build_split_flow(render_dir: str | os.PathLike, out_dir: str | os.PathLike,
         estimator = build_flow_estimator(fp.get("method", "raft_large"),
                                          weights=fp.get("weights") or fp.get("checkpoint"),
                                          iters=int(fp.get("iters", 20)),
-                                         device=fp.get("device", "auto"))
+                                         device=fp.get("device", "auto"),
+                                         dis_finest_scale=fp.get("dis_finest_scale"))
     params = {"synth": {"flow": fp}} if params is None else params
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
