@@ -304,6 +304,11 @@ def checkpoints_publish(
     size_mb = src.stat().st_size / 2**20
     if size_mb > max_mb:
         _fail(f"{src}: {size_mb:.1f} MB is over the {max_mb} MB limit for committed checkpoints")
+    if not name and not default_name:     # named after the export: never over another model's published file
+        taken = {d for _, d, _ in PUBLISHABLE.values() if d} | {Path(str(params[sect].get("init") or "")).name}
+        if src.name in taken:
+            _fail(f"{src.name}: the name of another published checkpoint (or of {sect}.init); "
+                  "choose one with --name")
     dest = project_root() / "checkpoints" / (name or default_name or src.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")

@@ -339,6 +339,9 @@ def test_finetune_on_another_flow_renders_the_same_videos_resumes_and_refuses_a_
     D.build_split_flow(work / "split" / "render", tmp_path / "f0", {**flow, "dis_finest_scale": 0}, progress=False)
     f_none, f_0 = (zarr.open_group(d / store, mode="r")["flow"][:] for d in (work / "split" / "flow", tmp_path / "f0"))
     assert f_none.shape == f_0.shape and np.abs(f_none - f_0).mean() > 1e-3
+    scale = [zarr.open_group(d / store, mode="r").attrs["estimator"]["finest_scale"]
+             for d in (work / "split" / "flow", tmp_path / "f0")]
+    assert scale[0] > 0 and scale[1] == 0                                  # and the provenance says which
     stamp = (work / "split" / "render" / "index.json").stat().st_mtime_ns
     again = finetune_on_flow(work, oclr, {**ft, "iterations": 5}, synth, progress=False)
     assert again["resumed_from"] == 3 and again["iterations"] == 5
@@ -381,6 +384,13 @@ def test_publish_copies_the_export_with_a_sidecar_and_refuses_a_large_file(tmp_p
     assert side["trained"]["iterations"] == 7 and side["trained"]["hours"] == 1.5
     assert side["trained"]["machine"].endswith(f"{os.cpu_count()} CPU cores")
     assert side["params"] == {"export": "data/oclr_flow/x.pt"}
+    # named after the export, it never replaces another model's published checkpoint
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"oclr_flow": {"export": "data/oclr_flow/oclr_cpu.pt"}}))
+    (tmp_path / "data" / "oclr_flow" / "oclr_cpu.pt").write_bytes(b"\x02" * 3000)
+    r = publish("oclr_flow")
+    assert r.returncode == 1 and "choose one with --name" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "checkpoints" / "oclr_cpu.pt").exists()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"oclr_flow": {"export": "data/oclr_flow/x.pt"}}))
     r = publish("oclr_flow", "--max-mb", "0.001")
     assert r.returncode == 1 and "over the 0.001 MB limit" in r.stderr and "Traceback" not in r.stderr
     r = publish("oclr_raft")

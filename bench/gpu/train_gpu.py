@@ -9,7 +9,7 @@ small DAVIS-style source folder for the renderer, plus the weight files RAFT and
 
 The device tool sends the working tree (tracked files too) and the carried paths, at most 64 MiB in all:
 with the wheels (9.7 MB, numcodecs most of it) and RAFT-large's 21 MB the tree's large files that the
-recipe does not read (``checkpoints/mamp.pt``, ``oclr_raft_cpu.pt``, ``selector_init_cpu.pt``,
+recipe does not read (``checkpoints/mamp.pt``, ``oclr_raft_cpu.pt``, ``oclr_dis_cpu.pt``, ``selector_init_cpu.pt``,
 ``corrector_cpu.pt``, ``results/``, ``docs/``) must stay behind: ``git rm -r --cached`` them and list them in
 ``.git/info/exclude`` for the call, then ``git reset -q HEAD -- <paths>`` and drop the lines again.
 

@@ -1,7 +1,8 @@
 """OCLR continued on another optical flow.
 
-OCLR learns what flow looks like: a checkpoint trained on one estimator's flow (the CPU default, DIS)
-sees another estimator's flow (RAFT) as out of distribution. :func:`finetune_on_flow` renders the first
+OCLR learns what flow looks like: a checkpoint trained on one estimator's flow (the synthetic splits'
+DIS at OpenCV's preset scale) sees another estimator's flow (RAFT), or DIS at another scale (full
+resolution, the demo's), as out of distribution. :func:`finetune_on_flow` renders the first
 ``videos`` videos of the synthetic training split again (same seed, sources and config, so the same
 videos), estimates their flow with the given estimator and fine-tunes an exported OCLR checkpoint on
 them. Every step is skipped when its output exists, and the training resumes from ``last.pt``, so an

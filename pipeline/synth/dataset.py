@@ -418,8 +418,8 @@ def build_split_flow(render_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     ``flow_params``: ``method`` (raft_large | raft_small | dis | farneback),
     ``checkpoint`` / ``weights``, ``iters``, ``device``, ``batch_size``, ``gap``
-    (default 1), ``dis_finest_scale`` (DIS only; default null = OpenCV's preset). ``estimator`` overrides the one built from them. ``params``:
-    recorded as provenance (default ``{"synth": {"flow": flow_params}}``).
+    (default 1), ``dis_finest_scale`` (DIS only; default null = OpenCV's preset). ``estimator``
+    overrides the one built from them. ``params``: recorded as provenance (default ``{"synth": {"flow": flow_params}}``).
     """
     from tqdm.auto import tqdm
 
