@@ -37,8 +37,7 @@ def main() -> None:
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from pipeline.stages.dvcgen import dvc_file
-    from pipeline.core.stage import dataset_sequences
-    from pipeline.core.stage import Ctx, load_dataset_params
+    from pipeline.core.stage import Ctx, dataset_sequences, load_dataset_params
 
     doc = yaml.safe_load(dvc_file(a.dataset, ROOT).read_text())
     n_seq = len(dataset_sequences(Ctx(a.dataset, load_dataset_params(a.dataset, ROOT), ROOT)))

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -410,6 +410,17 @@ def build_flow_estimator(method: str, weights: str | os.PathLike | None = None, 
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(f"params flow.method: unknown flow method {method!r}{hint}; expected one of "
                      f"{' | '.join(FLOW_METHODS)}")
+
+
+def estimator_from_params(fp: Mapping[str, Any]) -> FlowEstimator:
+    """The estimator a flow params section describes (params.yaml's ``flow``, ``synth.flow``,
+    ``oclr_flow.flow``): ``method``, ``weights`` or ``checkpoint``, and where present ``iters``,
+    ``device``, ``dis_finest_scale`` (absent: :func:`build_flow_estimator`'s defaults). The one
+    translation of such a section, so that a key read by one flow stage is read by all."""
+    kw = {k: fp[k] for k in ("device", "dis_finest_scale") if k in fp}
+    if "iters" in fp:
+        kw["iters"] = int(fp["iters"])
+    return build_flow_estimator(fp["method"], weights=fp.get("weights") or fp.get("checkpoint"), **kw)
 
 
 # --------------------------------------------------------------------------

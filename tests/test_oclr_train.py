@@ -337,10 +337,10 @@ def test_finetune_on_another_flow_renders_the_same_videos_resumes_and_refuses_a_
     # flow.dis_finest_scale reaches the estimator: DIS at full resolution is other flow than at OpenCV's preset
     store = sorted((work / "split" / "flow").glob("*.zarr"))[0].name
     D.build_split_flow(work / "split" / "render", tmp_path / "f0", {**flow, "dis_finest_scale": 0}, progress=False)
-    f_none, f_0 = (zarr.open_group(d / store, mode="r")["flow"][:] for d in (work / "split" / "flow", tmp_path / "f0"))
+    g_none, g_0 = (zarr.open_group(d / store, mode="r") for d in (work / "split" / "flow", tmp_path / "f0"))
+    f_none, f_0 = g_none["flow"][:], g_0["flow"][:]
     assert f_none.shape == f_0.shape and np.abs(f_none - f_0).mean() > 1e-3
-    scale = [zarr.open_group(d / store, mode="r").attrs["estimator"]["finest_scale"]
-             for d in (work / "split" / "flow", tmp_path / "f0")]
+    scale = [g.attrs["estimator"]["finest_scale"] for g in (g_none, g_0)]
     assert scale[0] > 0 and scale[1] == 0                                  # and the provenance says which
     stamp = (work / "split" / "render" / "index.json").stat().st_mtime_ns
     again = finetune_on_flow(work, oclr, {**ft, "iterations": 5}, synth, progress=False)

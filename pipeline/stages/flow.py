@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.store import ArtifactWriter, FrameReader, open_artifact
-from pipeline.flow import build_flow_estimator, sequence_flow
+from pipeline.flow import estimator_from_params, sequence_flow
 from pipeline.core.stage import Ctx, Stage, weights_fingerprint
 
 
 def _setup(ctx: Ctx):
-    fp = ctx.section("flow")
-    return build_flow_estimator(fp["method"], weights=fp.get("weights") or fp.get("checkpoint"),
-                                iters=int(fp["iters"]), device=fp["device"], dis_finest_scale=fp["dis_finest_scale"])
+    return estimator_from_params(ctx.section("flow"))
 
 
 def _run(est, ctx: Ctx, seq: str, out: Path) -> str:

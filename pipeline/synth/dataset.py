@@ -416,23 +416,17 @@ def build_split_flow(render_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      params: Mapping | None = None) -> Path:
     """Flow stores ``<out_dir>/<video>.zarr`` for every video of a split (atomically, as a whole).
 
-    ``flow_params``: ``method`` (raft_large | raft_small | dis | farneback),
-    ``checkpoint`` / ``weights``, ``iters``, ``device``, ``batch_size``, ``gap``
-    (default 1), ``dis_finest_scale`` (DIS only; default null = OpenCV's preset). ``estimator``
-    overrides the one built from them. ``params``: recorded as provenance (default ``{"synth": {"flow": flow_params}}``).
+    ``flow_params``: a flow params section (the estimator's keys: :func:`pipeline.flow.estimator_from_params`)
+    plus ``batch_size`` (default 8) and ``gap`` (default 1). ``estimator`` overrides the one built from them. ``params``: recorded as provenance (default ``{"synth": {"flow": flow_params}}``).
     """
     from tqdm.auto import tqdm
 
-    from pipeline.flow import build_flow_estimator
+    from pipeline.flow import estimator_from_params
 
     fp = dict(flow_params)
     stores = list_split(render_dir)
     if estimator is None:
-        estimator = build_flow_estimator(fp.get("method", "raft_large"),
-                                         weights=fp.get("weights") or fp.get("checkpoint"),
-                                         iters=int(fp.get("iters", 20)),
-                                         device=fp.get("device", "auto"),
-                                         dis_finest_scale=fp.get("dis_finest_scale"))
+        estimator = estimator_from_params(fp)
     params = {"synth": {"flow": fp}} if params is None else params
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
